@@ -1,0 +1,61 @@
+"""The ``edgegen`` command line: one module per command, registered here.
+
+Every EdgegenError becomes ``error: <one line>`` on stderr and exit code 2; an unexpected
+exception is also one line (exit 1) unless EDGEGEN_DEBUG=1 asks for the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+
+import typer
+from typer.core import TyperGroup
+
+from edgegen.errors import EdgegenError, first_line
+
+
+class _OneLineErrors(TyperGroup):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EdgegenError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as error:
+            import click
+
+            if isinstance(error, click.ClickException) or os.environ.get("EDGEGEN_DEBUG"):
+                raise
+            typer.echo(f"error: unexpected {type(error).__name__}: {first_line(error)} (EDGEGEN_DEBUG=1 shows the traceback)", err=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=_OneLineErrors,
+    name="edgegen",
+    help="Export diffusers pipelines to on-device runtimes, profile them, and compare them with the teacher.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    from edgegen.cli import compare, default_pipeline, demo, export, inspect, profile, targets
+
+    app.command("export")(export.export_command)
+    app.command("profile")(profile.profile_command)
+    app.command("compare")(compare.compare_command)
+    app.command("inspect")(inspect.inspect_command)
+    app.command("targets")(targets.targets_command)
+    app.command("default-pipeline")(default_pipeline.default_pipeline_command)
+    app.command("demo")(demo.demo_command)
+
+
+_register()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,38 @@
+"""``edgegen export``: pipeline components -> artifact folders for one target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgegen.cli.output import console, fmt_db, fmt_kb, print_json, quiet
+
+
+def export_command(
+    pipeline_dir: Annotated[Path, typer.Argument(help="A diffusers pipeline folder (model_index.json inside).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder that receives one artifact folder per component.")],
+    target: Annotated[str, typer.Option(help="Export target; `edgegen targets` lists them.")] = "onnx",
+    component: Annotated[list[str] | None, typer.Option(help="Component to export (repeatable); default: all.")] = None,
+    backend: Annotated[str | None, typer.Option(help="Delegate backend of the target, e.g. xnnpack.")] = None,
+    quantize: Annotated[str, typer.Option(help="Quantization scheme; the target lists what it supports.")] = "none",
+    min_psnr: Annotated[float | None, typer.Option(help="Parity gate in dB (default: the target's, by precision).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Static batch size of the exported components.")] = 1,
+    force: Annotated[bool, typer.Option(help="Replace existing artifact folders.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the manifests as JSON.")] = False,
+) -> None:
+    """Export pipeline components to TARGET, check parity against eager, write artifact folders."""
+    quiet()
+    from edgegen.export import ExportOptions, export_pipeline
+
+    options = ExportOptions(backend=backend, quantize=quantize, min_psnr_db=min_psnr, batch_size=batch_size)
+    with console.status(f"exporting to {target}..."):
+        artifacts = export_pipeline(pipeline_dir, target, output, component, options, force)
+    if json_output:
+        print_json([a.manifest.model_dump(mode="json") for a in artifacts])
+        return
+    for artifact in artifacts:
+        parity = artifact.manifest.parity
+        gate = f"PSNR {fmt_db(parity.psnr_db)} dB" if parity.measured else parity.reason
+        console.print(f"wrote {artifact.folder} ({fmt_kb(artifact.size_bytes)} KiB, {gate})")

@@ -1,0 +1,201 @@
+"""Split a diffusers pipeline into exportable components with declared inputs and outputs.
+
+Components: ``text_encoder`` (token ids -> embeddings), ``denoiser`` (latents, timestep,
+embeddings -> noise prediction) and ``vae_decoder`` (latents -> image). Shapes are static and
+taken from the pipeline's configs; the timestep is float32 because NPUs and converters handle
+it better than int64. Reference inputs are realistic (a tokenized prompt, that prompt's
+embeddings) so they can double as calibration data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgegen.errors import EdgegenError
+from edgegen.schema.manifest import TensorSpec
+
+COMPONENT_NAMES = ("text_encoder", "denoiser", "vae_decoder")
+DEFAULT_PROMPT = "a red circle at the top left"
+
+
+@dataclass
+class Component:
+    name: str
+    module: Any  # torch.nn.Module taking the inputs positionally, in declared order
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    reference_inputs: dict[str, Any]  # name -> torch.Tensor
+    source_subfolder: str
+    source_class: str
+    graph_rewrites: list[str] = field(default_factory=list)
+
+    def example_args(self) -> tuple:
+        return tuple(self.reference_inputs[spec.name] for spec in self.inputs)
+
+    def run_eager(self, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+        import torch
+
+        inputs = inputs or self.reference_inputs
+        with torch.no_grad():
+            result = self.module(*(inputs[spec.name] for spec in self.inputs))
+        results = result if isinstance(result, tuple) else (result,)
+        return {spec.name: tensor for spec, tensor in zip(self.outputs, results, strict=True)}
+
+
+def _spec(name: str, tensor: Any) -> TensorSpec:
+    return TensorSpec(name=name, shape=list(tensor.shape), dtype=str(tensor.dtype).replace("torch.", ""))
+
+
+def _use_plain_attention(model: Any) -> list[str]:
+    # diffusers' default SDPA processor decomposes into where/eq/any ops that XNNPACK does not
+    # take; the plain processor computes the same attention with delegable matmuls and softmax.
+    if not hasattr(model, "set_attn_processor"):
+        return []
+    from diffusers.models.attention_processor import AttnProcessor
+
+    model.set_attn_processor(AttnProcessor())
+    return [f"{type(model).__name__}: attention processor -> AttnProcessor"]
+
+
+def _wrappers():
+    import torch
+
+    class TextEncoder(torch.nn.Module):
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids):
+            return self.encoder(input_ids, return_dict=False)[0]
+
+    class Denoiser(torch.nn.Module):
+        def __init__(self, unet):
+            super().__init__()
+            self.unet = unet
+
+        def forward(self, sample, timestep, encoder_hidden_states):
+            return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+
+    class VaeDecoder(torch.nn.Module):
+        # The latent scaling is folded in so that the sampling loop hands over raw latents.
+        def __init__(self, vae, scaling_factor: float):
+            super().__init__()
+            self.vae = vae
+            self.scaling_factor = scaling_factor
+
+        def forward(self, latents):
+            return self.vae.decode(latents / self.scaling_factor, return_dict=False)[0]
+
+    return TextEncoder, Denoiser, VaeDecoder
+
+
+def tokenize(pipeline: Any, prompts: list[str]) -> Any:
+    tokenizer = pipeline.tokenizer
+    return tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def _require(pipeline: Any, attribute: str, component: str) -> Any:
+    value = getattr(pipeline, attribute, None)
+    if value is None:
+        raise EdgegenError(
+            f"{type(pipeline).__name__} has no '{attribute}', so it has no {component} component"
+        )
+    return value
+
+
+def build_component(
+    pipeline: Any,
+    name: str,
+    batch_size: int = 1,
+    prompt: str = DEFAULT_PROMPT,
+    seed: int = 0,
+) -> Component:
+    """Wrap one part of ``pipeline`` as a static-shape module with reference inputs."""
+    import torch
+
+    if name not in COMPONENT_NAMES:
+        raise EdgegenError(f"unknown component '{name}'; choose one of: {', '.join(COMPONENT_NAMES)}")
+    TextEncoder, Denoiser, VaeDecoder = _wrappers()
+    generator = torch.Generator().manual_seed(seed)
+    text_model = _require(pipeline, "text_encoder", "text_encoder")
+    _require(pipeline, "tokenizer", "text_encoder")
+    input_ids = tokenize(pipeline, [prompt] * batch_size)
+    text_encoder = TextEncoder(text_model).eval()
+
+    if name == "text_encoder":
+        module, rewrites, subfolder, source = text_encoder, [], "text_encoder", text_model
+        inputs = {"input_ids": input_ids}
+        output_names = ["text_embeddings"]
+    elif name == "denoiser":
+        if getattr(pipeline, "unet", None) is None:
+            raise EdgegenError(
+                f"{type(pipeline).__name__} has no UNet denoiser; transformer denoisers are not supported yet"
+            )
+        unet = pipeline.unet
+        if getattr(unet.config, "addition_embed_type", None):
+            raise EdgegenError(
+                f"UNet with addition_embed_type '{unet.config.addition_embed_type}' (SDXL-style) is not supported yet"
+            )
+        with torch.no_grad():
+            embeddings = text_encoder(input_ids)
+        size = unet.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        sample = torch.randn((batch_size, unet.config.in_channels, *size), generator=generator)
+        timestep = torch.full((batch_size,), pipeline.scheduler.config.num_train_timesteps // 2, dtype=torch.float32)
+        module, rewrites, subfolder, source = Denoiser(unet).eval(), _use_plain_attention(unet), "unet", unet
+        inputs = {"sample": sample, "timestep": timestep, "encoder_hidden_states": embeddings}
+        output_names = ["noise_pred"]
+    else:
+        vae = _require(pipeline, "vae", "vae_decoder")
+        unet = getattr(pipeline, "unet", None)
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        if unet is not None:
+            size = unet.config.sample_size
+            size = (size, size) if isinstance(size, int) else tuple(size)
+        else:
+            size = (vae.config.sample_size // factor,) * 2
+        latents = torch.randn((batch_size, vae.config.latent_channels, *size), generator=generator)
+        module = VaeDecoder(vae, float(vae.config.scaling_factor)).eval()
+        rewrites, subfolder, source = _use_plain_attention(vae), "vae", vae
+        inputs = {"latents": latents}
+        output_names = ["image"]
+
+    component = Component(
+        name=name,
+        module=module,
+        inputs=[_spec(key, value) for key, value in inputs.items()],
+        outputs=[],
+        reference_inputs=inputs,
+        source_subfolder=subfolder,
+        source_class=type(source).__name__,
+        graph_rewrites=rewrites,
+    )
+    with torch.no_grad():
+        result = module(*component.example_args())
+    results = result if isinstance(result, tuple) else (result,)
+    component.outputs = [_spec(n, t) for n, t in zip(output_names, results, strict=True)]
+    return component
+
+
+def pipeline_components(pipeline: Any) -> list[str]:
+    """The component names this pipeline can provide."""
+    names = []
+    if getattr(pipeline, "text_encoder", None) is not None and getattr(pipeline, "tokenizer", None) is not None:
+        names.append("text_encoder")
+    if getattr(pipeline, "unet", None) is not None:
+        names.append("denoiser")
+    if getattr(pipeline, "vae", None) is not None:
+        names.append("vae_decoder")
+    return names
+
+
+def source_path(pipeline_dir: Path, component: Component) -> Path:
+    return Path(pipeline_dir) / component.source_subfolder

@@ -1,0 +1,219 @@
+"""Export one pipeline component to one target, prove parity, and write the artifact folder.
+
+The target-specific work (conversion, quantization, reading back the I/O specs the converter
+produced, the delegation report) lives in ``edgegen/exporters/<target>.py``; this module owns
+what every target shares: reference inputs, the atomic artifact folder, the parity gate and the
+manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from edgegen.artifact import Artifact, atomic_folder, describe_files, load_artifact, write_manifest
+from edgegen.components import Component, build_component
+from edgegen.errors import EdgegenError, first_line
+from edgegen.metrics import worst_fidelity
+from edgegen.registry import EXPORTERS, RUNTIMES
+from edgegen.schema.manifest import (
+    REFERENCE_FILENAME,
+    ArtifactManifest,
+    Delegation,
+    Parity,
+    Quantization,
+    Source,
+    TensorSpec,
+)
+from edgegen.teacher import checkpoint_sha256, load_pipeline
+from edgegen.versions import edgegen_version, versions_of
+
+# Parity gates, exported vs eager on the reference inputs (PSNR over the reference's peak).
+MIN_PSNR_DB_FLOAT32 = 60.0  # float32 conversions differ only by op ordering (~1e-6 relative)
+MIN_PSNR_DB_FLOAT16 = 35.0  # Apple's ml-stable-diffusion gate for float16 Core ML models
+MIN_PSNR_DB_INT8 = 20.0  # 8-bit weights/activations on random-weight tiny models
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    backend: str | None = None
+    quantize: str = "none"
+    min_psnr_db: float | None = None
+    batch_size: int = 1
+
+
+@dataclass
+class ExportedModel:
+    """What an exporter hands back: the file it wrote and the I/O specs it actually produced."""
+
+    model_file: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    quantization: Quantization = field(default_factory=Quantization)
+    delegation: Delegation | None = None
+    backend: str | None = None
+    min_psnr_db: float = MIN_PSNR_DB_FLOAT32
+
+
+class Exporter(Protocol):
+    name: str
+    backends: tuple[str, ...]  # the first is the default; empty if the target has none
+    quantizations: tuple[str, ...]
+    packages: tuple[str, ...]  # toolchain packages recorded in the manifest
+
+    def unavailable_reason(self) -> str | None: ...
+
+    def export(self, component: Component, folder: Path, options: ExportOptions) -> ExportedModel: ...
+
+
+def artifact_name(component: str, target: str, options: ExportOptions) -> str:
+    parts = [component, target]
+    if options.backend:
+        parts.append(options.backend)
+    if options.quantize != "none":
+        parts.append(options.quantize)
+    return "-".join(parts)
+
+
+def check_options(exporter: Exporter, options: ExportOptions) -> ExportOptions:
+    if options.quantize not in exporter.quantizations:
+        raise EdgegenError(
+            f"target '{exporter.name}' does not support --quantize {options.quantize}; "
+            f"it supports: {', '.join(exporter.quantizations)}"
+        )
+    backend = options.backend
+    if exporter.backends:
+        backend = backend or exporter.backends[0]
+        if backend not in exporter.backends:
+            raise EdgegenError(
+                f"target '{exporter.name}' has no backend '{backend}'; choose one of: {', '.join(exporter.backends)}"
+            )
+    elif backend:
+        raise EdgegenError(f"target '{exporter.name}' takes no --backend")
+    if options.batch_size < 1:
+        raise EdgegenError("--batch-size must be at least 1")
+    return ExportOptions(backend, options.quantize, options.min_psnr_db, options.batch_size)
+
+
+def get_exporter(target: str) -> Exporter:
+    exporter = EXPORTERS.get(target)
+    reason = exporter.unavailable_reason()
+    if reason:
+        raise EdgegenError(f"target '{target}' is not usable here: {reason}")
+    return exporter
+
+
+def _to_numpy(tensors: dict[str, Any]) -> dict[str, Any]:
+    return {name: tensor.detach().cpu().contiguous().numpy() for name, tensor in tensors.items()}
+
+
+def _measure_parity(folder: Path, manifest: ArtifactManifest, expected: dict[str, Any]) -> Parity:
+    from edgegen.session import open_artifact
+
+    runtime = RUNTIMES.get(manifest.target)
+    reason = runtime.unavailable_reason(manifest)
+    if reason:
+        return Parity(measured=False, reason=f"not measured on this host: {reason}", min_psnr_db=manifest.parity.min_psnr_db)
+    artifact = Artifact(folder=folder, manifest=manifest)
+    session = open_artifact(artifact)
+    inputs, _ = artifact.reference_tensors()
+    produced = session.run(inputs)
+    score = worst_fidelity(expected, produced)
+    return Parity(
+        measured=True,
+        runtime=runtime.name,
+        min_psnr_db=manifest.parity.min_psnr_db,
+        psnr_db=score.psnr_db,
+        max_abs_error=score.max_abs_error,
+        cosine=score.cosine,
+    )
+
+
+def export_component(
+    pipeline: Any,
+    pipeline_dir: Path,
+    component_name: str,
+    target: str,
+    output_root: Path,
+    options: ExportOptions = ExportOptions(),
+    force: bool = False,
+) -> Artifact:
+    """Export ``component_name`` of an already loaded ``pipeline`` to ``output_root/<name>``."""
+    from safetensors.numpy import save_file
+
+    exporter = get_exporter(target)
+    options = check_options(exporter, options)
+    destination = Path(output_root) / artifact_name(component_name, target, options)
+    if destination.exists() and not force:
+        raise EdgegenError(f"{destination} already exists; pass --force to replace it")
+    component = build_component(pipeline, component_name, batch_size=options.batch_size)
+    expected = _to_numpy(component.run_eager())
+
+    with atomic_folder(destination, force=force) as staging:
+        try:
+            exported = exporter.export(component, staging, options)
+        except EdgegenError:
+            raise
+        except Exception as error:  # converters raise anything; the user needs their reason
+            raise EdgegenError(
+                f"{target} could not export {component_name}: {first_line(error)}"
+            ) from None
+        tensors = {f"input.{k}": v for k, v in _to_numpy(component.reference_inputs).items()}
+        tensors.update({f"output.{k}": v for k, v in expected.items()})
+        save_file(tensors, str(staging / REFERENCE_FILENAME))
+        min_psnr = options.min_psnr_db if options.min_psnr_db is not None else exported.min_psnr_db
+        manifest = ArtifactManifest(
+            edgegen_version=edgegen_version(),
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            target=target,
+            backend=exported.backend or options.backend,
+            component=component_name,
+            model_file=exported.model_file,
+            files=describe_files(staging),
+            inputs=exported.inputs,
+            outputs=exported.outputs,
+            eager_inputs=component.inputs,
+            eager_outputs=component.outputs,
+            quantization=exported.quantization,
+            source=Source(
+                pipeline_dir=str(Path(pipeline_dir).resolve()),
+                pipeline_class=type(pipeline).__name__,
+                component_class=component.source_class,
+                checkpoint_sha256=checkpoint_sha256(pipeline_dir, component.source_subfolder),
+            ),
+            toolchain=versions_of(("torch", *exporter.packages)),
+            graph_rewrites=component.graph_rewrites,
+            parity=Parity(measured=False, reason="pending", min_psnr_db=min_psnr),
+            delegation=exported.delegation,
+        )
+        parity = _measure_parity(staging, manifest, expected)
+        if parity.measured and not parity.psnr_db >= min_psnr:  # NaN fails too
+            raise EdgegenError(
+                f"{target} export of {component_name} failed parity: PSNR {parity.psnr_db:.1f} dB "
+                f"< {min_psnr:.1f} dB (max abs error {parity.max_abs_error:.3g}); nothing was written"
+            )
+        write_manifest(staging, manifest.model_copy(update={"parity": parity}))
+    return load_artifact(destination)
+
+
+def export_pipeline(
+    pipeline_dir: Path,
+    target: str,
+    output_root: Path,
+    components: list[str] | None = None,
+    options: ExportOptions = ExportOptions(),
+    force: bool = False,
+) -> list[Artifact]:
+    from edgegen.components import pipeline_components
+
+    exporter = get_exporter(target)
+    options = check_options(exporter, options)
+    pipeline = load_pipeline(pipeline_dir)
+    names = components or pipeline_components(pipeline)
+    for name in names:
+        destination = Path(output_root) / artifact_name(name, target, options)
+        if destination.exists() and not force:
+            raise EdgegenError(f"{destination} already exists; pass --force to replace it")
+    return [export_component(pipeline, pipeline_dir, name, target, output_root, options, force) for name in names]

@@ -1,0 +1,121 @@
+"""The embedded default teacher: a tiny but real diffusers text-to-image pipeline.
+
+Built from configs in code with a fixed seed, so it needs no download and is the same on every
+machine. It is saved with ``save_pretrained`` and used only through ``from_pretrained`` on the
+saved folder, exactly as a user's own Stable Diffusion folder would be.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_SEED = 0
+EMBEDDED_DEFAULT_NAME = "edgegen-tiny-t2i"
+
+# Byte-level CLIP vocabulary: every byte is a token, with and without the end-of-word marker,
+# and no merges. CLIPTokenizer then splits text into bytes, so any prompt tokenizes offline.
+_START_TOKEN = "<|startoftext|>"
+_END_TOKEN = "<|endoftext|>"
+TEXT_MAX_LENGTH = 16
+LATENT_SIZE = 8
+IMAGE_SIZE = 32
+
+
+def _bytes_to_unicode() -> list[str]:
+    # The GPT-2/CLIP reversible byte -> printable character table.
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+def byte_level_vocab() -> dict[str, int]:
+    chars = _bytes_to_unicode()
+    tokens = chars + [c + "</w>" for c in chars] + [_START_TOKEN, _END_TOKEN]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def build_tokenizer():
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(
+        vocab=byte_level_vocab(),
+        merges=[],
+        model_max_length=TEXT_MAX_LENGTH,
+        pad_token=_END_TOKEN,
+    )
+
+
+def build_embedded_default(output_dir: Path, seed: int = DEFAULT_SEED) -> Path:
+    """Construct the embedded default pipeline from configs and save it to ``output_dir``."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    vocab_size = len(byte_level_vocab())
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=TEXT_MAX_LENGTH,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=LATENT_SIZE,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=IMAGE_SIZE,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=build_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(output_dir, safe_serialization=True)
+    return output_dir

@@ -1,0 +1,50 @@
+"""Name -> plugin registries for export targets and runtimes.
+
+Entries are import paths, resolved on first use, so ``import edgegen`` never imports a heavy
+toolchain and the core never imports ``edgegen.exporters`` or ``edgegen.runtimes`` statically.
+Adding a target is one file under ``exporters/`` (and ``runtimes/``) plus one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgegen.errors import EdgegenError
+
+
+@dataclass
+class Registry:
+    kind: str
+    entries: dict[str, str]
+    _loaded: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def get(self, name: str) -> Any:
+        if name not in self.entries:
+            choices = ", ".join(self.entries)
+            raise EdgegenError(f"unknown {self.kind} '{name}'; choose one of: {choices}")
+        if name not in self._loaded:
+            module_name, attribute = self.entries[name].split(":")
+            self._loaded[name] = getattr(importlib.import_module(module_name), attribute)
+        return self._loaded[name]
+
+
+EXPORTERS = Registry(
+    "export target",
+    {
+        "onnx": "edgegen.exporters.onnx:EXPORTER",
+        "executorch": "edgegen.exporters.executorch:EXPORTER",
+    },
+)
+
+RUNTIMES = Registry(
+    "runtime",
+    {
+        "onnx": "edgegen.runtimes.onnx:RUNTIME",
+        "executorch": "edgegen.runtimes.executorch:RUNTIME",
+    },
+)

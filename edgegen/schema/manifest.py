@@ -1,0 +1,88 @@
+"""The artifact manifest: what an exporter made, from what, with which tools, and how faithful.
+
+Input/output specs are recorded *as the converter produced them* (LiteRT narrows int64 to int32,
+for example); runtimes validate and cast inputs against these, not against the eager model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from edgegen.schema.base import StrictModel
+
+ARTIFACT_SCHEMA_VERSION = 1
+MANIFEST_FILENAME = "manifest.json"
+REFERENCE_FILENAME = "reference.safetensors"
+
+
+class TensorSpec(StrictModel):
+    name: str
+    shape: list[int]
+    dtype: str  # a numpy dtype name: float32, int64, ...
+
+
+class ArtifactFile(StrictModel):
+    path: str
+    sha256: str
+    bytes: int
+
+
+class Quantization(StrictModel):
+    scheme: str = "none"
+    details: dict[str, Any] = {}
+
+
+class Source(StrictModel):
+    pipeline_dir: str
+    pipeline_class: str
+    component_class: str
+    checkpoint_sha256: str
+
+
+class Parity(StrictModel):
+    """Exported vs eager on the reference inputs; ``measured`` is false where this host cannot run it."""
+
+    measured: bool
+    reason: str | None = None
+    runtime: str | None = None
+    min_psnr_db: float
+    psnr_db: float | None = None
+    max_abs_error: float | None = None
+    cosine: float | None = None
+
+
+class Delegation(StrictModel):
+    """Which graph nodes an accelerator delegate took, and which fell back."""
+
+    backend: str
+    total_nodes: int
+    delegated_nodes: int
+    delegate_subgraphs: int
+    fallback_ops: dict[str, int] = {}
+
+    @property
+    def delegated_fraction(self) -> float:
+        return self.delegated_nodes / self.total_nodes if self.total_nodes else 1.0
+
+
+class ArtifactManifest(StrictModel):
+    schema_version: int = ARTIFACT_SCHEMA_VERSION
+    kind: Literal["edgegen.artifact"] = "edgegen.artifact"
+    edgegen_version: str
+    created_at: str
+    target: str
+    backend: str | None = None
+    component: str
+    model_file: str
+    files: list[ArtifactFile]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    eager_inputs: list[TensorSpec]
+    eager_outputs: list[TensorSpec]
+    quantization: Quantization
+    source: Source
+    toolchain: dict[str, str]
+    graph_rewrites: list[str] = []
+    parity: Parity
+    delegation: Delegation | None = None
+    reference_file: str = REFERENCE_FILENAME

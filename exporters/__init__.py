@@ -1,0 +1,1 @@
+"""One file per export target; each defines ``EXPORTER`` and is listed in edgegen.registry."""

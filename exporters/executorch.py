@@ -1,0 +1,99 @@
+"""ExecuTorch target: torch.export -> edge dialect -> XNNPACK delegate -> one .pte per component.
+
+The delegation report counts the edge-graph nodes the partitioner gave to the delegate and the
+ones left to ExecuTorch's portable kernels, which run far slower on a phone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgegen.components import Component
+from edgegen.export import ExportedModel, ExportOptions
+from edgegen.schema.manifest import Delegation, TensorSpec
+
+MODEL_FILE = "model.pte"
+
+# ExecuTorch ScalarType codes -> numpy dtype names.
+SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64", 11: "bool"}
+
+
+def pte_io_specs(model_path: Path, input_names: list[str], output_names: list[str]) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Read the method's tensor specs back from the .pte that was written."""
+    from executorch.runtime import Runtime
+
+    meta = Runtime.get().load_program(model_path).metadata("forward")
+
+    def specs(names: list[str], count: int, read) -> list[TensorSpec]:
+        if count != len(names):
+            raise RuntimeError(f"the .pte has {count} tensors where {len(names)} were declared")
+        return [
+            TensorSpec(name=name, shape=list(read(i).sizes()), dtype=SCALAR_TYPES.get(read(i).dtype(), "unknown"))
+            for i, name in enumerate(names)
+        ]
+
+    return (
+        specs(input_names, meta.num_inputs(), meta.input_tensor_meta),
+        specs(output_names, meta.num_outputs(), meta.output_tensor_meta),
+    )
+
+
+def delegation_report(edge_program, backend: str) -> Delegation:
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    info = get_delegation_info(edge_program.exported_program().graph_module)
+    fallback = {
+        name: row.non_delegated
+        for name, row in info.delegation_by_operator.items()
+        if row.non_delegated and name != "getitem"
+    }
+    return Delegation(
+        backend=backend,
+        total_nodes=info.num_delegated_nodes + sum(fallback.values()),
+        delegated_nodes=info.num_delegated_nodes,
+        delegate_subgraphs=info.num_delegated_subgraphs,
+        fallback_ops=dict(sorted(fallback.items())),
+    )
+
+
+def _partitioners(backend: str) -> list:
+    if backend == "xnnpack":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        return [XnnpackPartitioner()]
+    raise ValueError(f"unsupported ExecuTorch backend {backend}")
+
+
+class ExecutorchExporter:
+    name = "executorch"
+    backends = ("xnnpack",)
+    quantizations = ("none",)
+    packages = ("executorch", "torchao")
+
+    def unavailable_reason(self) -> str | None:
+        from edgegen.versions import package_version
+
+        if package_version("executorch") is None:
+            return "executorch is not installed (pip install 'edgegen[executorch]')"
+        return None
+
+    def export(self, component: Component, folder: Path, options: ExportOptions) -> ExportedModel:
+        import torch
+        from executorch.exir import to_edge_transform_and_lower
+
+        backend = options.backend or self.backends[0]
+        with torch.no_grad():
+            program = torch.export.export(component.module, component.example_args(), strict=False)
+            edge = to_edge_transform_and_lower(program, partitioner=_partitioners(backend))
+        delegation = delegation_report(edge, backend)
+        path = folder / MODEL_FILE
+        path.write_bytes(edge.to_executorch().buffer)
+        inputs, outputs = pte_io_specs(
+            path, [s.name for s in component.inputs], [s.name for s in component.outputs]
+        )
+        return ExportedModel(
+            model_file=MODEL_FILE, inputs=inputs, outputs=outputs, delegation=delegation, backend=backend
+        )
+
+
+EXPORTER = ExecutorchExporter()

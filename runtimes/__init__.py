@@ -1,0 +1,1 @@
+"""One file per runtime, named like its export target; each defines ``RUNTIME``."""

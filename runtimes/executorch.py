@@ -1,0 +1,59 @@
+"""ExecuTorch Python runtime (the same C++ runtime a phone links, through pybindings).
+
+The Linux wheel registers the XNNPACK, QNN and OpenVINO backends; a .pte built for the Core ML
+delegate only loads on Apple platforms.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgegen.artifact import Artifact
+from edgegen.schema.manifest import ArtifactManifest
+
+# Delegate name in the .pte -> backend id recorded in the manifest.
+BACKEND_IDS = {"xnnpack": "XnnpackBackend", "coreml": "CoreMLBackend"}
+
+
+class ExecutorchBackend:
+    def __init__(self, artifact: Artifact):
+        from executorch.runtime import Runtime
+
+        self.method = Runtime.get().load_program(artifact.model_path).load_method("forward")
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        outputs = self.method.execute([torch.from_numpy(array) for array in inputs])
+        return [output.numpy() for output in outputs]
+
+
+class ExecutorchRuntime:
+    name = "executorch"
+    packages = ("executorch",)
+
+    def unavailable_reason(self, manifest: ArtifactManifest | None = None) -> str | None:
+        from edgegen.versions import package_version
+
+        if package_version("executorch") is None:
+            return "executorch is not installed (pip install 'edgegen[executorch]')"
+        if manifest is not None and manifest.backend:
+            from executorch.runtime import Runtime
+
+            backend_id = BACKEND_IDS.get(manifest.backend, manifest.backend)
+            registered = Runtime.get().backend_registry.registered_backend_names
+            if backend_id not in registered:
+                return f"this ExecuTorch runtime has no {backend_id} (it has {', '.join(registered)})"
+        return None
+
+    def import_toolchain(self) -> None:
+        from executorch.runtime import Runtime
+
+        Runtime.get()
+
+    def load(self, artifact: Artifact, threads: int) -> ExecutorchBackend:
+        # The pybindings runtime sizes its XNNPACK threadpool itself; ``threads`` is recorded only.
+        return ExecutorchBackend(artifact)
+
+
+RUNTIME = ExecutorchRuntime()

@@ -1,0 +1,39 @@
+import math
+
+import numpy as np
+import pytest
+
+from edgegen.metrics import cosine_similarity, fidelity, psnr_db, worst_fidelity
+
+
+def test_psnr_of_identical_tensors_is_infinite():
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert psnr_db(x, x) == math.inf
+
+
+def test_psnr_matches_the_closed_form():
+    reference = np.array([2.0, -2.0, 1.0, 0.0])
+    test = reference + np.array([0.1, -0.1, 0.1, -0.1])
+    # peak 2, mse 0.01 -> 10 log10(4 / 0.01) = 26.02 dB
+    assert psnr_db(reference, test) == pytest.approx(10 * math.log10(400), abs=1e-9)
+
+
+def test_cosine_and_max_error():
+    a = np.array([1.0, 0.0])
+    b = np.array([0.0, 3.0])
+    assert cosine_similarity(a, b) == pytest.approx(0.0)
+    assert cosine_similarity(a, 2 * a) == pytest.approx(1.0)
+    assert fidelity(a, b).max_abs_error == pytest.approx(3.0)
+
+
+def test_worst_fidelity_takes_the_weakest_output():
+    ref = {"x": np.ones(4), "y": np.ones(4)}
+    out = {"x": np.ones(4), "y": np.ones(4) * 1.5}
+    worst = worst_fidelity(ref, out)
+    assert worst.psnr_db == pytest.approx(psnr_db(ref["y"], out["y"]))
+    assert worst.max_abs_error == pytest.approx(0.5)
+
+
+def test_shape_mismatch_is_refused():
+    with pytest.raises(ValueError, match="shape mismatch"):
+        fidelity(np.ones(3), np.ones(4))

@@ -1,0 +1,1 @@
+"""Training recipes, one self-contained module per method."""
