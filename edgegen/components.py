@@ -18,6 +18,18 @@ from edgegen.schema.manifest import TensorSpec
 
 COMPONENT_NAMES = ("text_encoder", "denoiser", "vae_decoder")
 DEFAULT_PROMPT = "a red circle at the top left"
+# Calibration for post-training quantization: varied prompts, seeds and timesteps, so the
+# observed ranges cover what the sampling loop will feed the component.
+CALIBRATION_PROMPTS = (
+    "a red circle at the top left",
+    "a blue square in the middle",
+    "a green triangle at the bottom right",
+    "a yellow star on a black background",
+    "two purple dots, one small and one large",
+    "an orange ring at the top right",
+    "a white cross on grey",
+    "a cyan stripe across the bottom",
+)
 
 
 @dataclass
@@ -30,6 +42,7 @@ class Component:
     source_subfolder: str
     source_class: str
     graph_rewrites: list[str] = field(default_factory=list)
+    calibration: list[dict[str, Any]] = field(default_factory=list)  # filled only when quantizing
 
     def example_args(self) -> tuple:
         return tuple(self.reference_inputs[spec.name] for spec in self.inputs)
@@ -117,6 +130,7 @@ def build_component(
     batch_size: int = 1,
     prompt: str = DEFAULT_PROMPT,
     seed: int = 0,
+    timestep: float | None = None,
 ) -> Component:
     """Wrap one part of ``pipeline`` as a static-shape module with reference inputs."""
     import torch
@@ -149,9 +163,11 @@ def build_component(
         size = unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         sample = torch.randn((batch_size, unet.config.in_channels, *size), generator=generator)
-        timestep = torch.full((batch_size,), pipeline.scheduler.config.num_train_timesteps // 2, dtype=torch.float32)
+        if timestep is None:
+            timestep = pipeline.scheduler.config.num_train_timesteps // 2
+        timesteps = torch.full((batch_size,), float(timestep), dtype=torch.float32)
         module, rewrites, subfolder, source = Denoiser(unet).eval(), _use_plain_attention(unet), "unet", unet
-        inputs = {"sample": sample, "timestep": timestep, "encoder_hidden_states": embeddings}
+        inputs = {"sample": sample, "timestep": timesteps, "encoder_hidden_states": embeddings}
         output_names = ["noise_pred"]
     else:
         vae = _require(pipeline, "vae", "vae_decoder")
@@ -183,6 +199,18 @@ def build_component(
     results = result if isinstance(result, tuple) else (result,)
     component.outputs = [_spec(n, t) for n, t in zip(output_names, results, strict=True)]
     return component
+
+
+def calibration_inputs(pipeline: Any, name: str, batch_size: int = 1, count: int = len(CALIBRATION_PROMPTS)) -> list[dict[str, Any]]:
+    """``count`` input sets for ``name``: other prompts, seeds and timesteps than the reference."""
+    steps = pipeline.scheduler.config.num_train_timesteps
+    sets = []
+    for index in range(count):
+        prompt = CALIBRATION_PROMPTS[index % len(CALIBRATION_PROMPTS)]
+        timestep = (index + 0.5) * steps / count
+        part = build_component(pipeline, name, batch_size, prompt=prompt, seed=1000 + index, timestep=timestep)
+        sets.append(part.reference_inputs)
+    return sets
 
 
 def pipeline_components(pipeline: Any) -> list[str]:

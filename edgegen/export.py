@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edgegen.artifact import Artifact, atomic_folder, describe_files, load_artifact, write_manifest
-from edgegen.components import Component, build_component
+from edgegen.components import Component, build_component, calibration_inputs
 from edgegen.errors import EdgegenError, first_line
 from edgegen.metrics import worst_fidelity
 from edgegen.registry import EXPORTERS, RUNTIMES
@@ -149,6 +149,8 @@ def export_component(
     if destination.exists() and not force:
         raise EdgegenError(f"{destination} already exists; pass --force to replace it")
     component = build_component(pipeline, component_name, batch_size=options.batch_size)
+    if options.quantize != "none":
+        component.calibration = calibration_inputs(pipeline, component_name, options.batch_size)
     expected = _to_numpy(component.run_eager())
 
     with atomic_folder(destination, force=force) as staging:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgegen.components import Component
-from edgegen.export import ExportedModel, ExportOptions
-from edgegen.schema.manifest import Delegation, TensorSpec
+from edgegen.export import MIN_PSNR_DB_INT8, ExportedModel, ExportOptions
+from edgegen.schema.manifest import Delegation, Quantization, TensorSpec
 
 MODEL_FILE = "model.pte"
 
@@ -64,10 +64,36 @@ def _partitioners(backend: str) -> list:
     raise ValueError(f"unsupported ExecuTorch backend {backend}")
 
 
+def carries_quantization(module) -> bool:
+    """True for a PT2E module that already holds quantize/dequantize ops (a QAT checkpoint)."""
+    graph = getattr(module, "graph", None)
+    if graph is None:
+        return False
+    return any("quantize_per" in str(node.target) for node in graph.nodes if node.op == "call_function")
+
+
+def quantize_pt2e(program, component: Component):
+    """PT2E int8 with the XNNPACK quantizer: calibrate on the component's calibration set."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(program.module(), quantizer)
+    names = [spec.name for spec in component.inputs]
+    with torch.no_grad():
+        for batch in component.calibration:
+            prepared(*(batch[name] for name in names))
+    return convert_pt2e(prepared)
+
+
 class ExecutorchExporter:
     name = "executorch"
     backends = ("xnnpack",)
-    quantizations = ("none",)
+    quantizations = ("none", "int8")
     packages = ("executorch", "torchao")
 
     def unavailable_reason(self) -> str | None:
@@ -82,8 +108,27 @@ class ExecutorchExporter:
         from executorch.exir import to_edge_transform_and_lower
 
         backend = options.backend or self.backends[0]
+        args = component.example_args()
+        quantization, min_psnr = Quantization(), None
         with torch.no_grad():
-            program = torch.export.export(component.module, component.example_args(), strict=False)
+            program = torch.export.export(component.module, args, strict=False)
+            if carries_quantization(component.module):
+                # Learned (QAT) scales are kept as they are: no re-calibration.
+                quantization = Quantization(scheme="int8", details={"source": "checkpoint (QAT)", "recalibrated": False})
+                min_psnr = MIN_PSNR_DB_INT8
+            elif options.quantize == "int8":
+                quantized = quantize_pt2e(program, component)
+                program = torch.export.export(quantized, args, strict=False)
+                quantization = Quantization(
+                    scheme="int8",
+                    details={
+                        "tool": "torchao PT2E + XNNPACKQuantizer",
+                        "weights": "int8 symmetric per-channel",
+                        "activations": "int8 per-tensor, calibrated",
+                        "calibration_sets": len(component.calibration),
+                    },
+                )
+                min_psnr = MIN_PSNR_DB_INT8
             edge = to_edge_transform_and_lower(program, partitioner=_partitioners(backend))
         delegation = delegation_report(edge, backend)
         path = folder / MODEL_FILE
@@ -91,9 +136,13 @@ class ExecutorchExporter:
         inputs, outputs = pte_io_specs(
             path, [s.name for s in component.inputs], [s.name for s in component.outputs]
         )
-        return ExportedModel(
-            model_file=MODEL_FILE, inputs=inputs, outputs=outputs, delegation=delegation, backend=backend
+        exported = ExportedModel(
+            model_file=MODEL_FILE, inputs=inputs, outputs=outputs, delegation=delegation, backend=backend,
+            quantization=quantization,
         )
+        if min_psnr is not None:
+            exported.min_psnr_db = min_psnr
+        return exported
 
 
 EXPORTER = ExecutorchExporter()
