@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgegen.components import Component
-from edgegen.export import MIN_PSNR_DB_INT8, ExportedModel, ExportOptions
+from edgegen.errors import EdgegenError
+from edgegen.export import MIN_PSNR_DB_FLOAT16, MIN_PSNR_DB_INT8, ExportedModel, ExportOptions
 from edgegen.schema.manifest import Delegation, Quantization, TensorSpec
 
 MODEL_FILE = "model.pte"
@@ -56,11 +57,26 @@ def delegation_report(edge_program, backend: str) -> Delegation:
     )
 
 
+# The Core ML delegate targets the Neural Engine: float16, iOS 17 / macOS 14 and newer.
+COREML_DEPLOYMENT_TARGET = "iOS17"
+
+
 def _partitioners(backend: str) -> list:
     if backend == "xnnpack":
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
         return [XnnpackPartitioner()]
+    if backend == "coreml":
+        import coremltools as ct
+        from executorch.backends.apple.coreml.compiler import CoreMLBackend
+        from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+        specs = CoreMLBackend.generate_compile_specs(
+            compute_unit=ct.ComputeUnit.ALL,
+            minimum_deployment_target=getattr(ct.target, COREML_DEPLOYMENT_TARGET),
+            compute_precision=ct.precision.FLOAT16,
+        )
+        return [CoreMLPartitioner(compile_specs=specs)]
     raise ValueError(f"unsupported ExecuTorch backend {backend}")
 
 
@@ -92,9 +108,9 @@ def quantize_pt2e(program, component: Component):
 
 class ExecutorchExporter:
     name = "executorch"
-    backends = ("xnnpack",)
+    backends = ("xnnpack", "coreml")
     quantizations = ("none", "int8")
-    packages = ("executorch", "torchao")
+    packages = ("executorch", "torchao", "coremltools")
 
     def unavailable_reason(self) -> str | None:
         from edgegen.versions import package_version
@@ -108,6 +124,11 @@ class ExecutorchExporter:
         from executorch.exir import to_edge_transform_and_lower
 
         backend = options.backend or self.backends[0]
+        if backend == "coreml" and options.quantize != "none":
+            raise EdgegenError(
+                "executorch --backend coreml supports --quantize none (float16); "
+                "for quantized Core ML use --target coreml"
+            )
         args = component.example_args()
         quantization, min_psnr = Quantization(), None
         with torch.no_grad():
@@ -140,6 +161,12 @@ class ExecutorchExporter:
             model_file=MODEL_FILE, inputs=inputs, outputs=outputs, delegation=delegation, backend=backend,
             quantization=quantization,
         )
+        if backend == "coreml":
+            quantization = Quantization(
+                scheme="none",
+                details={"precision": "float16", "deployment_target": COREML_DEPLOYMENT_TARGET, "compute_units": "ALL"},
+            )
+            exported.quantization, min_psnr = quantization, MIN_PSNR_DB_FLOAT16
         if min_psnr is not None:
             exported.min_psnr_db = min_psnr
         return exported

@@ -46,7 +46,11 @@ def onnx_op_counts(model_path: Path) -> dict[str, int]:
 
 
 def quantize_onnx(float_path: Path, quantized_path: Path, component: Component, scheme: str) -> Quantization:
-    """onnxruntime int8: static QDQ calibrated on the component's calibration set, or dynamic."""
+    """onnxruntime int8: static QDQ calibrated on the component's calibration set, or dynamic.
+
+    Weights use a 7-bit range (reduce_range): x86 CPUs without VNNI saturate the 16-bit
+    intermediate of u8 x s8 products at full range, which cost 15 dB of PSNR here.
+    """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -62,13 +66,13 @@ def quantize_onnx(float_path: Path, quantized_path: Path, component: Component, 
     if scheme == "int8-dynamic":
         # Weights int8 per channel; activations quantized at run time from their observed range.
         quantize_dynamic(
-            str(prepared), str(quantized_path), weight_type=QuantType.QInt8, per_channel=True,
+            str(prepared), str(quantized_path), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
             op_types_to_quantize=list(QUANTIZED_OP_TYPES),
         )
         prepared.unlink()
         return Quantization(
             scheme=scheme,
-            details={"tool": "onnxruntime.quantize_dynamic", "weights": "int8 per-channel", "ops": list(QUANTIZED_OP_TYPES)},
+            details={"tool": "onnxruntime.quantize_dynamic", "weights": "int8 per-channel, 7-bit range", "ops": list(QUANTIZED_OP_TYPES)},
         )
     names = [spec.name for spec in component.inputs]
     # Attention's activation x activation MatMuls stay float (as XNNPACK's quantizer does):
@@ -97,6 +101,7 @@ def quantize_onnx(float_path: Path, quantized_path: Path, component: Component, 
         per_channel=True,
         weight_type=QuantType.QInt8,
         activation_type=QuantType.QUInt8,
+        reduce_range=True,
         op_types_to_quantize=list(QUANTIZED_OP_TYPES),
         nodes_to_exclude=activation_matmuls,
     )
@@ -106,7 +111,7 @@ def quantize_onnx(float_path: Path, quantized_path: Path, component: Component, 
         details={
             "tool": "onnxruntime.quantize_static",
             "format": "QDQ",
-            "weights": "int8 per-channel",
+            "weights": "int8 per-channel, 7-bit range",
             "activations": "uint8 per-tensor, min-max calibrated",
             "calibration_sets": len(component.calibration),
             "ops": list(QUANTIZED_OP_TYPES),

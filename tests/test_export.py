@@ -7,13 +7,22 @@ import pytest
 
 from conftest import runnable_targets
 from edgegen.components import COMPONENT_NAMES, build_component
-from edgegen.export import MIN_PSNR_DB_FLOAT32
+from edgegen.export import MIN_PSNR_DB_FLOAT32, MIN_PSNR_DB_INT8
+from edgegen.metrics import psnr_db
+from edgegen.registry import EXPORTERS
 from edgegen.session import open_artifact
 
 # Float32 exports differ from eager only by kernel ordering.
 FLOAT32_ATOL = 1e-4
 
 CASES = [(component, target) for target in runnable_targets() for component in COMPONENT_NAMES]
+QUANTIZED_CASES = [
+    (component, target, scheme)
+    for target in runnable_targets()
+    for scheme in EXPORTERS.get(target).quantizations
+    if scheme != "none"
+    for component in COMPONENT_NAMES
+]
 pytestmark = pytest.mark.slow
 
 
@@ -22,6 +31,7 @@ def test_export_runs_and_matches_eager(exported, pipeline, component, target):
     artifact = exported(component, target)
     manifest = artifact.manifest
     assert manifest.target == target and manifest.component == component
+    assert manifest.quantization.scheme == "none"
     assert manifest.parity.measured and manifest.parity.psnr_db >= MIN_PSNR_DB_FLOAT32
     assert artifact.model_path.is_file()
     assert [s.name for s in manifest.inputs] == [s.name for s in manifest.eager_inputs]
@@ -36,14 +46,20 @@ def test_export_runs_and_matches_eager(exported, pipeline, component, target):
         np.testing.assert_allclose(produced[name], reference, atol=FLOAT32_ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("target", [t for t in ("executorch",) if t in runnable_targets()])
-def test_executorch_reports_delegation(exported, target):
-    delegation = exported("denoiser", target).manifest.delegation
-    assert delegation is not None and delegation.backend == "xnnpack"
-    assert 0 < delegation.delegated_nodes <= delegation.total_nodes
-    assert delegation.delegate_subgraphs >= 1
-    # GroupNorm is known to stay outside XNNPACK in today's diffusers UNet; the report says so.
-    assert any("group_norm" in op for op in delegation.fallback_ops)
+@pytest.mark.parametrize("component, target, scheme", QUANTIZED_CASES)
+def test_quantized_export_stays_close_to_float(exported, pipeline, component, target, scheme):
+    artifact = exported(component, target, scheme)
+    manifest = artifact.manifest
+    assert manifest.quantization.scheme == scheme and manifest.quantization.details
+    assert manifest.parity.measured and manifest.parity.psnr_db >= MIN_PSNR_DB_INT8
+    # Smaller than float: int8 weights.
+    assert artifact.size_bytes < exported(component, target).size_bytes
+
+    fresh = build_component(pipeline, component, prompt="a green triangle at the bottom right", seed=7)
+    expected = fresh.run_eager()
+    produced = open_artifact(artifact).run(fresh.reference_inputs)
+    for name, reference in expected.items():
+        assert psnr_db(reference.numpy(), produced[name]) >= MIN_PSNR_DB_INT8
 
 
 def test_failed_parity_leaves_nothing(pipeline, pipeline_dir, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import warnings
 from typing import Any
@@ -20,6 +21,9 @@ _NOISY_LOGGERS = ("torchao", "coremltools", "torch.onnx", "torch._export", "torc
 def quiet() -> None:
     """Keep toolchains' info logs, warnings and progress bars out of the command's output."""
     warnings.filterwarnings("ignore")
+    # Converters (coremltools, litert) draw tqdm bars and set their loggers to INFO on import.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    logging.disable(logging.WARNING)
     from edgegen.teacher import quiet_toolchains
 
     quiet_toolchains()
