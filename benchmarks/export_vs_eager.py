@@ -1,12 +1,14 @@
 """Exported artifact vs eager PyTorch, per component and target, measured side by side.
 
-    python benchmarks/export_vs_eager.py [--pipeline DIR] [--target onnx ...] [--runs 50]
+    python benchmarks/export_vs_eager.py [--pipeline DIR] [--target onnx ...] [--precision float|int8] [--runs 50]
 
-For each component of the pipeline (the embedded default unless --pipeline) and each usable
-target: median latency of the artifact and of eager PyTorch in the same process, interleaved
-in rounds so machine noise hits both alike, their ratio, the artifact's peak memory (fresh
-process, over its runtime's import baseline), size and delegated fraction. Prints a table, then
-the JSON (also written to --output/bench.json). One thread everywhere.
+For each component of the pipeline (the embedded default unless --pipeline), each target this
+machine exports to, in float and int8: median latency of the artifact and of eager PyTorch in
+the same process, interleaved in rounds so machine noise hits both alike, their ratio, the
+artifact's peak memory (fresh process, over its runtime's import baseline), size, PSNR vs the
+float eager model and delegated fraction. Artifacts this host cannot run (Core ML off macOS)
+get size and delegation only. Prints a table, then the JSON (also written to
+--output/bench.json). One thread everywhere.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def interleaved_medians(eager_call, artifact_call, runs: int, warmup: int = 3) -
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", type=Path, help="diffusers pipeline folder (default: the embedded default)")
-    parser.add_argument("--target", action="append", help="target to include (repeatable; default: all usable)")
+    parser.add_argument("--target", action="append", help="target to include (repeatable; default: all exportable)")
+    parser.add_argument("--precision", action="append", choices=["float", "int8"], help="repeatable; default: both")
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--output", type=Path, default=Path("out/bench"))
     args = parser.parse_args()
@@ -47,11 +50,11 @@ def main() -> int:
     import torch
 
     from edgegen.cli.output import quiet
-    from edgegen.components import COMPONENT_NAMES, build_component
-    from edgegen.demo import ensure_default_pipeline, usable_targets
+    from edgegen.components import build_component
+    from edgegen.demo import ensure_default_pipeline, exportable_targets, plan
     from edgegen.export import ExportOptions, export_component
     from edgegen.profiling import profile_artifact
-    from edgegen.session import open_artifact
+    from edgegen.session import open_artifact, runtime_for
     from edgegen.teacher import load_pipeline
 
     quiet()
@@ -59,41 +62,50 @@ def main() -> int:
     pipeline_dir = args.pipeline or ensure_default_pipeline(args.output / "teacher")
     pipeline = load_pipeline(pipeline_dir)
     rows = []
-    for target in args.target or usable_targets():
-        for name in COMPONENT_NAMES:
-            print(f"[bench] {name} -> {target}", file=sys.stderr, flush=True)
-            artifact = export_component(pipeline, pipeline_dir, name, target, args.output / "artifacts", ExportOptions(), force=True)
+    for name, target, scheme in plan(args.target or exportable_targets(), args.precision or ["float", "int8"]):
+        print(f"[bench] {name} -> {target} {scheme}", file=sys.stderr, flush=True)
+        options = ExportOptions(quantize=scheme)
+        artifact = export_component(pipeline, pipeline_dir, name, target, args.output / "artifacts", options, force=True)
+        manifest = artifact.manifest
+        delegation = manifest.delegation
+        row = {
+            "component": name,
+            "target": target,
+            "backend": manifest.backend,
+            "quantization": scheme,
+            "size_kb": round(artifact.size_bytes / 1024, 1),
+            "delegated_fraction": round(delegation.delegated_fraction, 3) if delegation else None,
+            "delegate_subgraphs": delegation.delegate_subgraphs if delegation else None,
+            "psnr_vs_float_db": manifest.parity.psnr_db,
+            "not_run_reason": runtime_for(manifest).unavailable_reason(manifest),
+        }
+        if row["not_run_reason"] is None:
             component = build_component(pipeline, name)
             session = open_artifact(artifact, threads=1)
             prepared = session.prepare({k: v.numpy() for k, v in component.reference_inputs.items()})
             eager_ms, artifact_ms = interleaved_medians(component.run_eager, lambda: session.run_prepared(prepared), args.runs)
             profile = profile_artifact(artifact.folder, runs=10)
-            delegation = artifact.manifest.delegation
-            rows.append(
-                {
-                    "component": name,
-                    "target": target,
-                    "backend": artifact.manifest.backend,
-                    "quantization": artifact.manifest.quantization.scheme,
-                    "eager_p50_ms": round(eager_ms, 3),
-                    "artifact_p50_ms": round(artifact_ms, 3),
-                    "speedup_vs_eager": round(eager_ms / artifact_ms, 2),
-                    "peak_memory_added_mb": round(profile.memory.added_mb, 1),
-                    "runtime_baseline_mb": round(profile.memory.baseline_rss_mb, 1),
-                    "size_kb": round(artifact.size_bytes / 1024, 1),
-                    "delegated_fraction": round(delegation.delegated_fraction, 3) if delegation else None,
-                    "delegate_subgraphs": delegation.delegate_subgraphs if delegation else None,
-                    "parity_psnr_db": artifact.manifest.parity.psnr_db,
-                }
+            row.update(
+                eager_p50_ms=round(eager_ms, 3),
+                artifact_p50_ms=round(artifact_ms, 3),
+                speedup_vs_eager=round(eager_ms / artifact_ms, 2),
+                peak_memory_added_mb=round(profile.memory.added_mb, 1),
+                runtime_baseline_mb=round(profile.memory.baseline_rss_mb, 1),
             )
-    header = ("component", "target", "eager ms", "artifact ms", "speedup", "peak +MiB", "KiB", "delegated", "subgraphs")
+        rows.append(row)
+    header = ("component", "target", "quant", "eager ms", "artifact ms", "speedup", "peak +MiB", "KiB", "PSNR vs float", "delegated", "subgraphs")
     print(" | ".join(header))
     print(" | ".join("---" for _ in header))
     for r in rows:
         delegated = "-" if r["delegated_fraction"] is None else f"{r['delegated_fraction']:.0%}"
+        psnr = "not run" if r["psnr_vs_float_db"] is None else f"{r['psnr_vs_float_db']:.1f}"
+        if r["not_run_reason"]:
+            timing = f"not run here ({r['not_run_reason']}) | - | - | -"
+        else:
+            timing = f"{r['eager_p50_ms']:.2f} | {r['artifact_p50_ms']:.2f} | {r['speedup_vs_eager']:.2f}x | {r['peak_memory_added_mb']:.1f}"
         print(
-            f"{r['component']} | {r['target']} | {r['eager_p50_ms']:.2f} | {r['artifact_p50_ms']:.2f} | "
-            f"{r['speedup_vs_eager']:.2f}x | {r['peak_memory_added_mb']:.1f} | {r['size_kb']:.0f} | {delegated} | {r['delegate_subgraphs'] or '-'}"
+            f"{r['component']} | {r['target']}{'/' + r['backend'] if r['backend'] else ''} | {r['quantization']} | {timing} | "
+            f"{r['size_kb']:.0f} | {psnr} | {delegated} | {r['delegate_subgraphs'] or '-'}"
         )
     payload = {"benchmark": "export_vs_eager", "threads": 1, "runs": args.runs, "rows": rows}
     args.output.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ def test_readme_names_the_two_commands_and_ci_runs_the_test_one():
 
 @pytest.mark.slow
 def test_demo_prints_the_table_and_writes_results(tmp_path):
-    result = CliRunner().invoke(app, ["demo", "-o", str(tmp_path), "--target", "onnx", "--runs", "2"])
+    result = CliRunner().invoke(app, ["demo", "-o", str(tmp_path), "--target", "onnx", "--precision", "float", "--runs", "2"])
     assert result.exit_code == 0, result.output
     for component in ("text_encoder", "denoiser", "vae_decoder"):
         assert component in result.stdout
