@@ -16,14 +16,19 @@ def profile_command(
     warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = DEFAULT_WARMUP,
     runs: Annotated[int, typer.Option(help="Timed runs.")] = DEFAULT_RUNS,
     threads: Annotated[int, typer.Option(help="CPU threads for the runtime.")] = 1,
+    device: Annotated[str | None, typer.Option(help="Profile on a remote device instead: ssh://user@host (needs edgegen there).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Time ARTIFACT_DIR on its runtime (warm-up, p50/p90, load time) and measure peak memory."""
     quiet()
     from edgegen.profiling import profile_artifact
+    from edgegen.remote import profile_on_device
 
-    with console.status(f"profiling {artifact_dir}..."):
-        result = profile_artifact(artifact_dir, warmup=warmup, runs=runs, threads=threads)
+    with console.status(f"profiling {artifact_dir}{' on ' + device if device else ''}..."):
+        if device:
+            result = profile_on_device(artifact_dir, device, warmup, runs, threads)
+        else:
+            result = profile_artifact(artifact_dir, warmup=warmup, runs=runs, threads=threads)
     if json_output:
         print_json(result.model_dump(mode="json"))
         return
