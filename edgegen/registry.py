@@ -38,6 +38,8 @@ EXPORTERS = Registry(
     {
         "onnx": "edgegen.exporters.onnx:EXPORTER",
         "executorch": "edgegen.exporters.executorch:EXPORTER",
+        "coreml": "edgegen.exporters.coreml:EXPORTER",
+        "tflite": "edgegen.exporters.tflite:EXPORTER",
     },
 )
 
@@ -46,5 +48,7 @@ RUNTIMES = Registry(
     {
         "onnx": "edgegen.runtimes.onnx:RUNTIME",
         "executorch": "edgegen.runtimes.executorch:RUNTIME",
+        "coreml": "edgegen.runtimes.coreml:RUNTIME",
+        "tflite": "edgegen.runtimes.tflite:RUNTIME",
     },
 )

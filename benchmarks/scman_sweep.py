@@ -1,0 +1,126 @@
+"""SCMAN vs dense cross-attention over image-token and conditioning-token lengths.
+
+    .venv/bin/python benchmarks/scman_sweep.py [--summary-tokens 16] [--heads 2] [--channels 32] [--runs 20] [--output DIR]
+
+For each (image grid, context length) pair, up to 64x64 = 4096 image tokens x 1024 context
+tokens: analytic FLOPs of the layer (``scman_flops``: key/value projections, score and value
+matmuls, SCMAN's token mixing), eager median latency of a dense ``SCMANAttention`` and a sparse
+one (pooled token reduction to --summary-tokens) with the same weights, interleaved in rounds
+in one process so machine noise hits both alike, and the attention matrix's memory (float32,
+batch 1, all heads), which is the peak of the layer. Heads and channels are small so the sweep
+runs in a couple of minutes on 2 cores; FLOP ratios do not depend on them much. One thread.
+Prints a table, then the JSON (also written to --output/scman_sweep.json when given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+GRIDS = ((16, 16), (32, 32), (64, 64))
+CONTEXT_LENGTHS = (64, 256, 1024)
+ROUNDS = 5
+BYTES_FLOAT32 = 4
+
+
+def interleaved_medians(calls: dict, runs: int, warmup: int = 2) -> dict[str, float]:
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    per_round = max(1, runs // ROUNDS)
+    for _ in range(ROUNDS):
+        for name, call in calls.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                call()
+                times[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--summary-tokens", type=int, default=16)
+    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--channels", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+
+    import torch
+
+    from edgegen.models.scman import SCMANAttention, SCMANConfig, scman_flops
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    rows = []
+    for grid in GRIDS:
+        tokens = grid[0] * grid[1]
+        for length in CONTEXT_LENGTHS:
+            sparse_config = SCMANConfig(mode="sparse", summary_tokens=args.summary_tokens, context_length=length)
+            dense = SCMANAttention(args.channels, args.heads, context_dim=args.channels, grid=grid,
+                                   config=SCMANConfig(mode="dense")).eval()
+            sparse = SCMANAttention(args.channels, args.heads, context_dim=args.channels, grid=grid,
+                                    config=sparse_config).eval()
+            sparse.load_state_dict(dense.state_dict(), strict=False)
+            hidden, context = torch.randn(1, tokens, args.channels), torch.randn(1, length, args.channels)
+            with torch.inference_mode():
+                latency = interleaved_medians(
+                    {"dense": lambda: dense(hidden, context), "sparse": lambda: sparse(hidden, context)}, args.runs
+                )
+            flops = scman_flops(sparse_config, grid, length, channels=args.channels, heads=args.heads)
+            rows.append(
+                {
+                    "image_tokens": tokens,
+                    "grid": list(grid),
+                    "context_tokens": length,
+                    "summary_tokens": args.summary_tokens,
+                    "dense_mflops": flops["dense_flops"] / 1e6,
+                    "sparse_mflops": flops["sparse_flops"] / 1e6,
+                    "flop_ratio": flops["flop_ratio"],
+                    "dense_ms": latency["dense"],
+                    "sparse_ms": latency["sparse"],
+                    "speedup": latency["dense"] / latency["sparse"],
+                    "dense_attention_mib": flops["dense_attention_elements"] * BYTES_FLOAT32 / 2**20,
+                    "sparse_attention_mib": flops["sparse_attention_elements"] * BYTES_FLOAT32 / 2**20,
+                }
+            )
+            row = rows[-1]
+            print(
+                f"{tokens:>6} x {length:>5}: {row['dense_ms']:8.2f} ms dense, {row['sparse_ms']:7.2f} ms sparse",
+                file=sys.stderr,
+            )
+
+    header = (
+        f"{'image':>6} {'ctx':>5} {'S':>3} {'dense MFLOP':>12} {'SCMAN MFLOP':>12} {'ratio':>7} "
+        f"{'dense ms':>9} {'SCMAN ms':>9} {'speedup':>8} {'dense MiB':>10} {'SCMAN MiB':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['image_tokens']:>6} {r['context_tokens']:>5} {r['summary_tokens']:>3} {r['dense_mflops']:>12.1f} "
+            f"{r['sparse_mflops']:>12.1f} {r['flop_ratio']:>6.1f}x {r['dense_ms']:>9.2f} {r['sparse_ms']:>9.2f} "
+            f"{r['speedup']:>7.1f}x {r['dense_attention_mib']:>10.2f} {r['sparse_attention_mib']:>10.3f}"
+        )
+    result = {
+        "benchmark": "scman_sweep",
+        "layer": {"kind": "cross-attention", "heads": args.heads, "channels": args.channels,
+                  "summary": "pooled", "layout": "bhld", "threads": 1, "runs": args.runs},
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output:
+        args.output.mkdir(parents=True, exist_ok=True)
+        (args.output / "scman_sweep.json").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Core ML target: torch.jit.trace -> coremltools -> one ML Program ``model.mlpackage`` per component.
+
+Conversion and weight compression (coremltools.optimize.coreml) run on any host; Core ML
+prediction needs macOS, so on Linux an export is written with its parity marked "not measured".
+Activation quantization (W8A8) is not offered: coremltools calibrates it by running the model,
+which only works on macOS.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from edgegen.components import Component
+from edgegen.export import MIN_PSNR_DB_INT8, ExportedModel, ExportOptions
+from edgegen.schema.manifest import Delegation, Quantization, TensorSpec
+
+MODEL_FILE = "model.mlpackage"
+# iOS17 / macOS14: the oldest target with the ML Program ops every component and compression
+# scheme here needs (constexpr_lut_to_dense, per-channel constexpr_affine_dequantize).
+DEPLOYMENT_TARGET = "iOS17"
+COMPUTE_UNITS = "ALL"  # Core ML picks CPU, GPU or Neural Engine per op at load time
+# coremltools' default: only weights of more than 2048 elements are compressed, i.e. every conv
+# and linear weight of a real checkpoint, while biases and norm scales (tiny, sensitive) stay float.
+WEIGHT_THRESHOLD = 2048
+
+# Float32 keeps parity with eager tight; compressed models compute in float16, as the Neural
+# Engine does (float32 programs never run there).
+_PRECISION = {"none": "float32", "int8-weights": "float16", "palettize-6bit": "float16", "palettize-4bit": "float16"}
+# MIL ops that hold weights rather than compute, like ONNX initializers.
+_WEIGHT_OPS = ("const", "constexpr_")
+# Core ML multi-array data types -> numpy dtype names.
+_ARRAY_DTYPES = {"FLOAT32": "float32", "FLOAT16": "float16", "DOUBLE": "float64", "INT32": "int32", "INT8": "int8"}
+
+
+def _load_spec(model_path: Path):
+    import coremltools as ct
+
+    return ct.utils.load_spec(str(model_path))
+
+
+def coreml_io_specs(model_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Read the model's inputs and outputs back from the package that was written."""
+    from coremltools.proto import FeatureTypes_pb2
+
+    names = {value: key for key, value in FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.items()}
+    description = _load_spec(model_path).description
+
+    def specs(features) -> list[TensorSpec]:
+        result = []
+        for feature in features:
+            if feature.type.WhichOneof("Type") != "multiArrayType":
+                raise RuntimeError(f"Core ML feature '{feature.name}' is not a multi-array")
+            array = feature.type.multiArrayType
+            dtype = _ARRAY_DTYPES.get(names.get(array.dataType, ""), "unknown")
+            result.append(TensorSpec(name=feature.name, shape=list(array.shape), dtype=dtype))
+        return result
+
+    return specs(description.input), specs(description.output)
+
+
+def _all_op_types(model_path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+
+    def walk(block) -> None:
+        for op in block.operations:
+            counts[op.type] = counts.get(op.type, 0) + 1
+            for nested in op.blocks:  # cond / while bodies
+                walk(nested)
+
+    for function in _load_spec(model_path).mlProgram.functions.values():
+        walk(function.block_specializations[function.opset])
+    return counts
+
+
+def mil_op_counts(model_path: Path) -> dict[str, int]:
+    """Compute ops of the ML Program by type (weights, const and constexpr_*, are not counted)."""
+    return _compute_ops(_all_op_types(Path(model_path)))
+
+
+def _compute_ops(ops: dict[str, int]) -> dict[str, int]:
+    return dict(sorted((name, n) for name, n in ops.items() if not name.startswith(_WEIGHT_OPS)))
+
+
+def _compression_config(scheme: str):
+    import coremltools.optimize as cto
+
+    if scheme == "int8-weights":
+        op_config = cto.coreml.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD
+        )
+        details = {"tool": "coremltools.optimize.coreml.linear_quantize_weights", "weights": "int8 symmetric per-channel"}
+        return cto.coreml.linear_quantize_weights, cto.coreml.OptimizationConfig(global_config=op_config), details
+    nbits = {"palettize-6bit": 6, "palettize-4bit": 4}[scheme]
+    op_config = cto.coreml.OpPalettizerConfig(
+        mode="kmeans", nbits=nbits, granularity="per_tensor", weight_threshold=WEIGHT_THRESHOLD
+    )
+    details = {"tool": "coremltools.optimize.coreml.palettize_weights", "weights": f"{nbits}-bit k-means palette per tensor"}
+    return cto.coreml.palettize_weights, cto.coreml.OptimizationConfig(global_config=op_config), details
+
+
+class CoremlExporter:
+    name = "coreml"
+    backends: tuple[str, ...] = ()
+    quantizations = ("none", "int8-weights", "palettize-6bit", "palettize-4bit")
+    packages = ("coremltools",)
+
+    def unavailable_reason(self) -> str | None:
+        from edgegen.versions import package_version
+
+        if package_version("coremltools") is None:
+            return "coremltools is not installed (pip install 'edgegen[coreml]')"
+        return None
+
+    def export(self, component: Component, folder: Path, options: ExportOptions) -> ExportedModel:
+        import coremltools as ct
+        import numpy as np
+        import torch
+
+        args = component.example_args()
+        precision = _PRECISION[options.quantize]
+        with torch.no_grad(), warnings.catch_warnings():
+            # Tracing warns where the models branch on shapes; shapes are static here, so the
+            # traced branch is the only one ever taken.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(component.module, args, check_trace=False)
+        # Core ML has no int64 features: integer inputs (token ids) are declared int32.
+        inputs = [
+            ct.TensorType(
+                name=spec.name,
+                shape=tuple(arg.shape),
+                dtype=np.float32 if arg.is_floating_point() else np.int32,
+            )
+            for spec, arg in zip(component.inputs, args, strict=True)
+        ]
+        outputs = [ct.TensorType(name=spec.name, dtype=np.float32) for spec in component.outputs]
+        model = ct.convert(
+            traced,
+            inputs=inputs,
+            outputs=outputs,
+            convert_to="mlprogram",
+            minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
+            compute_precision=ct.precision.FLOAT32 if precision == "float32" else ct.precision.FLOAT16,
+            compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS),
+            skip_model_load=True,
+        )
+        details = {"precision": precision, "deployment_target": DEPLOYMENT_TARGET, "compute_units": COMPUTE_UNITS}
+        min_psnr = None
+        if options.quantize != "none":
+            compress, config, scheme_details = _compression_config(options.quantize)
+            model = compress(model, config)
+            details.update(scheme_details, weight_threshold=WEIGHT_THRESHOLD)
+            min_psnr = MIN_PSNR_DB_INT8
+        path = folder / MODEL_FILE
+        model.save(str(path))
+
+        all_ops = _all_op_types(path)
+        if options.quantize != "none":
+            details["compressed_weights"] = sum(n for name, n in all_ops.items() if name.startswith("constexpr_"))
+        io_inputs, io_outputs = coreml_io_specs(path)
+        # Core ML assigns compute units per op when the model is loaded on the device, so every
+        # op is in the one program; there is nothing that falls back at export time.
+        total = sum(_compute_ops(all_ops).values())
+        exported = ExportedModel(
+            model_file=MODEL_FILE,
+            inputs=io_inputs,
+            outputs=io_outputs,
+            quantization=Quantization(scheme=options.quantize, details=details),
+            delegation=Delegation(backend="coreml", total_nodes=total, delegated_nodes=total, delegate_subgraphs=1),
+        )
+        if min_psnr is not None:
+            exported.min_psnr_db = min_psnr
+        return exported
+
+
+EXPORTER = CoremlExporter()

@@ -1,0 +1,235 @@
+"""TFLite/LiteRT target: litert-torch converts each component to one static-shape .tflite file.
+
+The model has one signature whose inputs and outputs carry the component's declared names
+(LiteRT lists signature tensors alphabetically, so runtimes must map them by name, never by
+position). LiteRT narrows 64-bit I/O to 32 bits (int64 token ids become int32); the manifest
+records what the converter produced. Quantization uses litert-torch's own recipes: static int8
+through torchao's PT2E flow calibrated on the component's calibration set, dynamic-range int8
+and int8 weight-only through ai-edge-quantizer.
+
+The delegation report counts the flatbuffer's operators: builtin ops run on LiteRT's own
+kernels (and its default XNNPACK delegate); custom and Flex (TensorFlow) ops need extra
+libraries on the device and are listed as fallbacks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgegen.components import Component
+from edgegen.export import MIN_PSNR_DB_INT8, ExportedModel, ExportOptions
+from edgegen.schema.manifest import Delegation, Quantization, TensorSpec
+
+MODEL_FILE = "model.tflite"
+SIGNATURE_KEY = "serving_default"
+# Static int8 quantizes the weight-carrying layers; normalisations, softmax and elementwise ops
+# stay float (as with ONNX), where 8 bits cost most of the accuracy and save little time.
+STATIC_OPS = ("linear", "addmm", "conv", "conv_relu")
+CUSTOM_PREFIX = "CUSTOM:"
+
+
+def tflite_op_counts(path: Path | str) -> dict[str, int]:
+    """Operators in every subgraph of the flatbuffer, by builtin name or ``CUSTOM:<code>``.
+
+    Parsed with the TFLite flatbuffer schema that ai-edge-litert ships, so nothing is allocated
+    or run. Flex (TensorFlow) ops are custom ops whose code starts with ``Flex``.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    builtin_names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    model = schema.ModelT.InitFromPackedBuf(bytearray(Path(path).read_bytes()), 0)
+    counts: dict[str, int] = {}
+    for subgraph in model.subgraphs or []:
+        for operator in subgraph.operators or []:
+            code = model.operatorCodes[operator.opcodeIndex]
+            # Codes above 127 live only in builtinCode; older files use deprecatedBuiltinCode.
+            name = builtin_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "UNKNOWN")
+            if name == "CUSTOM":
+                custom = code.customCode
+                name = CUSTOM_PREFIX + (custom.decode() if isinstance(custom, bytes) else str(custom))
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def delegation_report(path: Path) -> Delegation:
+    ops = tflite_op_counts(path)
+    fallback = {name: count for name, count in ops.items() if name.startswith(CUSTOM_PREFIX) or name == "UNKNOWN"}
+    total = sum(ops.values())
+    return Delegation(
+        backend="litert-builtin",
+        total_nodes=total,
+        delegated_nodes=total - sum(fallback.values()),
+        delegate_subgraphs=1,
+        fallback_ops=fallback,
+    )
+
+
+def tflite_io_specs(path: Path, component: Component) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Read the signature's tensors back from the written file, in the component's declared order."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path)).get_signature_runner(SIGNATURE_KEY)
+
+    def specs(details: dict, declared: list[TensorSpec], kind: str) -> list[TensorSpec]:
+        names = [spec.name for spec in declared]
+        if sorted(details) != sorted(names):
+            raise RuntimeError(f"the .tflite signature has {kind} {sorted(details)} where {names} were declared")
+        result = []
+        for spec in declared:
+            detail = details[spec.name]
+            dtype = np.dtype(detail["dtype"]).name
+            if np.issubdtype(np.dtype(spec.dtype), np.floating) and not np.issubdtype(np.dtype(dtype), np.floating):
+                # A quantize op folded into the model boundary: callers would have to quantize.
+                raise RuntimeError(f"the converter made {kind[:-1]} '{spec.name}' {dtype} where float was declared")
+            result.append(TensorSpec(name=spec.name, shape=[int(d) for d in detail["shape"]], dtype=dtype))
+        return result
+
+    return (
+        specs(runner.get_input_details(), component.inputs, "inputs"),
+        specs(runner.get_output_details(), component.outputs, "outputs"),
+    )
+
+
+def _named_io(component: Component):
+    """Wrap the module so the converted signature carries the declared input and output names."""
+    import torch
+
+    input_names = [spec.name for spec in component.inputs]
+    output_names = [spec.name for spec in component.outputs]
+
+    class NamedIO(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, **inputs):
+            result = self.module(*(inputs[name] for name in input_names))
+            results = result if isinstance(result, tuple) else (result,)
+            return dict(zip(output_names, results, strict=True))
+
+    return NamedIO(component.module).eval()
+
+
+def _float_boundary_quantizer(ops: tuple[str, ...]):
+    """litert-torch's PT2E quantizer on ``ops``, with two guards.
+
+    Integer tensors get no observers (a histogram of int64 timestep arithmetic fails), and
+    neither the model's inputs nor its outputs are quantized: the converter would otherwise
+    fold the boundary quantize/dequantize into int8 model I/O that callers must quantize.
+    """
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+
+    def is_float(node) -> bool:
+        value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+        return isinstance(value, torch.Tensor) and value.dtype.is_floating_point
+
+    class FloatBoundaryQuantizer(PT2EQuantizer):
+        STATIC_OPS = list(ops)
+
+        def annotate(self, model):
+            model = super().annotate(model)
+            outputs = {node for node in model.graph.nodes if node.op == "output"}
+            for node in model.graph.nodes:
+                annotation = node.meta.get("quantization_annotation")
+                if annotation is None:
+                    continue
+                if not is_float(node) or any(user in outputs for user in node.users):
+                    annotation.output_qspec = None
+                for source in list(annotation.input_qspec_map):
+                    if not is_float(source) or source.op == "placeholder":
+                        del annotation.input_qspec_map[source]
+            return model
+
+    return FloatBoundaryQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+
+
+def _static_int8(module, kwargs: dict, component: Component):
+    """PT2E: annotate, calibrate on the component's calibration sets, convert to Q/DQ form."""
+    import torch
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = _float_boundary_quantizer(STATIC_OPS)
+    prepared = prepare_pt2e(torch.export.export(module, (), kwargs).module(), quantizer)
+    names = [spec.name for spec in component.inputs]
+    with torch.no_grad():
+        for batch in component.calibration:
+            prepared(**{name: batch[name] for name in names})
+    # fold_quantize=False keeps the weights' quantize ops for the converter to fold, as litert-torch's own tests do.
+    return convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
+
+
+def _quant_config(scheme: str):
+    from litert_torch.generative.quantize import quant_recipes
+
+    if scheme == "int8-dynamic":
+        return quant_recipes.full_dynamic_recipe()
+    if scheme == "int8-weights":
+        return quant_recipes.full_weight_only_recipe()
+    raise ValueError(f"unsupported TFLite quantization {scheme}")
+
+
+QUANTIZATION_DETAILS = {
+    "int8": {
+        "tool": "litert-torch PT2EQuantizer (torchao PT2E), static",
+        "weights": "int8 symmetric per-channel",
+        "activations": "int8 per-tensor, calibrated; model inputs/outputs stay float",
+        "ops": list(STATIC_OPS),
+    },
+    "int8-dynamic": {
+        "tool": "litert-torch full_dynamic_recipe (ai-edge-quantizer)",
+        "weights": "int8 per-channel",
+        "activations": "int8, ranges computed at run time",
+    },
+    "int8-weights": {
+        "tool": "litert-torch full_weight_only_recipe (ai-edge-quantizer)",
+        "weights": "int8 per-channel, dequantized to float at run time",
+        "activations": "float32",
+    },
+}
+
+
+class TfliteExporter:
+    name = "tflite"
+    backends: tuple[str, ...] = ()
+    quantizations = ("none", "int8", "int8-dynamic", "int8-weights")
+    packages = ("litert-torch", "ai-edge-litert")
+
+    def unavailable_reason(self) -> str | None:
+        from edgegen.versions import package_version
+
+        missing = [p for p in self.packages if package_version(p) is None]
+        return f"missing packages: {', '.join(missing)} (pip install 'edgegen[tflite]')" if missing else None
+
+    def export(self, component: Component, folder: Path, options: ExportOptions) -> ExportedModel:
+        import litert_torch
+        import torch
+
+        module = _named_io(component)
+        kwargs = {spec.name: component.reference_inputs[spec.name] for spec in component.inputs}
+        quantization, quant_config = Quantization(), None
+        if options.quantize == "int8":
+            module, quant_config = _static_int8(module, kwargs, component)
+        elif options.quantize != "none":
+            quant_config = _quant_config(options.quantize)
+        if options.quantize != "none":
+            details = dict(QUANTIZATION_DETAILS[options.quantize])
+            if options.quantize == "int8":
+                details["calibration_sets"] = len(component.calibration)
+            quantization = Quantization(scheme=options.quantize, details=details)
+        path = folder / MODEL_FILE
+        with torch.no_grad():
+            litert_torch.convert(module, (), sample_kwargs=kwargs, quant_config=quant_config).export(str(path))
+        inputs, outputs = tflite_io_specs(path, component)
+        exported = ExportedModel(
+            model_file=MODEL_FILE, inputs=inputs, outputs=outputs, quantization=quantization,
+            delegation=delegation_report(path),
+        )
+        if options.quantize != "none":
+            exported.min_psnr_db = MIN_PSNR_DB_INT8
+        return exported
+
+
+EXPORTER = TfliteExporter()

@@ -1,0 +1,80 @@
+"""TFLite/LiteRT specifics: converter-narrowed I/O, signature names, the op report, the choices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import runnable_targets
+from edgegen.components import COMPONENT_NAMES
+from edgegen.errors import EdgegenError
+from edgegen.export import ExportOptions, export_component
+from edgegen.session import open_artifact
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif("tflite" not in runnable_targets(), reason="litert-torch / ai-edge-litert not installed"),
+]
+
+
+def test_int64_token_ids_are_recorded_as_int32_and_still_accepted(exported):
+    artifact = exported("text_encoder", "tflite")
+    manifest = artifact.manifest
+    assert [(s.name, s.dtype) for s in manifest.eager_inputs] == [("input_ids", "int64")]
+    # The converter narrowed the ids; the manifest says what it made, not what eager took.
+    assert [(s.name, s.dtype) for s in manifest.inputs] == [("input_ids", "int32")]
+
+    inputs, expected = artifact.reference_tensors()
+    assert inputs["input_ids"].dtype == np.int64
+    session = open_artifact(artifact)
+    from_int64 = session.run(inputs)["text_embeddings"]
+    from_int32 = session.run({"input_ids": inputs["input_ids"].astype(np.int32)})["text_embeddings"]
+    np.testing.assert_array_equal(from_int64, from_int32)
+    np.testing.assert_allclose(from_int64, expected["text_embeddings"], atol=1e-4, rtol=0)
+
+
+def test_denoiser_io_follows_declared_order_not_signature_order(exported):
+    # LiteRT lists signature tensors alphabetically (encoder_hidden_states, sample, timestep).
+    manifest = exported("denoiser", "tflite").manifest
+    assert [s.name for s in manifest.inputs] == ["sample", "timestep", "encoder_hidden_states"]
+    assert [s.shape for s in manifest.inputs] == [s.shape for s in manifest.eager_inputs]
+    assert [s.dtype for s in manifest.inputs] == ["float32", "float32", "float32"]
+
+
+@pytest.mark.parametrize("component", COMPONENT_NAMES)
+def test_op_counts_are_builtin_ops_only(exported, component):
+    from ai_edge_litert import schema_py_generated as schema
+
+    from edgegen.exporters.tflite import tflite_op_counts
+
+    artifact = exported(component, "tflite")
+    ops = tflite_op_counts(artifact.model_path)
+    builtin = {name for name in vars(schema.BuiltinOperator) if not name.startswith("_")} - {"CUSTOM"}
+    assert ops and set(ops) <= builtin, f"non-builtin ops: {set(ops) - builtin}"
+    assert not any("flex" in name.lower() or "custom" in name.lower() for name in ops)
+
+    delegation = artifact.manifest.delegation
+    assert delegation is not None and delegation.backend == "litert-builtin"
+    assert delegation.total_nodes == delegation.delegated_nodes == sum(ops.values())
+    assert delegation.fallback_ops == {}
+
+
+def test_unsupported_quantization_lists_the_supported_ones(pipeline, pipeline_dir, tmp_path):
+    from edgegen.registry import EXPORTERS
+
+    supported = EXPORTERS.get("tflite").quantizations
+    assert {"none", "int8", "int8-dynamic", "int8-weights"} <= set(supported)
+    with pytest.raises(EdgegenError, match="supports: " + ", ".join(supported)):
+        export_component(pipeline, pipeline_dir, "text_encoder", "tflite", tmp_path, ExportOptions(quantize="int4"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tflite_runtime_fallback_is_refused_for_quantized_artifacts(exported, monkeypatch):
+    import edgegen.runtimes.tflite as runtime_module
+
+    manifest = exported("text_encoder", "tflite").manifest
+    quantized = manifest.model_copy(update={"quantization": manifest.quantization.model_copy(update={"scheme": "int8"})})
+    only_tflite_runtime = {"ai_edge_litert.interpreter": False, "tflite_runtime.interpreter": True}
+    monkeypatch.setattr(runtime_module, "_has", lambda module: only_tflite_runtime[module])
+    assert runtime_module.RUNTIME.unavailable_reason(manifest) is None
+    assert "quantized" in runtime_module.RUNTIME.unavailable_reason(quantized)
