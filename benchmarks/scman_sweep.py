@@ -1,6 +1,7 @@
 """SCMAN vs dense cross-attention over image-token and conditioning-token lengths.
 
-    .venv/bin/python benchmarks/scman_sweep.py [--summary-tokens 16] [--heads 2] [--channels 32] [--runs 20] [--output DIR]
+    .venv/bin/python benchmarks/scman_sweep.py [--summary-tokens 16] [--heads 2] [--channels 32]
+        [--runs 20] [--output DIR]
 
 For each (image grid, context length) pair, up to 64x64 = 4096 image tokens x 1024 context
 tokens: analytic FLOPs of the layer (``scman_flops``: key/value projections, score and value

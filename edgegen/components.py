@@ -64,12 +64,19 @@ def _spec(name: str, tensor: Any) -> TensorSpec:
 def _use_plain_attention(model: Any) -> list[str]:
     # diffusers' default SDPA processor decomposes into where/eq/any ops that XNNPACK does not
     # take; the plain processor computes the same attention with delegable matmuls and softmax.
+    # SCMAN processors (a student's sparse attention) are already delegable and stay.
     if not hasattr(model, "set_attn_processor"):
         return []
     from diffusers.models.attention_processor import AttnProcessor
 
-    model.set_attn_processor(AttnProcessor())
-    return [f"{type(model).__name__}: attention processor -> AttnProcessor"]
+    from edgegen.models.scman import SCMANProcessor
+
+    current = model.attn_processors
+    replaced = {name: AttnProcessor() for name, proc in current.items() if not isinstance(proc, SCMANProcessor)}
+    if not replaced:
+        return []
+    model.set_attn_processor({name: replaced.get(name, proc) for name, proc in current.items()})
+    return [f"{type(model).__name__}: {len(replaced)} attention processor(s) -> AttnProcessor"]
 
 
 def _wrappers():

@@ -373,7 +373,11 @@ def test_standalone_scman_lowers_to_executorch_xnnpack(tmp_path, kind, layout):
         program = torch.export.export(module, inputs, strict=False)
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     info = get_delegation_info(edge.exported_program().graph_module)
-    fallback = {n: r.non_delegated for n, r in info.delegation_by_operator.items() if r.non_delegated and n != "getitem"}
+    fallback = {
+        name: row.non_delegated
+        for name, row in info.delegation_by_operator.items()
+        if row.non_delegated and name != "getitem"
+    }
     assert info.num_delegated_subgraphs == 1 and not fallback, fallback  # the whole layer runs in XNNPACK
     path = tmp_path / "scman.pte"
     path.write_bytes(edge.to_executorch().buffer)
@@ -389,7 +393,8 @@ def test_dense_mode_applies_an_attention_mask_like_attn_processor(teacher_unet):
     install_scman(unet, SCMANConfig(mode="dense"))
     attn = _layer(unet, "mid_block.attentions.0.transformer_blocks.0.attn2")
     generator = torch.Generator().manual_seed(6)
-    hidden, context = torch.randn(2, 16, 64, generator=generator), torch.randn(2, CONTEXT_LENGTH, 32, generator=generator)
+    hidden = torch.randn(2, 16, 64, generator=generator)
+    context = torch.randn(2, CONTEXT_LENGTH, 32, generator=generator)
     mask = torch.zeros(2, 1, CONTEXT_LENGTH)
     mask[:, :, 10:] = -10000.0
     with torch.no_grad():
@@ -397,3 +402,15 @@ def test_dense_mode_applies_an_attention_mask_like_attn_processor(teacher_unet):
         attn.set_processor(AttnProcessor())
         expected = attn(hidden, encoder_hidden_states=context, attention_mask=mask)
     torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
+
+
+def test_component_building_keeps_installed_scman(pipeline_dir):
+    # The export-time swap to AttnProcessor must not undo a student's SCMAN layers.
+    from edgegen.components import build_component
+    from edgegen.teacher import load_pipeline
+
+    student = load_pipeline(pipeline_dir)
+    install_scman(student.unet, SCMANConfig(**SPARSE))
+    build_component(student, "denoiser")
+    kinds = {type(p).__name__ for name, p in student.unet.attn_processors.items() if "attn2" in name}
+    assert kinds == {"SCMANProcessor"}

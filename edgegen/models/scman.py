@@ -57,8 +57,8 @@ context length M statically (``SCMANConfig.context_length``: ``tokenizer.model_m
 Limits: joint attention (``add_k_proj``, SD3/Flux) and q/k-norm attention are refused; one
 processor instance serves one grid, so use ``install_scman`` or a per-layer dict rather than a
 single instance across resolutions; attention runs in the input dtype (``upcast_attention`` and
-``upcast_softmax`` are not applied, which matters in float16 only); FLOP counts from ``scman_flops`` are analytic (2 FLOPs per
-multiply-add; softmax and reshapes not counted).
+``upcast_softmax`` are not applied, which matters in float16 only); FLOP counts from
+``scman_flops`` are analytic (2 FLOPs per multiply-add; softmax and reshapes not counted).
 """
 
 from __future__ import annotations
@@ -387,7 +387,8 @@ class SCMANProcessor(nn.Module):
             if core.grid is not None and (height, width) != core.grid:
                 raise EdgegenError(f"{core.name}: input grid {height}x{width} differs from its grid {core.grid}")
             hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = (hidden_states if encoder_hidden_states is None else encoder_hidden_states).shape
+        source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        batch_size, sequence_length, _ = source.shape
         if attention_mask is not None:
             if core.kind != "dense":
                 raise EdgegenError(f"{core.name}: sparse SCMAN takes no attention mask (static patterns only)")
@@ -406,11 +407,13 @@ class SCMANProcessor(nn.Module):
             x = hidden_states.transpose(1, 2).unsqueeze(2)  # (B, C, 1, L)
             c = x if encoder_hidden_states is None else context.transpose(1, 2).unsqueeze(2)
             c = core.reduce_context(c)
-            out = core.attend(_conv1x1(x, attn.to_q), _conv1x1(c, attn.to_k), _conv1x1(c, attn.to_v), attn.scale, attention_mask)
+            q, k, v = _conv1x1(x, attn.to_q), _conv1x1(c, attn.to_k), _conv1x1(c, attn.to_v)
+            out = core.attend(q, k, v, attn.scale, attention_mask)
             out = _conv1x1(out, attn.to_out[0]).squeeze(2).transpose(1, 2)
         else:
             context = core.reduce_context(context)
-            out = core.attend(attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context), attn.scale, attention_mask)
+            q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+            out = core.attend(q, k, v, attn.scale, attention_mask)
             out = attn.to_out[0](out)
         out = attn.to_out[1](out)
         if input_ndim == 4:
