@@ -43,7 +43,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from edgegen.cli import compare, default_pipeline, demo, export, inspect, profile, targets
+    from edgegen.cli import compare, default_pipeline, demo, export, inspect, profile, student, targets
 
     app.command("export")(export.export_command)
     app.command("profile")(profile.profile_command)
@@ -52,6 +52,7 @@ def _register() -> None:
     app.command("targets")(targets.targets_command)
     app.command("default-pipeline")(default_pipeline.default_pipeline_command)
     app.command("demo")(demo.demo_command)
+    app.add_typer(student.student_app, name="student")
 
 
 _register()

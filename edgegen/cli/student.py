@@ -1,0 +1,41 @@
+"""``edgegen student``: make compact students of a teacher pipeline."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgegen.cli.output import console, quiet
+
+student_app = typer.Typer(help="Make compact SCMAN students of a teacher pipeline.", no_args_is_help=True)
+
+
+class PresetName(str, Enum):
+    tiny = "tiny"
+    small = "small"
+    base = "base"
+
+
+@student_app.command("init")
+def init_command(
+    teacher: Annotated[Path, typer.Option(help="The teacher's diffusers pipeline folder.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Student pipeline folder to create.")],
+    preset: Annotated[PresetName, typer.Option(help="Student size.")] = PresetName.small,
+    force: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Create a student: fewer/narrower blocks, SCMAN cross-attention, teacher-initialised weights."""
+    quiet()
+    from edgegen.checkpoint import read_student_manifest
+    from edgegen.models.student import make_student
+
+    make_student(teacher, preset.value, output, force=force)
+    manifest = read_student_manifest(output)
+    init = manifest.initialisation
+    console.print(
+        f"wrote student '{preset.value}' to {output}: {manifest.student_parameters:,} UNet parameters "
+        f"({manifest.student_parameters / manifest.teacher_parameters:.0%} of the teacher's); "
+        f"tensors from the teacher: {init.copied} whole, {init.sliced} sliced, {init.random} new"
+    )
