@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 
-import typer
-from typer.core import TyperGroup
+# tqdm reads TQDM_DISABLE once, when it is first imported (by diffusers, coremltools, ...), so
+# converters' progress bars can only be switched off before any of them loads.
+os.environ.setdefault("TQDM_DISABLE", "1")
 
-from edgegen.errors import EdgegenError, first_line
+import typer  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
+
+from edgegen.errors import EdgegenError, first_line  # noqa: E402
 
 
 class _OneLineErrors(TyperGroup):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import warnings
 from typing import Any
@@ -21,8 +20,7 @@ _NOISY_LOGGERS = ("torchao", "coremltools", "torch.onnx", "torch._export", "torc
 def quiet() -> None:
     """Keep toolchains' info logs, warnings and progress bars out of the command's output."""
     warnings.filterwarnings("ignore")
-    # Converters (coremltools, litert) draw tqdm bars and set their loggers to INFO on import.
-    os.environ.setdefault("TQDM_DISABLE", "1")
+    # Converters (coremltools, executorch) set their loggers to INFO on import.
     logging.disable(logging.WARNING)
     from edgegen.teacher import quiet_toolchains
 
