@@ -22,6 +22,7 @@ from edgegen.models.scman import (
 ATOL = 1e-5
 EXPORT_ATOL = 1e-4
 FORBIDDEN_OPS = re.compile(r"gather|scatter|index|topk|nonzero|where|masked")
+FORBIDDEN_MIL_OPS = re.compile(r"gather|scatter|topk|non_zero|select|masked")
 CONTEXT_LENGTH = 16  # the embedded default's text length
 SPARSE = dict(mode="sparse", window=4, global_tokens=2, summary_tokens=4, context_length=CONTEXT_LENGTH)
 
@@ -414,3 +415,48 @@ def test_component_building_keeps_installed_scman(pipeline_dir):
     build_component(student, "denoiser")
     kinds = {type(p).__name__ for name, p in student.unet.attn_processors.items() if "attn2" in name}
     assert kinds == {"SCMANProcessor"}
+
+
+# bc1l is the Core ML layout; its token mixing does not convert to LiteRT (see the module's limits).
+CONVERSIONS = [
+    ("tflite", "self", "bhld"), ("tflite", "cross", "bhld"), ("tflite", "self", "bc1l"),
+    ("coreml", "self", "bhld"), ("coreml", "cross", "bhld"), ("coreml", "self", "bc1l"), ("coreml", "cross", "bc1l"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("target", "kind", "layout"), CONVERSIONS)
+def test_standalone_scman_converts_for_litert_and_core_ml(tmp_path, target, kind, layout):
+    """Every SCMAN mode and layout converts with edgegen's own exporters; LiteRT also runs it."""
+    from edgegen.components import Component
+    from edgegen.export import ExportOptions
+    from edgegen.registry import EXPORTERS
+    from edgegen.schema.manifest import TensorSpec
+
+    module, inputs, expected = _standalone(kind, layout)
+    names = ["hidden_states", "context"][: len(inputs)]
+    spec = lambda name, t: TensorSpec(name=name, shape=list(t.shape), dtype="float32")  # noqa: E731
+    component = Component(
+        name="scman",
+        module=module,
+        inputs=[spec(n, t) for n, t in zip(names, inputs)],
+        outputs=[spec("attended", expected)],
+        reference_inputs=dict(zip(names, inputs)),
+        source_subfolder="",
+        source_class="SCMANAttention",
+    )
+    exported = EXPORTERS.get(target).export(component, tmp_path, ExportOptions())
+    assert [s.name for s in exported.inputs] == names and exported.outputs[0].shape == list(expected.shape)
+    assert not exported.delegation.fallback_ops
+    if target == "tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        runner = Interpreter(model_path=str(tmp_path / exported.model_file)).get_signature_runner("serving_default")
+        out = runner(**{n: t.numpy() for n, t in zip(names, inputs)})["attended"]
+        torch.testing.assert_close(torch.from_numpy(out), expected, atol=EXPORT_ATOL, rtol=0)
+    else:
+        from edgegen.exporters.coreml import mil_op_counts
+
+        ops = mil_op_counts(tmp_path / exported.model_file)
+        # MIL's slice_by_index is a static slice; data-dependent ops would be gather/scatter/...
+        assert not {op for op in ops if FORBIDDEN_MIL_OPS.search(op)}, ops

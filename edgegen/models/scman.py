@@ -54,7 +54,9 @@ shapes, free after export) and fails naming the layer, so a UNet run at a differ
 than ``sample_size`` fails loudly instead of mixing windows. Cross-attention also needs the
 context length M statically (``SCMANConfig.context_length``: ``tokenizer.model_max_length``).
 
-Limits: joint attention (``add_k_proj``, SD3/Flux) and q/k-norm attention are refused; one
+Limits: the ``bc1l`` learned/pooled summary does not convert to LiteRT (litert-torch 0.10
+folds it into a rank-4 batch_matmul that TFLite rejects); ``bc1l`` is the Core ML layout, use
+``bhld`` for LiteRT and XNNPACK. Joint attention (``add_k_proj``, SD3/Flux) and q/k-norm attention are refused; one
 processor instance serves one grid, so use ``install_scman`` or a per-layer dict rather than a
 single instance across resolutions; attention runs in the input dtype (``upcast_attention`` and
 ``upcast_softmax`` are not applied, which matters in float16 only); FLOP counts from
@@ -248,7 +250,10 @@ class SCMANCore(nn.Module):
         # Mixing along the token axis as a Linear over that axis: the constant sits on the
         # right of the product, where every backend takes it as a fully connected layer.
         if self.config.layout == "bc1l":
-            return nn.functional.linear(x, weight)  # (B, C, 1, M) -> (B, C, 1, S)
+            # (B, C, 1, M) -> (B, C, 1, S) as a 2-D fully connected layer (XNNPACK, Core ML).
+            batch, channels, _, length = x.shape
+            mixed = nn.functional.linear(x.reshape(batch * channels, length), weight)
+            return mixed.reshape(batch, channels, 1, weight.shape[0])
         return nn.functional.linear(x.transpose(1, 2), weight).transpose(1, 2)  # (B, M, C) -> (B, S, C)
 
     def _window_bhld(self, q, k, v, scale):

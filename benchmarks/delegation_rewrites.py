@@ -1,0 +1,130 @@
+"""XNNPACK delegation and latency before and after ``make_delegable``, measured side by side.
+
+    .venv/bin/python benchmarks/delegation_rewrites.py [--pipeline DIR] [--component denoiser ...] [--runs 100]
+
+For the embedded default's ``denoiser`` and ``vae_decoder`` (or --pipeline's): the component as
+``build_component`` makes it ("before") and a deep copy with ``edgegen.rewrites.make_delegable``
+applied ("after"), each lowered to ExecuTorch XNNPACK fp32: delegated edge nodes / total, the
+delegate subgraph count, the ops left outside, the max abs error of the .pte vs eager, and the
+median latency of the two .pte files run in the same process, interleaved in rounds so machine
+noise hits both alike. One thread for torch and for ExecuTorch's XNNPACK threadpool. Prints a
+table, then the JSON (also written to --output/delegation_rewrites.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROUNDS = 5
+
+
+def interleaved_medians(calls: list, runs: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        for call in calls:
+            call()
+    samples: list[list[float]] = [[] for _ in calls]
+    per_round = max(1, runs // ROUNDS)
+    for _ in range(ROUNDS):
+        for call, sink in zip(calls, samples, strict=True):
+            for _ in range(per_round):
+                start = time.perf_counter()
+                call()
+                sink.append((time.perf_counter() - start) * 1000.0)
+    return [statistics.median(sink) for sink in samples]
+
+
+def lower(module, args: tuple):
+    """(delegation report, loaded ExecuTorch method) for ``module`` lowered to XNNPACK fp32."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    from edgegen.exporters.executorch import delegation_report
+
+    with torch.no_grad():
+        program = torch.export.export(module, args, strict=False)
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    report = delegation_report(edge, "xnnpack")
+    method = Runtime.get().load_program(edge.to_executorch().buffer).load_method("forward")
+    return report, method
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pipeline", type=Path, help="diffusers pipeline folder (default: the embedded default)")
+    parser.add_argument("--component", action="append", choices=["denoiser", "vae_decoder"], help="repeatable; default: both")
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--output", type=Path, default=Path("out/bench"))
+    args = parser.parse_args()
+
+    import torch
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+    from edgegen.cli.output import quiet
+    from edgegen.components import build_component
+    from edgegen.demo import ensure_default_pipeline
+    from edgegen.rewrites import make_delegable
+    from edgegen.teacher import load_pipeline
+
+    quiet()
+    torch.set_num_threads(1)
+    _unsafe_reset_threadpool(1)
+    pipeline_dir = args.pipeline or ensure_default_pipeline(args.output / "teacher")
+    pipeline = load_pipeline(pipeline_dir)
+    rows = []
+    for name in args.component or ["denoiser", "vae_decoder"]:
+        print(f"[bench] {name}: lowering before and after make_delegable", file=sys.stderr, flush=True)
+        component = build_component(pipeline, name)
+        inputs = list(component.example_args())
+        expected = next(iter(component.run_eager().values()))
+        rewritten = copy.deepcopy(component.module)
+        changes = make_delegable(rewritten)
+        variants = {"before": component.module, "after": rewritten}
+        measured = {}
+        for label, module in variants.items():
+            report, method = lower(module, tuple(inputs))
+            error = (method.execute(inputs)[0] - expected).abs().max().item()
+            measured[label] = {"report": report, "method": method, "max_abs_error_vs_eager": error}
+        latencies = interleaved_medians([lambda m=v["method"]: m.execute(inputs) for v in measured.values()], args.runs)
+        for (label, value), latency in zip(measured.items(), latencies, strict=True):
+            report = value["report"]
+            rows.append(
+                {
+                    "component": name,
+                    "variant": label,
+                    "delegated_nodes": report.delegated_nodes,
+                    "total_nodes": report.total_nodes,
+                    "delegated_fraction": round(report.delegated_nodes / report.total_nodes, 4),
+                    "delegate_subgraphs": report.delegate_subgraphs,
+                    "fallback_ops": report.fallback_ops,
+                    "max_abs_error_vs_eager": value["max_abs_error_vs_eager"],
+                    "executorch_p50_ms": round(latency, 3),
+                    "rewrites": changes if label == "after" else [],
+                }
+            )
+    header = ("component", "variant", "delegated / total", "subgraphs", "p50 ms", "max err vs eager", "left outside")
+    print(" | ".join(header))
+    print(" | ".join("---" for _ in header))
+    for r in rows:
+        outside = ", ".join(f"{op} x{count}" for op, count in r["fallback_ops"].items()) or "-"
+        print(
+            f"{r['component']} | {r['variant']} | {r['delegated_nodes']}/{r['total_nodes']} "
+            f"({r['delegated_fraction']:.1%}) | {r['delegate_subgraphs']} | {r['executorch_p50_ms']:.3f} | "
+            f"{r['max_abs_error_vs_eager']:.1e} | {outside}"
+        )
+    payload = {"benchmark": "delegation_rewrites", "backend": "xnnpack", "threads": 1, "runs": args.runs, "rows": rows}
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "delegation_rewrites.json").write_text(json.dumps(payload, indent=2) + "\n")
+    print(json.dumps(payload, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

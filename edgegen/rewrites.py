@@ -1,0 +1,322 @@
+"""Exact module rewrites that keep a diffusers model inside an on-device delegate.
+
+Owns the export-time module swaps that compute the same function with ops every delegate takes
+(ExecuTorch XNNPACK, Core ML, LiteRT, ONNX). In ExecuTorch 1.5.1 XNNPACK leaves these outside
+its delegate, splitting the graph into many delegate pieces:
+
+- ``native_group_norm`` / ``native_layer_norm``: rewritten as a 4-D reshape, ``mean`` over the two
+  innermost dims with keepdim (the only mean XNNPACK takes), subtract, square by ``mul``,
+  ``rsqrt`` and an elementwise affine;
+- ``upsample_nearest2d`` (diffusers ``Upsample2D``): rewritten as two ``cat`` + reshape steps. A
+  depthwise all-ones ``ConvTranspose2d`` is delegated too but ran ~1.6x slower in XNNPACK;
+- ``arange``/``exp``/``unsqueeze`` of the sinusoidal timestep embedding (diffusers ``Timesteps``):
+  the frequencies are a constant, computed once with the same float32 ops;
+- ``split_with_sizes`` of ``GEGLU``'s ``chunk``: rewritten as two slices;
+- ``expand_copy`` of ``UNet2DConditionModel.get_time_embed``: skipped when the timestep already
+  has one entry per sample (a no-op);
+- int64 -> float32 casts of int rescaling divisors (``output_scale_factor = 1``): made floats.
+
+Every rewrite but the last is a module swap on a copy of the module's state (parameters and submodules are
+shared, not copied), so ``state_dict`` keys are unchanged and teacher weights still load; the
+added constants are non-persistent buffers. Each function rewrites ``module``'s descendants in
+place (never ``module`` itself) and returns human-readable descriptions of what changed.
+
+Limits: results match the originals within float rounding (the norms' reductions run in another
+order), not bitwise. An instance-level ``forward`` override (an accelerate offload hook) is not
+carried over to the swapped module. Only the stock classes are rewritten, never subclasses.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+
+def _adopt(cls: type, module: Any) -> Any:
+    """A ``cls`` instance sharing ``module``'s attributes, parameters, buffers and children.
+
+    torch's own bookkeeping (parameter, buffer, child and hook tables) is copied so that changes
+    to the new module do not reach the old one; an instance-level ``forward`` (an offload hook)
+    is dropped, since it would bypass the rewritten method.
+    """
+    import copy
+
+    new = cls.__new__(cls)
+    new.__dict__.update(module.__dict__)
+    new.__dict__.pop("forward", None)
+    for key in _torch_tables():
+        if isinstance(module.__dict__.get(key), (dict, set)):
+            new.__dict__[key] = copy.copy(module.__dict__[key])
+    return new
+
+
+@functools.cache
+def _torch_tables() -> tuple[str, ...]:
+    import torch
+
+    return tuple(key for key, value in vars(torch.nn.Module()).items() if isinstance(value, (dict, set)))
+
+
+def _swap(root: Any, convert: Callable[[Any], Any | None]) -> list[tuple[str, Any, Any]]:
+    """Replace each descendant for which ``convert`` returns a module; (name, old, new) each."""
+    swapped = []
+    for parent_name, parent in list(root.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            replacement = convert(child)
+            if replacement is not None:
+                setattr(parent, child_name, replacement)
+                swapped.append((f"{parent_name}.{child_name}".lstrip("."), child, replacement))
+    return swapped
+
+
+def _describe(swapped: list[tuple[str, Any, Any]], what: str) -> list[str]:
+    counts = Counter(type(old).__name__ for _, old, _ in swapped)
+    return [f"{name} x{count} -> {what}" for name, count in sorted(counts.items())]
+
+
+def _normalize_4d(view: Any, eps: float) -> Any:
+    # XNNPACK takes mean.dim only on 4-D tensors over dims (2, 3) with keepdim=True.
+    mean = view.mean(dim=(2, 3), keepdim=True)
+    centered = view - mean
+    variance = (centered * centered).mean(dim=(2, 3), keepdim=True)
+    return centered * (variance + eps).rsqrt()
+
+
+@functools.cache
+def _classes() -> dict[str, type]:
+    # Defined on first use so that importing this module does not import torch or diffusers.
+    import torch
+    from diffusers.models.activations import GEGLU
+    from diffusers.models.embeddings import Timesteps
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from diffusers.models.upsampling import Upsample2D
+
+    class DecomposedGroupNorm(torch.nn.GroupNorm):
+        """``nn.GroupNorm`` from reshape/mean/sub/mul/rsqrt; same parameters, same state_dict."""
+
+        def forward(self, x):
+            shape = x.shape
+            groups = self.num_groups
+            view = x.reshape(shape[0], groups, 1, -1)
+            y = _normalize_4d(view, self.eps).reshape(shape)
+            if self.affine:
+                channels = (1, self.num_channels) + (1,) * (len(shape) - 2)
+                y = y * self.weight.reshape(channels) + self.bias.reshape(channels)
+            return y
+
+    class DecomposedLayerNorm(torch.nn.LayerNorm):
+        """``nn.LayerNorm`` from reshape/mean/sub/mul/rsqrt; same parameters, same state_dict."""
+
+        def forward(self, x):
+            shape = x.shape
+            size = math.prod(self.normalized_shape)
+            y = _normalize_4d(x.reshape(1, -1, 1, size), self.eps).reshape(shape)
+            if self.weight is not None:
+                y = y * self.weight
+            if self.bias is not None:
+                y = y + self.bias
+            return y
+
+    class NearestUpsample2x(torch.nn.Module):
+        """Nearest 2x upsampling of NCHW as two concatenations of a tensor with itself.
+
+        The two operands of each ``cat`` are separate reshape nodes on purpose: XNNPACK's
+        partitioner counts distinct input nodes and refuses a cat of one node with itself.
+        """
+
+        def forward(self, x):
+            n, c, h, w = x.shape
+            columns = (n * c * h, w, 1)
+            y = torch.cat([x.reshape(columns), x.reshape(columns)], dim=2)
+            rows = (n * c * h, 1, 2 * w)
+            y = torch.cat([y.reshape(rows), y.reshape(rows)], dim=1)
+            return y.reshape(n, c, 2 * h, 2 * w)
+
+    class DelegableUpsample2D(Upsample2D):
+        """``Upsample2D`` whose nearest 2x interpolation is ``NearestUpsample2x``.
+
+        Other cases (an explicit output size other than 2x, bfloat16 on old torch) take the
+        original path.
+        """
+
+        def forward(self, hidden_states, output_size=None, *args, **kwargs):
+            height, width = hidden_states.shape[-2:]
+            if (
+                hidden_states.dtype == torch.bfloat16
+                or hidden_states.dim() != 4
+                or (output_size is not None and tuple(output_size) != (2 * height, 2 * width))
+            ):
+                return super().forward(hidden_states, output_size, *args, **kwargs)
+            if self.norm is not None:
+                hidden_states = self.norm(hidden_states.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            hidden_states = self.upsample_nearest(hidden_states)
+            if self.use_conv:
+                conv = self.conv if self.name == "conv" else self.Conv2d_0
+                hidden_states = conv(hidden_states)
+            return hidden_states
+
+    class PrecomputedTimesteps(Timesteps):
+        """``Timesteps`` with its sinusoid frequencies as a constant, shaped (1, half)."""
+
+        def forward(self, timesteps):
+            emb = timesteps.reshape(-1, 1).float() * self.frequencies
+            if self.scale != 1:
+                emb = self.scale * emb
+            sin, cos = torch.sin(emb), torch.cos(emb)
+            emb = torch.cat([cos, sin] if self.flip_sin_to_cos else [sin, cos], dim=-1)
+            if self.num_channels % 2 == 1:
+                emb = torch.nn.functional.pad(emb, (0, 1, 0, 0))
+            return emb
+
+    class SlicedGEGLU(GEGLU):
+        """``GEGLU`` splitting its projection with two slices instead of ``chunk``."""
+
+        def forward(self, hidden_states, *args, **kwargs):
+            hidden_states = self.proj(hidden_states)
+            half = hidden_states.shape[-1] // 2
+            return hidden_states[..., :half] * self.gelu(hidden_states[..., half:])
+
+    class BatchedTimestepUNet(UNet2DConditionModel):
+        """``UNet2DConditionModel`` that skips ``timesteps.expand(batch)`` when the timestep
+        tensor already has one entry per sample (a no-op ``expand_copy`` XNNPACK does not take)."""
+
+        def get_time_embed(self, sample, timestep):
+            if torch.is_tensor(timestep) and timestep.dim() == 1 and timestep.shape[0] == sample.shape[0]:
+                return self.time_proj(timestep).to(dtype=sample.dtype)
+            return super().get_time_embed(sample, timestep)
+
+    return {
+        "UNet2DConditionModel": BatchedTimestepUNet,
+        "GroupNorm": DecomposedGroupNorm,
+        "LayerNorm": DecomposedLayerNorm,
+        "NearestUpsample2x": NearestUpsample2x,
+        "Upsample2D": DelegableUpsample2D,
+        "Timesteps": PrecomputedTimesteps,
+        "GEGLU": SlicedGEGLU,
+    }
+
+
+def _exactly(module: Any, base: type, rewritten: type) -> bool:
+    # Only the stock class: a subclass may compute something else, a rewritten one is done.
+    return type(module) is base and not isinstance(module, rewritten)
+
+
+def decompose_group_norms(module: Any) -> list[str]:
+    """Replace every ``nn.GroupNorm`` below ``module`` by a reshape/mean/rsqrt GroupNorm."""
+    import torch
+
+    cls = _classes()["GroupNorm"]
+    swapped = _swap(module, lambda m: _adopt(cls, m) if _exactly(m, torch.nn.GroupNorm, cls) else None)
+    return _describe(swapped, "decomposed GroupNorm (reshape, mean, sub, mul, rsqrt, affine)")
+
+
+def decompose_layer_norms(module: Any) -> list[str]:
+    """Replace every ``nn.LayerNorm`` below ``module`` by a reshape/mean/rsqrt LayerNorm."""
+    import torch
+
+    cls = _classes()["LayerNorm"]
+    swapped = _swap(module, lambda m: _adopt(cls, m) if _exactly(m, torch.nn.LayerNorm, cls) else None)
+    return _describe(swapped, "decomposed LayerNorm (reshape, mean, sub, mul, rsqrt, affine)")
+
+
+def concat_nearest_upsampling(module: Any) -> list[str]:
+    """Replace diffusers ``Upsample2D`` that interpolates by one upsampling with two ``cat``s."""
+    from diffusers.models.upsampling import Upsample2D
+
+    classes = _classes()
+    cls = classes["Upsample2D"]
+
+    def convert(child):
+        if not _exactly(child, Upsample2D, cls) or child.use_conv_transpose or not child.interpolate:
+            return None
+        new = _adopt(cls, child)
+        new.upsample_nearest = classes["NearestUpsample2x"]()
+        return new
+
+    return _describe(_swap(module, convert), "nearest 2x upsampling as cat + reshape")
+
+
+def precompute_timestep_frequencies(module: Any) -> list[str]:
+    """Replace diffusers ``Timesteps`` by one whose frequencies are a constant buffer."""
+    import torch
+    from diffusers.models.embeddings import Timesteps
+
+    cls = _classes()["Timesteps"]
+
+    def convert(child):
+        if not _exactly(child, Timesteps, cls):
+            return None
+        new = _adopt(cls, child)
+        # The same float32 ops, in the same order, as diffusers' get_timestep_embedding.
+        half = child.num_channels // 2
+        exponent = -math.log(10000) * torch.arange(start=0, end=half, dtype=torch.float32)
+        exponent = exponent / (half - child.downscale_freq_shift)
+        new.register_buffer("frequencies", torch.exp(exponent)[None, :], persistent=False)
+        return new
+
+    return _describe(_swap(module, convert), "timestep embedding with precomputed frequencies")
+
+
+def slice_geglu(module: Any) -> list[str]:
+    """Replace diffusers ``GEGLU`` by one that splits with slices instead of ``chunk``."""
+    from diffusers.models.activations import GEGLU
+
+    cls = _classes()["GEGLU"]
+    swapped = _swap(module, lambda m: _adopt(cls, m) if _exactly(m, GEGLU, cls) else None)
+    return _describe(swapped, "GEGLU split by slices")
+
+
+def skip_batched_timestep_expand(module: Any) -> list[str]:
+    """Replace each diffusers ``UNet2DConditionModel`` below ``module`` by one that does not
+    ``expand`` a timestep tensor already shaped (batch,). The UNet must be a child (e.g. of the
+    denoiser wrapper), since ``module`` itself is never swapped."""
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+
+    cls = _classes()["UNet2DConditionModel"]
+    swapped = _swap(module, lambda m: _adopt(cls, m) if _exactly(m, UNet2DConditionModel, cls) else None)
+    return _describe(swapped, "UNet without the no-op timestep expand")
+
+
+# (class path, attribute) pairs holding a divisor that diffusers configs often give as an int;
+# an int scalar becomes an int64 constant plus a dtype cast that XNNPACK does not take.
+_SCALAR_DIVISORS = (
+    ("diffusers.models.resnet", "ResnetBlock2D", "output_scale_factor"),
+    ("diffusers.models.attention_processor", "Attention", "rescale_output_factor"),
+)
+
+
+def float_scalar_divisors(module: Any) -> list[str]:
+    """Turn int output-rescaling divisors into floats (``x / 1`` and ``x / 1.0`` are equal)."""
+    import importlib
+
+    counts: Counter = Counter()
+    for _, child in module.named_modules():
+        for module_path, class_name, attribute in _SCALAR_DIVISORS:
+            cls = getattr(importlib.import_module(module_path), class_name)
+            value = getattr(child, attribute, None)
+            if isinstance(child, cls) and isinstance(value, int) and not isinstance(value, bool):
+                setattr(child, attribute, float(value))
+                counts[f"{class_name}.{attribute}"] += 1
+    return [f"{name} x{count} -> float divisor" for name, count in sorted(counts.items())]
+
+
+REWRITES = (
+    decompose_group_norms,
+    decompose_layer_norms,
+    concat_nearest_upsampling,
+    precompute_timestep_frequencies,
+    slice_geglu,
+    skip_batched_timestep_expand,
+    float_scalar_divisors,
+)
+
+
+def make_delegable(module: Any) -> list[str]:
+    """Apply every rewrite to ``module``'s descendants in place; what changed, one line each."""
+    changes = []
+    for rewrite in REWRITES:
+        changes.extend(rewrite(module))
+    return changes

@@ -1,0 +1,185 @@
+"""The delegable rewrites compute what the originals compute and keep the teacher's weights."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from edgegen import rewrites
+from edgegen.components import build_component
+
+ATOL = 1e-5
+PTE_ATOL = 1e-4
+
+
+def randomized(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    # Norm layers start at weight 1, bias 0: random values make the affine part count.
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    return module.eval()
+
+
+def rewritten(original: torch.nn.Module, rewrite) -> tuple[torch.nn.Module, list[str]]:
+    copied = copy.deepcopy(original)
+    return copied, rewrite(copied)
+
+
+def assert_same(original, changed, *inputs, **kwargs):
+    with torch.no_grad():
+        expected, actual = original(*inputs, **kwargs), changed(*inputs, **kwargs)
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0)
+
+
+def assert_weights_load(original, changed):
+    assert list(changed.state_dict()) == list(original.state_dict())
+    changed.load_state_dict(original.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", [(2, 32, 8, 8), (2, 32, 24), (1, 32, 5, 3)])
+def test_group_norm_matches(shape, affine):
+    original = torch.nn.Sequential(randomized(torch.nn.GroupNorm(8, 32, eps=1e-6, affine=affine)))
+    changed, changes = rewritten(original, rewrites.decompose_group_norms)
+    assert changes == ["GroupNorm x1 -> decomposed GroupNorm (reshape, mean, sub, mul, rsqrt, affine)"]
+    assert isinstance(changed[0], torch.nn.GroupNorm) and type(changed[0]) is not torch.nn.GroupNorm
+    x = 3.0 * torch.randn(shape, generator=torch.Generator().manual_seed(1)) + 0.5
+    assert_same(original, changed, x)
+    assert_weights_load(original, changed)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.nn.LayerNorm(32),
+        lambda: torch.nn.LayerNorm(32, elementwise_affine=False),
+        lambda: torch.nn.LayerNorm(32, bias=False),
+        lambda: torch.nn.LayerNorm((4, 8), eps=1e-6),
+    ],
+)
+def test_layer_norm_matches(make):
+    original = torch.nn.Sequential(randomized(make()))
+    changed, changes = rewritten(original, rewrites.decompose_layer_norms)
+    assert changes and changes[0].startswith("LayerNorm x1 ->")
+    x = 2.0 * torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(2)) - 1.0
+    x = x.reshape(2, 7, *original[0].normalized_shape)
+    assert_same(original, changed, x)
+    assert_weights_load(original, changed)
+
+
+@pytest.mark.parametrize("use_conv", [True, False])
+def test_upsample_matches_nearest_interpolation(use_conv):
+    from diffusers.models.upsampling import Upsample2D
+
+    original = torch.nn.Sequential(randomized(Upsample2D(16, use_conv=use_conv)))
+    changed, changes = rewritten(original, rewrites.concat_nearest_upsampling)
+    assert changes == ["Upsample2D x1 -> nearest 2x upsampling as cat + reshape"]
+    x = torch.randn(2, 16, 5, 7, generator=torch.Generator().manual_seed(3))
+    assert_same(original, changed, x)
+    # Upsampling is a copy: without a conv it is bitwise the same.
+    if not use_conv:
+        with torch.no_grad():
+            assert torch.equal(original(x), changed(x))
+    # An explicit 2x output size takes the rewritten path; another size the original one.
+    for size in [(10, 14), (11, 15)]:
+        assert_same(original[0], changed[0], x, output_size=size)
+    assert_weights_load(original, changed)
+
+
+def test_upsample_without_interpolation_is_left_alone():
+    from diffusers.models.upsampling import Upsample2D
+
+    original = torch.nn.Sequential(Upsample2D(8, use_conv_transpose=True))
+    assert rewrites.concat_nearest_upsampling(original) == []
+
+
+@pytest.mark.parametrize(("channels", "flip", "shift", "scale"), [(32, True, 0, 1), (33, False, 1, 1), (16, True, 1, 2)])
+def test_timestep_embedding_matches(channels, flip, shift, scale):
+    from diffusers.models.embeddings import Timesteps
+
+    original = torch.nn.Sequential(Timesteps(channels, flip_sin_to_cos=flip, downscale_freq_shift=shift, scale=scale))
+    changed, changes = rewritten(original, rewrites.precompute_timestep_frequencies)
+    assert changes == ["Timesteps x1 -> timestep embedding with precomputed frequencies"]
+    timesteps = torch.tensor([0.0, 1.0, 499.5, 999.0])
+    assert_same(original, changed, timesteps)
+    assert changed.state_dict() == {}  # the frequencies are a non-persistent buffer
+
+
+def test_geglu_matches():
+    from diffusers.models.activations import GEGLU
+
+    original = torch.nn.Sequential(randomized(GEGLU(16, 24)))
+    changed, changes = rewritten(original, rewrites.slice_geglu)
+    assert changes == ["GEGLU x1 -> GEGLU split by slices"]
+    assert_same(original, changed, torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(4)))
+    assert_weights_load(original, changed)
+
+
+def test_importing_rewrites_does_not_import_torch():
+    code = "import sys, edgegen.rewrites; print('torch' in sys.modules or 'diffusers' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+@pytest.fixture(scope="module")
+def delegable(pipeline):
+    """name -> (original component, rewritten copy of its module, the changes listed)."""
+    built = {}
+    for name in ("denoiser", "vae_decoder"):
+        component = build_component(pipeline, name)
+        # A copy: the session pipeline's modules are shared with other tests.
+        module = copy.deepcopy(component.module)
+        built[name] = (component, module, rewrites.make_delegable(module))
+    return built
+
+
+def test_make_delegable_lists_every_rewrite(delegable):
+    _, _, denoiser_changes = delegable["denoiser"]
+    for expected in ("GroupNorm x21", "LayerNorm x12", "Upsample2D x1", "Timesteps x1", "GEGLU x4", "UNet2DConditionModel x1"):
+        assert any(change.startswith(expected) for change in denoiser_changes), (expected, denoiser_changes)
+    _, _, vae_changes = delegable["vae_decoder"]
+    assert any(change.startswith("GroupNorm x30") for change in vae_changes)
+    assert any(change.startswith("Upsample2D x2") for change in vae_changes)
+
+
+@pytest.mark.parametrize("name", ["denoiser", "vae_decoder"])
+def test_whole_component_matches_and_takes_teacher_weights(delegable, name):
+    component, module, _ = delegable[name]
+    assert_same(component.module, module, *component.example_args())
+    assert_weights_load(component.module, module)
+    # The changes leave no stock module behind, and a second pass finds nothing to do.
+    assert not any(type(m) in (torch.nn.GroupNorm, torch.nn.LayerNorm) for m in module.modules())
+    assert rewrites.make_delegable(module) == []
+
+
+@pytest.mark.slow
+def test_rewritten_vae_decoder_lowers_to_fewer_xnnpack_pieces(delegable):
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    from edgegen.exporters.executorch import delegation_report
+
+    component, module, _ = delegable["vae_decoder"]
+    args = component.example_args()
+    expected = component.run_eager()["image"]
+    reports, outputs = {}, {}
+    with torch.no_grad():
+        for label, candidate in (("before", component.module), ("after", module)):
+            edge = to_edge_transform_and_lower(
+                torch.export.export(candidate, args, strict=False), partitioner=[XnnpackPartitioner()]
+            )
+            reports[label] = delegation_report(edge, "xnnpack")
+            method = Runtime.get().load_program(edge.to_executorch().buffer).load_method("forward")
+            outputs[label] = method.execute(list(args))[0]
+    before, after = reports["before"], reports["after"]
+    assert after.delegate_subgraphs < before.delegate_subgraphs
+    assert after.delegated_fraction > before.delegated_fraction
+    assert not any("group_norm" in op or "upsample" in op for op in after.fallback_ops)
+    torch.testing.assert_close(outputs["after"], expected, atol=PTE_ATOL, rtol=0)
