@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 
 # tqdm reads TQDM_DISABLE once, when it is first imported (by diffusers, coremltools, ...), so
-# converters' progress bars can only be switched off before any of them loads.
+# converters' progress bars can only be switched off before any of them loads. litert-torch
+# prints its progress to stdout, which would corrupt --json output.
 os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
 
 import typer  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
