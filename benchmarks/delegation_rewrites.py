@@ -40,7 +40,9 @@ def interleaved_medians(calls: list, runs: int, warmup: int = 3) -> list[float]:
 
 
 def lower(module, args: tuple):
-    """(delegation report, loaded ExecuTorch method) for ``module`` lowered to XNNPACK fp32."""
+    """(delegation report, loaded ExecuTorch method, what keeps it alive) for ``module`` lowered
+    to XNNPACK fp32. The runtime reads the program from the buffer it was given: the buffer and
+    the program must outlive the method."""
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -52,8 +54,9 @@ def lower(module, args: tuple):
         program = torch.export.export(module, args, strict=False)
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     report = delegation_report(edge, "xnnpack")
-    method = Runtime.get().load_program(edge.to_executorch().buffer).load_method("forward")
-    return report, method
+    buffer = edge.to_executorch().buffer
+    program = Runtime.get().load_program(buffer)
+    return report, program.load_method("forward"), (buffer, program)
 
 
 def main() -> int:
@@ -89,9 +92,9 @@ def main() -> int:
         variants = {"before": component.module, "after": rewritten}
         measured = {}
         for label, module in variants.items():
-            report, method = lower(module, tuple(inputs))
+            report, method, keep = lower(module, tuple(inputs))
             error = (method.execute(inputs)[0] - expected).abs().max().item()
-            measured[label] = {"report": report, "method": method, "max_abs_error_vs_eager": error}
+            measured[label] = {"report": report, "method": method, "keep": keep, "max_abs_error_vs_eager": error}
         latencies = interleaved_medians([lambda m=v["method"]: m.execute(inputs) for v in measured.values()], args.runs)
         for (label, value), latency in zip(measured.items(), latencies, strict=True):
             report = value["report"]

@@ -176,8 +176,10 @@ def test_rewritten_vae_decoder_lowers_to_fewer_xnnpack_pieces(delegable):
                 torch.export.export(candidate, args, strict=False), partitioner=[XnnpackPartitioner()]
             )
             reports[label] = delegation_report(edge, "xnnpack")
-            method = Runtime.get().load_program(edge.to_executorch().buffer).load_method("forward")
-            outputs[label] = method.execute(list(args))[0]
+            # The runtime reads from this buffer: it must stay alive while the method runs.
+            buffer = edge.to_executorch().buffer
+            program = Runtime.get().load_program(buffer)
+            outputs[label] = program.load_method("forward").execute(list(args))[0]
     before, after = reports["before"], reports["after"]
     assert after.delegate_subgraphs < before.delegate_subgraphs
     assert after.delegated_fraction > before.delegated_fraction
