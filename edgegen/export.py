@@ -55,6 +55,7 @@ class ExportedModel:
     delegation: Delegation | None = None
     backend: str | None = None
     min_psnr_db: float = MIN_PSNR_DB_FLOAT32
+    graph_rewrites: list[str] = field(default_factory=list)  # exact rewrites the exporter applied
 
 
 class Exporter(Protocol):
@@ -186,7 +187,7 @@ def export_component(
                 checkpoint_sha256=checkpoint_sha256(pipeline_dir, component.source_subfolder),
             ),
             toolchain=versions_of(("torch", *exporter.packages)),
-            graph_rewrites=component.graph_rewrites,
+            graph_rewrites=component.graph_rewrites + exported.graph_rewrites,
             parity=Parity(measured=False, reason="pending", min_psnr_db=min_psnr),
             delegation=exported.delegation,
         )

@@ -6,6 +6,7 @@ ones left to ExecuTorch's portable kernels, which run far slower on a phone.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from edgegen.components import Component
@@ -130,10 +131,18 @@ class ExecutorchExporter:
                 "for quantized Core ML use --target coreml"
             )
         args = component.example_args()
-        quantization, min_psnr = Quantization(), None
+        quantization, min_psnr, rewrites = Quantization(), None, []
+        module = component.module
+        if backend == "xnnpack" and not carries_quantization(module):
+            # Exact rewrites (decomposed norms, concat upsampling, ...) so that the whole graph
+            # is one XNNPACK subgraph; on a copy, since the module is shared with the pipeline.
+            from edgegen.rewrites import make_delegable
+
+            module = copy.deepcopy(module)
+            rewrites = make_delegable(module)
         with torch.no_grad():
-            program = torch.export.export(component.module, args, strict=False)
-            if carries_quantization(component.module):
+            program = torch.export.export(module, args, strict=False)
+            if carries_quantization(module):
                 # Learned (QAT) scales are kept as they are: no re-calibration.
                 quantization = Quantization(scheme="int8", details={"source": "checkpoint (QAT)", "recalibrated": False})
                 min_psnr = MIN_PSNR_DB_INT8
@@ -160,6 +169,7 @@ class ExecutorchExporter:
         exported = ExportedModel(
             model_file=MODEL_FILE, inputs=inputs, outputs=outputs, delegation=delegation, backend=backend,
             quantization=quantization,
+            graph_rewrites=rewrites,
         )
         if backend == "coreml":
             quantization = Quantization(
