@@ -5,10 +5,11 @@
 
 For each (image grid, context length) pair, up to 64x64 = 4096 image tokens x 1024 context
 tokens: analytic FLOPs of the layer (``scman_flops``: key/value projections, score and value
-matmuls, SCMAN's token mixing), eager median latency of a dense ``SCMANAttention`` and a sparse
-one (pooled token reduction to --summary-tokens) with the same weights, interleaved in rounds
-in one process so machine noise hits both alike, and the attention matrix's memory (float32,
-batch 1, all heads), which is the peak of the layer. Heads and channels are small so the sweep
+matmuls, SCMAN's token mixing), median latency of a dense ``SCMANAttention`` and a sparse one
+(pooled token reduction to --summary-tokens) with the same weights, eager and exported (ONNX
+through onnxruntime's CPU provider), each pair interleaved in rounds in one process so machine
+noise hits both alike, and the attention matrix's memory (float32, batch 1, all heads), which
+is the peak of the layer. Heads and channels are small so the sweep
 runs in a couple of minutes on 2 cores; FLOP ratios do not depend on them much. One thread.
 Prints a table, then the JSON (also written to --output/scman_sweep.json when given).
 """
@@ -43,6 +44,21 @@ def interleaved_medians(calls: dict, runs: int, warmup: int = 2) -> dict[str, fl
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def onnx_session(module, inputs, folder: Path, name: str):
+    """The module exported with torch.onnx (dynamo) and loaded in onnxruntime, one thread."""
+    import onnxruntime as ort
+    import torch
+
+    path = folder / f"{name}.onnx"
+    with torch.no_grad():
+        torch.onnx.export(module, inputs, dynamo=True, opset_version=18, verbose=False).save(str(path))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs, strict=True)}
+    return lambda: session.run(None, feed)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--summary-tokens", type=int, default=16)
@@ -56,8 +72,14 @@ def main() -> int:
 
     from edgegen.models.scman import SCMANAttention, SCMANConfig, scman_flops
 
+    import tempfile
+
+    from edgegen.cli.output import quiet
+
+    quiet()
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    scratch = Path(tempfile.mkdtemp(prefix="scman-sweep-"))
     rows = []
     for grid in GRIDS:
         tokens = grid[0] * grid[1]
@@ -73,6 +95,13 @@ def main() -> int:
                 latency = interleaved_medians(
                     {"dense": lambda: dense(hidden, context), "sparse": lambda: sparse(hidden, context)}, args.runs
                 )
+            exported = interleaved_medians(
+                {
+                    "dense": onnx_session(dense, (hidden, context), scratch, "dense"),
+                    "sparse": onnx_session(sparse, (hidden, context), scratch, "sparse"),
+                },
+                args.runs,
+            )
             flops = scman_flops(sparse_config, grid, length, channels=args.channels, heads=args.heads)
             rows.append(
                 {
@@ -86,6 +115,9 @@ def main() -> int:
                     "dense_ms": latency["dense"],
                     "sparse_ms": latency["sparse"],
                     "speedup": latency["dense"] / latency["sparse"],
+                    "dense_onnx_ms": exported["dense"],
+                    "sparse_onnx_ms": exported["sparse"],
+                    "onnx_speedup": exported["dense"] / exported["sparse"],
                     "dense_attention_mib": flops["dense_attention_elements"] * BYTES_FLOAT32 / 2**20,
                     "sparse_attention_mib": flops["sparse_attention_elements"] * BYTES_FLOAT32 / 2**20,
                 }
@@ -98,7 +130,8 @@ def main() -> int:
 
     header = (
         f"{'image':>6} {'ctx':>5} {'S':>3} {'dense MFLOP':>12} {'SCMAN MFLOP':>12} {'ratio':>7} "
-        f"{'dense ms':>9} {'SCMAN ms':>9} {'speedup':>8} {'dense MiB':>10} {'SCMAN MiB':>10}"
+        f"{'dense ms':>9} {'SCMAN ms':>9} {'speedup':>8} {'ONNX dense':>10} {'ONNX SCMAN':>10} {'speedup':>8} "
+        f"{'dense MiB':>10} {'SCMAN MiB':>10}"
     )
     print(header)
     print("-" * len(header))
@@ -106,7 +139,8 @@ def main() -> int:
         print(
             f"{r['image_tokens']:>6} {r['context_tokens']:>5} {r['summary_tokens']:>3} {r['dense_mflops']:>12.1f} "
             f"{r['sparse_mflops']:>12.1f} {r['flop_ratio']:>6.1f}x {r['dense_ms']:>9.2f} {r['sparse_ms']:>9.2f} "
-            f"{r['speedup']:>7.1f}x {r['dense_attention_mib']:>10.2f} {r['sparse_attention_mib']:>10.3f}"
+            f"{r['speedup']:>7.1f}x {r['dense_onnx_ms']:>10.2f} {r['sparse_onnx_ms']:>10.2f} {r['onnx_speedup']:>7.1f}x "
+            f"{r['dense_attention_mib']:>10.2f} {r['sparse_attention_mib']:>10.3f}"
         )
     result = {
         "benchmark": "scman_sweep",
