@@ -16,27 +16,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
-ROUNDS = 5
-
-
-def interleaved_medians(calls: list, runs: int, warmup: int = 3) -> list[float]:
-    for _ in range(warmup):
-        for call in calls:
-            call()
-    samples: list[list[float]] = [[] for _ in calls]
-    per_round = max(1, runs // ROUNDS)
-    for _ in range(ROUNDS):
-        for call, sink in zip(calls, samples, strict=True):
-            for _ in range(per_round):
-                start = time.perf_counter()
-                call()
-                sink.append((time.perf_counter() - start) * 1000.0)
-    return [statistics.median(sink) for sink in samples]
 
 
 def lower(module, args: tuple):
@@ -73,6 +55,7 @@ def main() -> int:
     from edgegen.cli.output import quiet
     from edgegen.components import build_component
     from edgegen.demo import ensure_default_pipeline
+    from edgegen.profiling import interleaved_medians
     from edgegen.rewrites import make_delegable
     from edgegen.teacher import load_pipeline
 
@@ -95,7 +78,8 @@ def main() -> int:
             report, method, keep = lower(module, tuple(inputs))
             error = (method.execute(inputs)[0] - expected).abs().max().item()
             measured[label] = {"report": report, "method": method, "keep": keep, "max_abs_error_vs_eager": error}
-        latencies = interleaved_medians([lambda m=v["method"]: m.execute(inputs) for v in measured.values()], args.runs)
+        medians = interleaved_medians({k: (lambda m=v["method"]: m.execute(inputs)) for k, v in measured.items()}, args.runs)
+        latencies = [medians[k] for k in measured]
         for (label, value), latency in zip(measured.items(), latencies, strict=True):
             report = value["report"]
             rows.append(

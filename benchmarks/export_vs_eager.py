@@ -15,27 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
-ROUNDS = 5
-
-
-def interleaved_medians(eager_call, artifact_call, runs: int, warmup: int = 3) -> tuple[float, float]:
-    for _ in range(warmup):
-        eager_call()
-        artifact_call()
-    eager, artifact = [], []
-    per_round = max(1, runs // ROUNDS)
-    for _ in range(ROUNDS):
-        for call, sink in ((eager_call, eager), (artifact_call, artifact)):
-            for _ in range(per_round):
-                start = time.perf_counter()
-                call()
-                sink.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(eager), statistics.median(artifact)
 
 
 def main() -> int:
@@ -53,7 +35,7 @@ def main() -> int:
     from edgegen.components import build_component
     from edgegen.demo import ensure_default_pipeline, exportable_targets, plan
     from edgegen.export import ExportOptions, export_component
-    from edgegen.profiling import profile_artifact
+    from edgegen.profiling import interleaved_medians, profile_artifact
     from edgegen.session import open_artifact, runtime_for
     from edgegen.teacher import load_pipeline
 
@@ -83,7 +65,8 @@ def main() -> int:
             component = build_component(pipeline, name)
             session = open_artifact(artifact, threads=1)
             prepared = session.prepare({k: v.numpy() for k, v in component.reference_inputs.items()})
-            eager_ms, artifact_ms = interleaved_medians(component.run_eager, lambda: session.run_prepared(prepared), args.runs)
+            medians = interleaved_medians({"eager": component.run_eager, "artifact": lambda: session.run_prepared(prepared)}, args.runs)
+            eager_ms, artifact_ms = medians["eager"], medians["artifact"]
             profile = profile_artifact(artifact.folder, runs=10)
             row.update(
                 eager_p50_ms=round(eager_ms, 3),

@@ -18,30 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 GRIDS = ((16, 16), (32, 32), (64, 64))
 CONTEXT_LENGTHS = (64, 256, 1024)
-ROUNDS = 5
 BYTES_FLOAT32 = 4
-
-
-def interleaved_medians(calls: dict, runs: int, warmup: int = 2) -> dict[str, float]:
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    per_round = max(1, runs // ROUNDS)
-    for _ in range(ROUNDS):
-        for name, call in calls.items():
-            for _ in range(per_round):
-                start = time.perf_counter()
-                call()
-                times[name].append((time.perf_counter() - start) * 1000.0)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def onnx_session(module, inputs, folder: Path, name: str):
@@ -71,6 +53,7 @@ def main() -> int:
     import torch
 
     from edgegen.models.scman import SCMANAttention, SCMANConfig, scman_flops
+    from edgegen.profiling import interleaved_medians
 
     import tempfile
 

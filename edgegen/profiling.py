@@ -15,6 +15,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,23 @@ def time_calls(call, warmup: int, runs: int) -> list[float]:
         call()
         times.append((time.perf_counter() - start) * 1000.0)
     return times
+
+
+def interleaved_medians(calls: dict[str, Callable[[], object]], runs: int, warmup: int = 3, rounds: int = 5) -> dict[str, float]:
+    """Median ms of each call, timed in alternating rounds so machine noise hits all alike.
+
+    For side-by-side comparisons in one process (eager vs exported, dense vs sparse): a ratio of
+    two medians taken this way holds on a noisy machine; two separate runs do not.
+    """
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    per_round = max(1, runs // rounds)
+    for _ in range(rounds):
+        for name, call in calls.items():
+            times[name].extend(time_calls(call, 0, per_round))
+    return {name: float(np.median(values)) for name, values in times.items()}
 
 
 def profile_in_this_process(artifact_dir: Path, warmup: int, runs: int, threads: int) -> Result:

@@ -52,7 +52,10 @@ class ExecutorchRuntime:
         Runtime.get()
 
     def load(self, artifact: Artifact, threads: int) -> ExecutorchBackend:
-        # The pybindings runtime sizes its XNNPACK threadpool itself; ``threads`` is recorded only.
+        # The pybindings share one process-wide threadpool (XNNPACK's); size it as asked.
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+        _unsafe_reset_threadpool(threads)
         return ExecutorchBackend(artifact)
 
 
