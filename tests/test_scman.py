@@ -323,7 +323,11 @@ def test_scman_denoiser_exports_without_data_dependent_ops(teacher_unet, unet_in
 
 def _standalone(kind: str, layout: str):
     torch.manual_seed(5)
-    if kind == "self":
+    if kind == "dense":
+        config = SCMANConfig(mode="dense", layout=layout)
+        module = SCMANAttention(query_dim=32, heads=4, context_dim=24, grid=(8, 8), config=config)
+        inputs = (torch.randn(1, 64, 32), torch.randn(1, 16, 24))
+    elif kind == "self":
         config = SCMANConfig(mode="sparse", window=4, global_tokens=2, layout=layout)
         module = SCMANAttention(query_dim=32, heads=4, grid=(8, 8), config=config)
         inputs = (torch.randn(1, 64, 32),)
@@ -338,7 +342,7 @@ def _standalone(kind: str, layout: str):
     return module, inputs, expected
 
 
-CASES = [("self", "bhld"), ("cross", "bc1l")]
+CASES = [("self", "bhld"), ("cross", "bc1l"), ("dense", "bhld")]
 
 
 @pytest.mark.slow
@@ -419,8 +423,8 @@ def test_component_building_keeps_installed_scman(pipeline_dir):
 
 # bc1l is the Core ML layout; its token mixing does not convert to LiteRT (see the module's limits).
 CONVERSIONS = [
-    ("tflite", "self", "bhld"), ("tflite", "cross", "bhld"), ("tflite", "self", "bc1l"),
-    ("coreml", "self", "bhld"), ("coreml", "cross", "bhld"), ("coreml", "self", "bc1l"), ("coreml", "cross", "bc1l"),
+    ("tflite", "self", "bhld"), ("tflite", "cross", "bhld"), ("tflite", "self", "bc1l"), ("tflite", "dense", "bhld"),
+    ("coreml", "dense", "bhld"), ("coreml", "self", "bhld"), ("coreml", "cross", "bhld"), ("coreml", "self", "bc1l"), ("coreml", "cross", "bc1l"),
 ]
 
 
