@@ -53,9 +53,13 @@ class ExecutorchRuntime:
 
     def load(self, artifact: Artifact, threads: int) -> ExecutorchBackend:
         # The pybindings share one process-wide threadpool (XNNPACK's); size it as asked.
-        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+        from executorch.extension.pybindings.portable_lib import (
+            _threadpool_get_thread_count,
+            _unsafe_reset_threadpool,
+        )
 
-        _unsafe_reset_threadpool(threads)
+        if _threadpool_get_thread_count() != threads:
+            _unsafe_reset_threadpool(threads)
         return ExecutorchBackend(artifact)
 
 
