@@ -10,7 +10,6 @@ embeddings) so they can double as calibration data.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from edgegen.errors import EdgegenError
@@ -231,6 +230,3 @@ def pipeline_components(pipeline: Any) -> list[str]:
         names.append("vae_decoder")
     return names
 
-
-def source_path(pipeline_dir: Path, component: Component) -> Path:
-    return Path(pipeline_dir) / component.source_subfolder

@@ -50,10 +50,7 @@ def exported(pipeline, pipeline_dir, artifact_root):
 
 
 def runnable_targets() -> list[str]:
-    from edgegen.registry import EXPORTERS, RUNTIMES
+    """Targets this machine can both export to and run (the demo's own rule)."""
+    from edgegen.demo import usable_targets
 
-    return [
-        name
-        for name in EXPORTERS.names()
-        if EXPORTERS.get(name).unavailable_reason() is None and RUNTIMES.get(name).unavailable_reason() is None
-    ]
+    return usable_targets()
