@@ -1,4 +1,4 @@
-"""Name -> plugin registries for export targets and runtimes.
+"""Name -> plugin registries for export targets, runtimes and training recipes.
 
 Entries are import paths, resolved on first use, so ``import edgegen`` never imports a heavy
 toolchain and the core never imports ``edgegen.exporters`` or ``edgegen.runtimes`` statically.
@@ -51,4 +51,9 @@ RUNTIMES = Registry(
         "coreml": "edgegen.runtimes.coreml:RUNTIME",
         "tflite": "edgegen.runtimes.tflite:RUNTIME",
     },
+)
+
+RECIPES = Registry(
+    "training recipe",
+    {},  # filled by the trainers: "name": "edgegen.trainers.<module>:RECIPE"
 )

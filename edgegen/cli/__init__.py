@@ -49,7 +49,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from edgegen.cli import compare, default_pipeline, demo, export, inspect, profile, student, targets
+    from edgegen.cli import compare, data, default_pipeline, demo, export, inspect, probe, profile, report, student, sweep, targets, train
 
     app.command("export")(export.export_command)
     app.command("profile")(profile.profile_command)
@@ -58,7 +58,12 @@ def _register() -> None:
     app.command("targets")(targets.targets_command)
     app.command("default-pipeline")(default_pipeline.default_pipeline_command)
     app.command("demo")(demo.demo_command)
+    app.command("sweep")(sweep.sweep_command)
+    app.command("report")(report.report_command)
     app.add_typer(student.student_app, name="student")
+    app.add_typer(train.train_app, name="train")
+    app.add_typer(data.data_app, name="data")
+    app.add_typer(probe.probe_app, name="probe")
 
 
 _register()

@@ -1,0 +1,5 @@
+"""`edgegen probe`: placeholder being written now (owned by one helper)."""
+
+import typer
+
+probe_app = typer.Typer(help="(in progress)", no_args_is_help=True)

@@ -1,0 +1,107 @@
+"""Results of whole-pipeline runs (``edgegen compare --prompts``, ``edgegen sweep``, the demo),
+read by ``edgegen report``.
+
+A results file is JSON Lines: one ``PipelineResult`` per line, appended (and flushed) as each
+case finishes, so an interrupted run keeps every finished case. Generated images are PNG files
+beside it, ``<images_dir>/<prompt index>.png`` with ``images_dir`` relative to the results file.
+
+Two kinds of quality numbers are kept apart: ``export_fidelity`` (an exported student vs the
+same student in eager float32, same prompts, seeds and initial latents) and ``distillation_gap``
+(any case vs the eager teacher).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from edgegen.schema.base import StrictModel
+from edgegen.schema.results import Host
+
+PIPELINE_RESULTS_SCHEMA_VERSION = 1
+
+
+class ComponentTiming(StrictModel):
+    component: str  # text_encoder | denoiser | vae_decoder
+    calls_per_image: int  # the denoiser: steps * calls_per_step
+    p50_ms: float  # per call
+    p90_ms: float
+    mean_ms: float
+
+
+class PipelineLatency(StrictModel):
+    warmup_runs: int
+    timed_runs: int
+    steps: int
+    calls_per_step: int  # 2 with classifier-free guidance on a batch-1 denoiser
+    per_component: list[ComponentTiming]
+    per_step_p50_ms: float  # the denoiser calls and the scheduler update of one step
+    host_overhead_p50_ms: float  # end-to-end minus time inside components (scheduler, copies, casts)
+    total_p50_ms: float  # one image, prompt to pixels
+    total_p90_ms: float
+    cold_load_ms: float  # loading every component, first time in a fresh process
+    warm_load_ms: float  # loading them again in the same process
+
+
+class PipelineMemory(StrictModel):
+    """Peak resident memory of a fresh process holding every component and generating one image."""
+
+    baseline_rss_mb: float
+    peak_rss_mb: float
+    added_mb: float
+
+
+class ExportFidelity(StrictModel):
+    reference: str  # e.g. "student eager float32 (path)"
+    latent_psnr_db_per_step: list[float]  # mean over prompts, one per denoising step
+    image_psnr_db: float  # mean over prompts
+    image_ssim: float
+
+
+class DistillationGap(StrictModel):
+    reference: str  # e.g. "teacher eager float32, 20 steps (path)"
+    image_psnr_db: float
+    image_ssim: float
+    faithfulness: float | None = None  # fraction of images whose probed attributes match the caption
+    reference_faithfulness: float | None = None  # the teacher's own, on the same prompts
+    fid: float | None = None
+    kid: float | None = None
+    clip_score: float | None = None
+    feature_extractor: str | None = None  # the local path FID/KID features came from
+
+
+class BudgetCheck(StrictModel):
+    name: str  # e.g. "min_psnr", "max_fid_gap"
+    limit: float
+    value: float | None
+    passed: bool
+
+
+class PipelineResult(StrictModel):
+    schema_version: int = PIPELINE_RESULTS_SCHEMA_VERSION
+    kind: Literal["pipeline"] = "pipeline"
+    case_id: str  # unique within a results file, e.g. "student/tflite-int8/4-steps"
+    role: Literal["teacher", "student"]
+    model_dir: str
+    model_sha256: str  # checkpoint hash of the denoiser's weights
+    pipeline_family: str  # hash of what must match across compared cases (tokenizer, VAE, latent shape)
+    runtime: str  # "eager" or the target's runtime name
+    target: str | None = None
+    backend: str | None = None
+    quantization: str = "none"
+    artifact_dirs: dict[str, str] = {}  # component -> artifact folder
+    size_bytes: int  # model weights on disk, all components
+    parameters: int | None = None  # denoiser parameters
+    steps: int
+    guidance_scale: float
+    image_size: int
+    scman_summary_tokens: int | None = None
+    prompts: list[str]
+    seeds: list[int]
+    images_dir: str | None = None
+    host: Host
+    latency: PipelineLatency | None = None
+    memory: PipelineMemory | None = None
+    export_fidelity: ExportFidelity | None = None
+    distillation_gap: DistillationGap | None = None
+    budgets: list[BudgetCheck] = []
+    not_run_reason: str | None = None  # e.g. "Core ML prediction needs macOS"
