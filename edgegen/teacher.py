@@ -46,7 +46,7 @@ def load_pipeline(pipeline_dir: Path) -> Any:
 
     try:
         pipeline = DiffusionPipeline.from_pretrained(
-            str(pipeline_dir), local_files_only=True, torch_dtype=torch.float32
+            str(pipeline_dir), local_files_only=True, dtype=torch.float32
         )
     except Exception as error:  # diffusers raises many types for broken folders
         raise EdgegenError(f"cannot load pipeline {pipeline_dir}: {first_line(error)}") from None
