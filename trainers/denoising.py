@@ -1,0 +1,71 @@
+"""The denoising objective of a diffusers text-to-image pipeline, as plain functions.
+
+Images are VAE-encoded (frozen), noised at random timesteps with the pipeline's scheduler, and
+the UNet predicts the noise (or v, per ``prediction_type``) conditioned on the caption's text
+embeddings. Every random draw takes a generator so that runs resume exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def encode_images(vae: Any, pixel_values: Any, generator: Any) -> Any:
+    import torch
+
+    with torch.no_grad():
+        posterior = vae.encode(pixel_values).latent_dist
+        noise = torch.randn(posterior.mean.shape, generator=generator)
+        latents = posterior.mean + posterior.std * noise
+    return latents * vae.config.scaling_factor
+
+
+def drop_captions(captions: list[str], probability: float, generator: Any) -> list[str]:
+    import torch
+
+    if probability <= 0:
+        return list(captions)
+    keep = torch.rand(len(captions), generator=generator) >= probability
+    return [caption if kept else "" for caption, kept in zip(captions, keep.tolist())]
+
+
+def encode_text(pipeline: Any, text_encoder: Any, captions: list[str]) -> Any:
+    from edgegen.components import tokenize
+
+    return text_encoder(tokenize(pipeline, captions), return_dict=False)[0]
+
+
+def noisy_latents(scheduler: Any, latents: Any, generator: Any, timesteps: Any = None) -> tuple[Any, Any, Any]:
+    """(noisy latents, timesteps, the noise that was added)."""
+    import torch
+
+    noise = torch.randn(latents.shape, generator=generator)
+    if timesteps is None:
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+    return scheduler.add_noise(latents, noise, timesteps), timesteps, noise
+
+
+def prediction_target(scheduler: Any, latents: Any, noise: Any, timesteps: Any) -> Any:
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    if kind == "sample":
+        return latents
+    raise ValueError(f"unsupported prediction_type {kind}")
+
+
+def predict(unet: Any, noisy: Any, timesteps: Any, embeddings: Any) -> Any:
+    return unet(noisy, timesteps, encoder_hidden_states=embeddings, return_dict=False)[0]
+
+
+def predicted_clean(scheduler: Any, noisy: Any, prediction: Any, timesteps: Any) -> Any:
+    """x0 from the model output at ``timesteps`` (epsilon, v or sample parameterisation)."""
+    alphas = scheduler.alphas_cumprod.to(noisy.dtype)[timesteps].view(-1, 1, 1, 1)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return (noisy - (1 - alphas).sqrt() * prediction) / alphas.sqrt()
+    if kind == "v_prediction":
+        return alphas.sqrt() * noisy - (1 - alphas).sqrt() * prediction
+    return prediction
