@@ -55,5 +55,10 @@ RUNTIMES = Registry(
 
 RECIPES = Registry(
     "training recipe",
-    {},  # filled by the trainers: "name": "edgegen.trainers.<module>:RECIPE"
+    {
+        "finetune": "edgegen.trainers.finetune:RECIPE",
+        "lora": "edgegen.trainers.lora:RECIPE",
+        "distill": "edgegen.trainers.distill:RECIPE",
+        "adversarial": "edgegen.trainers.adversarial:RECIPE",
+    },
 )

@@ -61,7 +61,7 @@ def _register() -> None:
     app.command("sweep")(sweep.sweep_command)
     app.command("report")(report.report_command)
     app.add_typer(student.student_app, name="student")
-    app.add_typer(train.train_app, name="train")
+    app.command("train")(train.train_command)
     app.add_typer(data.data_app, name="data")
     app.add_typer(probe.probe_app, name="probe")
 

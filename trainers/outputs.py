@@ -1,0 +1,39 @@
+"""Write a trained pipeline folder: diffusers' save_pretrained, plus how the weights were made."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgegen.schema.base import write_json
+from edgegen.schema.training import TRAINING_MANIFEST_FILENAME, TrainingManifest
+
+
+def save_trained_pipeline(pipeline: Any, parent_dir: Path, folder: Path, summary: dict[str, Any], details: dict[str, Any] | None = None) -> None:
+    """Save ``pipeline`` into ``folder`` (a staging folder) with its training manifest.
+
+    A student keeps its ``edgegen_student.json`` (SCMAN's config lives there) with ``recipe`` set
+    to what this run did, so the exporters and the pipeline runner rebuild it exactly.
+    """
+    from edgegen.checkpoint import read_student_manifest, write_student
+    from edgegen.teacher import checkpoint_sha256
+    from edgegen.versions import versions_of
+
+    for module in (pipeline.unet, pipeline.text_encoder, pipeline.vae):
+        module.eval()
+    details = dict(details or {})
+    student = read_student_manifest(parent_dir)
+    if student is not None:
+        recipe = {"name": summary["recipe"], "config": summary["config"], "config_sha256": summary["config_sha256"], **details}
+        write_student(pipeline, student.model_copy(update={"recipe": recipe}), folder)
+    else:
+        pipeline.save_pretrained(folder, safe_serialization=True)
+    known = {"recipe", "config", "config_sha256", "data", "steps", "resumed_from_step", "world_size", "final_losses", "seconds", "finished_at"}
+    manifest = TrainingManifest(
+        parent_dir=str(Path(parent_dir).resolve()),
+        parent_unet_sha256=checkpoint_sha256(parent_dir, "unet"),
+        details={**{k: v for k, v in summary.items() if k not in known}, **details},
+        versions=versions_of(("torch", "diffusers", "transformers", "peft", "torchao")),
+        **{k: summary[k] for k in known},
+    )
+    write_json(folder / TRAINING_MANIFEST_FILENAME, manifest)
