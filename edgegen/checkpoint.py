@@ -44,7 +44,11 @@ def read_student_manifest(folder: Path) -> StudentManifest | None:
 def restore_student(pipeline: Any, folder: Path) -> StudentManifest | None:
     """Re-install SCMAN (and its learned weights) on a student loaded with from_pretrained."""
     manifest = read_student_manifest(folder)
-    if manifest is None or manifest.scman is None:
+    if manifest is None:
+        return manifest
+    if manifest.recipe.get("qat"):
+        pipeline._edgegen_qat_dir = Path(folder)  # edgegen.qat rebuilds the learned int8 denoiser from it
+    if manifest.scman is None:
         return manifest
     from edgegen.models.scman import SCMANConfig, install_scman
 

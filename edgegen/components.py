@@ -9,6 +9,7 @@ embeddings) so they can double as calibration data.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,9 @@ class Component:
     source_class: str
     graph_rewrites: list[str] = field(default_factory=list)
     calibration: list[dict[str, Any]] = field(default_factory=list)  # filled only when quantizing
+    # For a quantization-aware-trained student: builds the denoiser with its learned int8 scales
+    # (a converted PT2E graph), which exporters that lower PT2E graphs take instead of calibrating.
+    learned_int8_module: Callable[[], Any] | None = None
 
     def example_args(self) -> tuple:
         return tuple(self.reference_inputs[spec.name] for spec in self.inputs)
@@ -200,6 +204,11 @@ def build_component(
         source_class=type(source).__name__,
         graph_rewrites=rewrites,
     )
+    qat_dir = getattr(pipeline, "_edgegen_qat_dir", None)
+    if name == "denoiser" and qat_dir is not None:
+        from edgegen.qat import quantized_denoiser
+
+        component.learned_int8_module = lambda: quantized_denoiser(pipeline, qat_dir, batch_size)
     with torch.no_grad():
         result = module(*component.example_args())
     results = result if isinstance(result, tuple) else (result,)

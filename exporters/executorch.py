@@ -133,6 +133,8 @@ class ExecutorchExporter:
         args = component.example_args()
         quantization, min_psnr, rewrites = Quantization(), None, []
         module = component.module
+        if options.quantize == "int8" and backend == "xnnpack" and component.learned_int8_module is not None:
+            module = component.learned_int8_module()  # a QAT student: its own learned scales
         if backend == "xnnpack" and not carries_quantization(module):
             # Exact rewrites (decomposed norms, concat upsampling, ...) so that the whole graph
             # is one XNNPACK subgraph; on a copy, since the module is shared with the pipeline.

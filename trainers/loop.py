@@ -214,7 +214,7 @@ def save_checkpoint(trainee: Trainee, config: TrainConfig, step: int, command: s
 
     folder = Path(config.output) / CHECKPOINTS_DIR / f"step-{step:06d}"
     with atomic_folder(folder, force=True) as staging:
-        weights = {f"{name}.{key}": value.detach().cpu().contiguous() for name, module in trainee.modules.items() for key, value in module.state_dict().items()}
+        weights = {f"{name}.{key}": value.detach().cpu().clone() for name, module in trainee.modules.items() for key, value in module.state_dict().items()}
         save_file(weights, str(staging / WEIGHTS_FILENAME))
         state = {
             "step": step,
@@ -326,6 +326,13 @@ def _progress(enabled: bool, total: int, completed: int):
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
 
 
+def _train_mode(module: Any) -> None:
+    try:
+        module.train()
+    except NotImplementedError:  # exported (PT2E) graphs have no train/eval switch
+        pass
+
+
 def run_recipe(recipe: Recipe, config: TrainConfig, resume: bool = False, command: str = "", show_progress: bool = True) -> Path:
     """Train ``recipe`` with ``config``; returns the output pipeline folder."""
     import torch
@@ -363,7 +370,7 @@ def run_recipe(recipe: Recipe, config: TrainConfig, resume: bool = False, comman
             for step, batch in global_batches(dataset, config, context, start_step):
                 step_started = time.perf_counter()
                 for module in trainee.modules.values():
-                    module.train()
+                    _train_mode(module)
                 losses = trainee.step(batch, step, context)
                 for scheduler in trainee.schedulers.values():
                     scheduler.step()
