@@ -1,0 +1,155 @@
+"""HDG-MMS: a hybrid diffusion-GAN objective that makes a student sample in 1-4 steps.
+
+In the spirit of adversarial diffusion distillation (Sauer et al., 2023): the student sees real
+latents noised to one of its K sampling timesteps and predicts the clean latent x0 in one call.
+Its loss is
+- ``distill_weight`` * distillation: the student's x0, re-noised to a random timestep, is denoised
+  by the frozen teacher; the student matches that (detached) x0 estimate;
+- ``adversarial_weight`` * the hinge generator loss of a discriminator built on frozen teacher
+  UNet features with small trainable heads, conditioned on the caption
+  (``edgegen.trainers.discriminator``), which learns to tell real latents from the student's.
+The student's sampling schedule (K timesteps, x0 prediction, re-noising between steps) is saved
+in ``edgegen_student.json`` under ``recipe.sampling`` so the pipeline runner samples it the same way.
+
+    edgegen train adversarial teacher=path/to/teacher student=path/to/student output=out/hdg sampling_steps=2
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from edgegen.trainers.config import TrainConfig
+from edgegen.trainers.loop import Context, Recipe, Trainee, make_optimizer, optimise, warmup_cosine
+
+
+class AdversarialConfig(TrainConfig):
+    teacher: Path
+    student: Path
+    learning_rate: float = Field(1e-4, gt=0)
+    discriminator_learning_rate: float = Field(2e-4, gt=0)
+    sampling_steps: int = Field(2, ge=1, le=4)
+    distill_weight: float = Field(1.0, ge=0)
+    adversarial_weight: float = Field(0.1, ge=0)
+    discriminator_noise: int = Field(200, ge=0)  # the discriminator sees latents noised up to this timestep
+    qat: bool = False
+
+
+def sampling_timesteps(steps: int, num_train_timesteps: int = 1000) -> list[int]:
+    """K evenly spaced timesteps from the noisiest down, e.g. 2 -> [999, 499]."""
+    stride = num_train_timesteps // steps
+    return [num_train_timesteps - 1 - i * stride for i in range(steps)]
+
+
+def sample_few_step(denoise: Any, scheduler: Any, latents: Any, embeddings: Any, timesteps: list[int], generator: Any) -> Any:
+    """The few-step sampler: x0 prediction at each timestep, re-noised to the next one.
+
+    ``denoise(x, t, embeddings)`` returns the model's raw prediction; ``latents`` is pure noise
+    (the initial latents at the first timestep).
+    """
+    import torch
+
+    from edgegen.trainers.denoising import predicted_clean
+
+    x = latents
+    for index, t in enumerate(timesteps):
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long)
+        clean = predicted_clean(scheduler, x, denoise(x, t_batch, embeddings), t_batch)
+        if index + 1 < len(timesteps):
+            following = torch.full((x.shape[0],), timesteps[index + 1], dtype=torch.long)
+            x = scheduler.add_noise(clean, torch.randn(clean.shape, generator=generator), following)
+        else:
+            x = clean
+    return x
+
+
+def prepare(config: AdversarialConfig, context: Context) -> Trainee:
+    import torch
+
+    from edgegen.trainers.denoising import predict, predicted_clean
+    from edgegen.trainers.discriminator import Discriminator, hinge_discriminator_loss, hinge_generator_loss
+    from edgegen.trainers.distill import kd_batch, load_pair
+    from edgegen.trainers.outputs import save_trained_pipeline
+
+    teacher, student = load_pair(config)
+    scheduler = teacher.scheduler
+    schedule = sampling_timesteps(config.sampling_steps, scheduler.config.num_train_timesteps)
+    size = teacher.unet.config.sample_size
+    example = (
+        torch.zeros(1, teacher.unet.config.in_channels, size, size),
+        torch.tensor([0]),
+        torch.zeros(1, teacher.tokenizer.model_max_length, teacher.unet.config.cross_attention_dim),
+    )
+    discriminator = Discriminator(teacher.unet, teacher.text_encoder.config.hidden_size, example)
+
+    if config.qat:
+        from edgegen.trainers.qat import prepare_qat_denoiser
+
+        network = prepare_qat_denoiser(student, config.batch_size)
+
+        def student_predict(x, t, e):
+            return network(x, t.float(), e)
+    else:
+        network = student.unet
+
+        def student_predict(x, t, e):
+            return predict(student.unet, x, t, e)
+
+    generator_optimizer = make_optimizer([p for p in network.parameters() if p.requires_grad], config, betas=(0.0, 0.99))
+    discriminator_optimizer = make_optimizer(list(discriminator.heads.parameters()), config, config.discriminator_learning_rate, betas=(0.0, 0.99))
+    generator_schedule = warmup_cosine(generator_optimizer, config)
+
+    def step(batch: dict[str, Any], index: int, ctx: Context) -> dict[str, float]:
+        shared = kd_batch(teacher, batch, index, ctx, config.caption_dropout)
+        draw = ctx.generator(index, stream=1)
+        real, embeddings = shared["latents"], shared["embeddings"]
+        batch_size = real.shape[0]
+        s = torch.tensor(schedule)[torch.randint(0, len(schedule), (batch_size,), generator=draw)]
+        noisy = scheduler.add_noise(real, torch.randn(real.shape, generator=draw), s)
+        if index % 2 == 0:
+            # Every other step starts from pure noise at the first timestep, as sampling does.
+            noisy = torch.randn(real.shape, generator=draw)
+            s = torch.full((batch_size,), schedule[0], dtype=torch.long)
+        fake = predicted_clean(scheduler, noisy, student_predict(noisy, s, embeddings), s)
+
+        d_t = torch.randint(0, config.discriminator_noise + 1, (batch_size,), generator=draw)
+        d_noise = torch.randn(real.shape, generator=draw)
+        real_noisy = scheduler.add_noise(real, d_noise, d_t)
+        fake_noisy = scheduler.add_noise(fake, d_noise, d_t)
+
+        d_loss = hinge_discriminator_loss(discriminator(real_noisy, d_t, embeddings), discriminator(fake_noisy.detach(), d_t, embeddings))
+        optimise(discriminator_optimizer, d_loss, [discriminator.heads], ctx)
+
+        t = torch.randint(20, scheduler.config.num_train_timesteps, (batch_size,), generator=draw)
+        renoised = scheduler.add_noise(fake.detach(), torch.randn(real.shape, generator=draw), t)
+        with torch.no_grad():
+            target = predicted_clean(scheduler, renoised, predict(teacher.unet, renoised, t, embeddings), t)
+        distill = torch.nn.functional.mse_loss(fake, target)
+        adversarial = hinge_generator_loss(discriminator(fake_noisy, d_t, embeddings))
+        g_loss = config.distill_weight * distill + config.adversarial_weight * adversarial
+        optimise(generator_optimizer, g_loss, [network], ctx)
+        return {"loss": g_loss.item(), "distill": distill.item(), "adversarial": adversarial.item(), "discriminator": d_loss.item()}
+
+    def save(folder: Path, summary: dict[str, Any]) -> None:
+        sampling = {"steps": config.sampling_steps, "timesteps": schedule, "prediction": "x0 from the model output, re-noised between steps"}
+        details = {"sampling": sampling, "qat": config.qat}
+        if config.qat:
+            from edgegen.trainers.qat import save_qat_student
+
+            save_qat_student(student, network, config.student, folder, summary, details)
+            return
+        save_trained_pipeline(student, config.student, folder, summary, details)
+
+    return Trainee(
+        modules={"student": network, "discriminator": discriminator.heads},
+        optimizers={"student": generator_optimizer, "discriminator": discriminator_optimizer},
+        schedulers={"student": generator_schedule},
+        step=step,
+        save=save,
+        summary={"sampling_steps": config.sampling_steps, "sampling_timesteps": schedule},
+    )
+
+
+RECIPE = Recipe("adversarial", AdversarialConfig, prepare, "HDG-MMS: diffusion-GAN training of a 1-4 step student")
