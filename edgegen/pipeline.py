@@ -1,0 +1,244 @@
+"""The sampling loop, written once against runtime-neutral component runners.
+
+A case is a pipeline folder (its tokenizer and scheduler config, and the eager weights) plus,
+optionally, exported artifacts of one target for its components. The same loop runs the eager
+teacher, the eager float student and a student on any runtime: text conditioning -> N
+denoising steps (classifier-free guidance as two batch-1 denoiser calls per step) -> decoder.
+The scheduler is diffusers' own, on CPU tensors; the initial latents are injected by the caller
+so that every case starts from the same noise.
+
+Few-step students (``edgegen train adversarial``) carry their schedule in
+``edgegen_student.json`` (``recipe.sampling``): x0 is predicted at each of its timesteps and
+re-noised to the next with noise drawn from the case's seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgegen.errors import EdgegenError
+
+SUBFOLDERS = {"text_encoder": "text_encoder", "denoiser": "unet", "vae_decoder": "vae"}
+Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    steps: int
+    guidance_scale: float
+    few_step_timesteps: tuple[int, ...] | None = None  # a few-step student's own schedule
+
+    @property
+    def calls_per_step(self) -> int:
+        return 2 if self.guidance_scale > 1.0 else 1
+
+
+@dataclass
+class Generation:
+    image: np.ndarray  # 3xHxW float32 in [-1, 1]
+    step_latents: list[np.ndarray]
+    call_ms: dict[str, list[float]]
+    total_ms: float
+
+
+@dataclass
+class EdgePipeline:
+    runners: dict[str, Runner]
+    tokenizer: Any
+    scheduler: Any
+    plan: SamplingPlan
+    latent_shape: tuple[int, ...]
+    description: str
+    call_ms: dict[str, list[float]] = field(default_factory=dict)
+
+    def _timed(self, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        outputs = self.runners[name](inputs)
+        self.call_ms.setdefault(name, []).append((time.perf_counter() - start) * 1000.0)
+        return outputs
+
+    def _embed(self, prompt: str) -> np.ndarray:
+        ids = self.tokenizer([prompt], padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="np").input_ids
+        return self._timed("text_encoder", {"input_ids": ids.astype(np.int64)})["text_embeddings"]
+
+    def _denoise(self, latents: np.ndarray, timestep: float, conditional: np.ndarray, unconditional: np.ndarray | None) -> np.ndarray:
+        t = np.full((latents.shape[0],), timestep, dtype=np.float32)
+        prediction = self._timed("denoiser", {"sample": latents, "timestep": t, "encoder_hidden_states": conditional})["noise_pred"]
+        if unconditional is None:
+            return prediction
+        plain = self._timed("denoiser", {"sample": latents, "timestep": t, "encoder_hidden_states": unconditional})["noise_pred"]
+        return plain + self.plan.guidance_scale * (prediction - plain)
+
+    def generate(self, prompt: str, latents: np.ndarray, seed: int) -> Generation:
+        import torch
+
+        self.call_ms = {}
+        start = time.perf_counter()
+        conditional = self._embed(prompt)
+        unconditional = self._embed("") if self.plan.guidance_scale > 1.0 else None
+        x = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))
+        step_latents = []
+        if self.plan.few_step_timesteps:
+            from edgegen.scheduling import predicted_clean
+
+            generator = torch.Generator().manual_seed(seed + 7919)
+            steps = list(self.plan.few_step_timesteps)
+            for index, t in enumerate(steps):
+                prediction = torch.from_numpy(self._denoise(x.numpy(), float(t), conditional, unconditional))
+                clean = predicted_clean(self.scheduler, x, prediction, torch.tensor([t]))
+                if index + 1 < len(steps):
+                    noise = torch.randn(clean.shape, generator=generator)
+                    x = self.scheduler.add_noise(clean, noise, torch.tensor([steps[index + 1]]))
+                else:
+                    x = clean
+                step_latents.append(x.numpy().copy())
+        else:
+            self.scheduler.set_timesteps(self.plan.steps)
+            x = x * self.scheduler.init_noise_sigma
+            for t in self.scheduler.timesteps:
+                model_input = self.scheduler.scale_model_input(x, t)
+                prediction = torch.from_numpy(self._denoise(model_input.numpy(), float(t), conditional, unconditional))
+                x = self.scheduler.step(prediction, t, x).prev_sample
+                step_latents.append(x.numpy().copy())
+        image = self._timed("vae_decoder", {"latents": x.numpy().astype(np.float32)})["image"]
+        total = (time.perf_counter() - start) * 1000.0
+        return Generation(image=np.clip(image[0], -1, 1), step_latents=step_latents, call_ms=self.call_ms, total_ms=total)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def _model_index(model_dir: Path) -> dict[str, Any]:
+    from edgegen.teacher import check_pipeline_dir
+
+    return json.loads((check_pipeline_dir(model_dir) / "model_index.json").read_text(encoding="utf-8"))
+
+
+def load_tokenizer_and_scheduler(model_dir: Path) -> tuple[Any, Any]:
+    """The tokenizer and scheduler of a pipeline folder, without loading any network."""
+    import diffusers
+    import transformers
+
+    from edgegen.teacher import quiet_toolchains
+
+    quiet_toolchains()
+    index = _model_index(model_dir)
+    try:
+        tokenizer_class = getattr(transformers, index["tokenizer"][1])
+        scheduler_class = getattr(diffusers, index["scheduler"][1])
+        tokenizer = tokenizer_class.from_pretrained(str(Path(model_dir) / "tokenizer"), local_files_only=True)
+        scheduler = scheduler_class.from_pretrained(str(Path(model_dir) / "scheduler"), local_files_only=True)
+    except (KeyError, TypeError, AttributeError, OSError, ValueError) as error:
+        raise EdgegenError(f"cannot read the tokenizer and scheduler of {model_dir}: {str(error).splitlines()[0]}") from None
+    return tokenizer, scheduler
+
+
+def sampling_plan(model_dir: Path, steps: int, guidance_scale: float, use_student_schedule: bool = True) -> SamplingPlan:
+    """The folder's own few-step schedule if it has one (and it is wanted), else ``steps`` of its scheduler."""
+    from edgegen.checkpoint import read_student_manifest
+
+    if steps < 1:
+        raise EdgegenError("--steps must be at least 1")
+    manifest = read_student_manifest(model_dir)
+    sampling = (manifest.recipe.get("sampling") if manifest else None) if use_student_schedule else None
+    if sampling:
+        timesteps = tuple(int(t) for t in sampling["timesteps"])
+        return SamplingPlan(len(timesteps), guidance_scale, timesteps)
+    return SamplingPlan(steps, guidance_scale)
+
+
+def pipeline_family(model_dir: Path) -> str:
+    """What must agree for two pipelines' images to be comparable: tokenizer, conditioning, latent space."""
+    tokenizer_dir = Path(model_dir) / "tokenizer"
+    digest = hashlib.sha256()
+    for path in sorted(tokenizer_dir.glob("*.json")) + sorted(tokenizer_dir.glob("*.txt")):
+        if path.name in ("vocab.json", "merges.txt"):
+            digest.update(path.read_bytes())
+    configs = {}
+    for sub, keys in (("unet", ("in_channels", "sample_size", "cross_attention_dim")), ("vae", ("latent_channels", "scaling_factor"))):
+        config = json.loads((Path(model_dir) / sub / "config.json").read_text(encoding="utf-8"))
+        configs[sub] = {key: config.get(key) for key in keys}
+    digest.update(json.dumps(configs, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def eager_runners(model_dir: Path) -> tuple[dict[str, Runner], Any]:
+    import torch
+
+    from edgegen.components import COMPONENT_NAMES, build_component
+    from edgegen.teacher import load_pipeline
+
+    pipeline = load_pipeline(model_dir)
+    runners = {}
+    for name in COMPONENT_NAMES:
+        component = build_component(pipeline, name)
+
+        def run(inputs: dict[str, np.ndarray], component=component) -> dict[str, np.ndarray]:
+            tensors = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in inputs.items()}
+            return {key: value.numpy() for key, value in component.run_eager(tensors).items()}
+
+        runners[name] = run
+    return runners, pipeline
+
+
+def check_artifacts(model_dir: Path, artifact_dirs: dict[str, Path]) -> dict[str, Any]:
+    """Load the artifacts and refuse a set that did not come from ``model_dir``'s weights."""
+    from edgegen.artifact import load_artifact
+    from edgegen.teacher import checkpoint_sha256
+
+    missing = [name for name in SUBFOLDERS if name not in artifact_dirs]
+    if missing:
+        raise EdgegenError(f"a pipeline needs text_encoder, denoiser and vae_decoder artifacts; missing: {', '.join(missing)}")
+    artifacts = {name: load_artifact(Path(folder)) for name, folder in artifact_dirs.items()}
+    targets = {(a.manifest.target, a.manifest.backend) for a in artifacts.values()}
+    if len(targets) > 1:
+        raise EdgegenError(f"artifacts of one pipeline must share a target; got {sorted(map(str, targets))}")
+    for name, artifact in artifacts.items():
+        if artifact.manifest.component != name:
+            raise EdgegenError(f"{artifact.folder} is a {artifact.manifest.component} artifact, not {name}")
+        expected = checkpoint_sha256(model_dir, SUBFOLDERS[name])
+        if artifact.manifest.source.checkpoint_sha256 != expected:
+            raise EdgegenError(
+                f"artifacts of different pipelines mixed: {artifact.folder} was exported from "
+                f"{artifact.manifest.source.pipeline_dir}, not from the weights in {model_dir}"
+            )
+    return artifacts
+
+
+def artifact_runners(artifacts: dict[str, Any], threads: int = 1) -> dict[str, Runner]:
+    from edgegen.session import open_artifact
+
+    return {name: open_artifact(artifact, threads).run for name, artifact in artifacts.items()}
+
+
+def load_case(model_dir: Path, artifact_dirs: dict[str, Path] | None, plan: SamplingPlan, threads: int = 1) -> EdgePipeline:
+    model_dir = Path(model_dir)
+    tokenizer, scheduler = load_tokenizer_and_scheduler(model_dir)
+    unet_config = json.loads((model_dir / "unet" / "config.json").read_text(encoding="utf-8"))
+    size = unet_config["sample_size"]
+    latent_shape = (1, unet_config["in_channels"], *((size, size) if isinstance(size, int) else size))
+    if artifact_dirs:
+        artifacts = check_artifacts(model_dir, artifact_dirs)
+        runners = artifact_runners(artifacts, threads)
+        first = next(iter(artifacts.values())).manifest
+        description = f"{first.target}{'/' + first.backend if first.backend else ''} {first.quantization.scheme}"
+    else:
+        runners, _ = eager_runners(model_dir)
+        description = "eager float32"
+    return EdgePipeline(runners, tokenizer, scheduler, plan, latent_shape, description)
+
+
+def initial_latents(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """The injected starting noise for one seed, identical for every case."""
+    import torch
+
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).numpy()
