@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgegen.errors import EdgegenError
+from edgegen.errors import EdgegenError, first_line
 
 
 def _unit_range(images: np.ndarray) -> Any:
@@ -36,7 +36,9 @@ def image_psnr_db(reference: np.ndarray, test: np.ndarray) -> float:
 def image_ssim(reference: np.ndarray, test: np.ndarray) -> float:
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    return float(structural_similarity_index_measure(_unit_range(test), _unit_range(reference), data_range=1.0))
+    # float64: in float32 the Gaussian window's rounding alone leaves a variance of ~1e-6 on a
+    # flat image, which moves SSIM in the fourth decimal.
+    return float(structural_similarity_index_measure(_unit_range(test).double(), _unit_range(reference).double(), data_range=1.0))
 
 
 class OnnxFeatures:
@@ -53,7 +55,7 @@ class OnnxFeatures:
             options.intra_op_num_threads = 1
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own types for bad files
-            raise EdgegenError(f"cannot load feature extractor {path}: {str(error).strip().splitlines()[0][:200]}") from None
+            raise EdgegenError(f"cannot load feature extractor {path}: {first_line(error)[:200]}") from None
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise EdgegenError(f"feature extractor {path} must take one image batch [N,3,H,W]")
@@ -64,12 +66,20 @@ class OnnxFeatures:
         import torch
 
         session, name = self.session, self.input_name
+        shape = session.get_inputs()[0].shape
+        static_batch = isinstance(shape[0], int)
+        size = (shape[2], shape[3]) if isinstance(shape[2], int) and isinstance(shape[3], int) else None
 
         class Extractor(torch.nn.Module):
             def forward(self, images):
                 images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-                features = session.run(None, {name: (images * 2 - 1).numpy().astype(np.float32)})[0]
-                return torch.from_numpy(features).double()
+                if size is not None and tuple(images.shape[-2:]) != size:
+                    images = torch.nn.functional.interpolate(images, size=size, mode="bilinear", align_corners=False)
+                batch = (images * 2 - 1).numpy().astype(np.float32)
+                # A static-batch export takes one image at a time; a dynamic one, the whole batch.
+                chunks = [batch[i : i + 1] for i in range(len(batch))] if static_batch else [batch]
+                features = np.concatenate([session.run(None, {name: chunk})[0] for chunk in chunks])
+                return torch.from_numpy(features.reshape(len(batch), -1)).double()
 
         return Extractor()
 
@@ -106,9 +116,26 @@ def clip_score(clip_dir: Path, images: np.ndarray, prompts: list[str]) -> float:
 
     if not Path(clip_dir).is_dir():
         raise EdgegenError(f"CLIP folder not found: {clip_dir}")
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    def load_local() -> tuple[Any, Any]:
+        # torchmetrics only takes hub names or a loader; a loader keeps it to this folder.
+        model = CLIPModel.from_pretrained(str(clip_dir), local_files_only=True).eval()
+        # transformers 5 returns model outputs where torchmetrics 1.9 expects the projected tensor.
+        for method in ("get_image_features", "get_text_features"):
+            original = getattr(model, method)
+            setattr(model, method, lambda *args, _original=original, **kwargs: _projected(_original(*args, **kwargs)))
+        return model, CLIPProcessor.from_pretrained(str(clip_dir), local_files_only=True)
+
     try:
-        metric = CLIPScore(model_name_or_path=str(clip_dir))
+        metric = CLIPScore(model_name_or_path=load_local)
     except Exception as error:  # transformers raises many types for a bad folder
-        raise EdgegenError(f"cannot load CLIP model {clip_dir}: {str(error).strip().splitlines()[0][:200]}") from None
-    pixels = (_unit_range(images) * 255).round().to(dtype=__import__("torch").uint8)
-    return float(metric(pixels, list(prompts)))
+        raise EdgegenError(f"cannot load CLIP model {clip_dir}: {first_line(error)[:200]}") from None
+    pixels = (_unit_range(images) * 255).round().to(dtype=torch.uint8)
+    with torch.no_grad():
+        return float(metric(list(pixels), list(prompts)))
+
+
+def _projected(output: Any) -> Any:
+    return output if hasattr(output, "norm") else output.pooler_output
