@@ -1,0 +1,312 @@
+"""Teacher vs student vs exported student, image by image over a prompt file.
+
+Every case generates the same prompts from the same seeds and injected initial latents. Two
+kinds of numbers are kept apart:
+- export fidelity, an exported student against the same student in eager float32: per-step
+  latent PSNR (peak-based, as the export parity gate) and final-image PSNR/SSIM (torchmetrics);
+- distillation gap, any case against the eager teacher: image PSNR/SSIM, caption faithfulness
+  (``--probe``), FID/KID over the prompts' images (``--feature-extractor``), CLIP score (``--clip``).
+Each finished case is appended to the results file at once (JSON Lines), with its PNGs, so an
+interrupted run keeps what it finished; a rerun skips the cases already there.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgegen.errors import EdgegenError
+from edgegen.metrics import psnr_db
+from edgegen.pipeline import SUBFOLDERS, Generation, SamplingPlan, check_artifacts, initial_latents, load_case, pipeline_family, sampling_plan
+from edgegen.schema.base import StrictModel
+from edgegen.schema.pipeline import (
+    BudgetCheck,
+    DistillationGap,
+    ExportFidelity,
+    PipelineResult,
+)
+
+
+@dataclass
+class Budgets:
+    min_psnr: float | None = None  # export fidelity, image PSNR dB
+    min_faithfulness: float | None = None
+    max_fid_gap: float | None = None
+    min_ssim: float | None = None
+
+    def check(self, result: PipelineResult) -> list[BudgetCheck]:
+        checks = []
+        fidelity, gap = result.export_fidelity, result.distillation_gap
+        for name, limit, value, higher in (
+            ("min_psnr", self.min_psnr, fidelity.image_psnr_db if fidelity else None, True),
+            ("min_ssim", self.min_ssim, fidelity.image_ssim if fidelity else None, True),
+            ("min_faithfulness", self.min_faithfulness, gap.faithfulness if gap else None, True),
+            ("max_fid_gap", self.max_fid_gap, gap.fid if gap else None, False),
+        ):
+            if limit is None or (value is None and result.role == "teacher"):
+                continue
+            if value is None and name in ("min_psnr", "min_ssim") and result.runtime == "eager":
+                continue  # export budgets apply to exported cases
+            passed = value is not None and (value >= limit if higher else value <= limit)
+            checks.append(BudgetCheck(name=name, limit=limit, value=value, passed=passed))
+        return checks
+
+
+@dataclass
+class Case:
+    case_id: str
+    role: str
+    model_dir: Path
+    plan: SamplingPlan
+    artifact_dirs: dict[str, Path] | None = None
+    label: str = "eager float32"
+
+
+@dataclass
+class Outcome:
+    images: np.ndarray  # N x 3 x H x W in [-1, 1]
+    step_latents: list[list[np.ndarray]] = field(default_factory=list)  # per prompt, per step
+
+
+def read_prompts(path: Path) -> list[str]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise EdgegenError(f"prompt file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise EdgegenError(f"cannot read prompt file {path}: {error}") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise EdgegenError(f"prompt file {path} holds no prompts (one per line)")
+    return prompts
+
+
+def artifact_sets(root: Path) -> dict[str, dict[str, Path]]:
+    """Folders written by ``edgegen export`` grouped into pipelines: label -> component -> folder."""
+    from edgegen.schema.manifest import MANIFEST_FILENAME
+
+    root = Path(root)
+    if not root.is_dir():
+        raise EdgegenError(f"artifact folder not found: {root}")
+    sets: dict[str, dict[str, Path]] = {}
+    for folder in sorted(p for p in root.iterdir() if (p / MANIFEST_FILENAME).is_file()):
+        for component in SUBFOLDERS:
+            if folder.name.startswith(component + "-"):
+                sets.setdefault(folder.name[len(component) + 1:], {})[component] = folder
+    if not sets:
+        raise EdgegenError(f"{root} holds no artifacts written by `edgegen export`")
+    incomplete = {label: sorted(set(SUBFOLDERS) - set(parts)) for label, parts in sets.items() if set(parts) != set(SUBFOLDERS)}
+    if incomplete:
+        label, missing = next(iter(incomplete.items()))
+        raise EdgegenError(f"{root}: the '{label}' artifacts lack {', '.join(missing)}; export all three components")
+    return sets
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+def folder_size(model_dir: Path) -> int:
+    return sum(p.stat().st_size for sub in SUBFOLDERS.values() for p in (Path(model_dir) / sub).glob("*.safetensors"))
+
+
+def denoiser_parameters(model_dir: Path) -> int | None:
+    from safetensors import safe_open
+
+    total = 0
+    files = list((Path(model_dir) / "unet").glob("diffusion_pytorch_model*.safetensors"))
+    for path in files:
+        with safe_open(str(path), "np") as handle:
+            for key in handle.keys():
+                total += int(np.prod(handle.get_slice(key).get_shape()))
+    return total or None
+
+
+def _save_images(images: np.ndarray, folder: Path) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        pixels = ((np.clip(image, -1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(1, 2, 0)
+        Image.fromarray(pixels).save(folder / f"{index}.png")
+
+
+def existing_case_ids(results_path: Path) -> set[str]:
+    if not results_path.exists():
+        return set()
+    ids = set()
+    for line in results_path.read_text(encoding="utf-8").splitlines():
+        try:
+            ids.add(json.loads(line)["case_id"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut short by an interruption: that case runs again
+    return ids
+
+
+def append_result(results_path: Path, result: StrictModel) -> None:
+    with results_path.open("a", encoding="utf-8") as handle:
+        handle.write(result.model_dump_json() + "\n")
+        handle.flush()
+
+
+def generate_all(case: Case, prompts: list[str], seeds: list[int], threads: int) -> Outcome:
+    pipeline = load_case(case.model_dir, case.artifact_dirs, case.plan, threads)
+    generations: list[Generation] = [pipeline.generate(p, initial_latents(pipeline.latent_shape, s), s) for p, s in zip(prompts, seeds)]
+    return Outcome(np.stack([g.image for g in generations]), [g.step_latents for g in generations])
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("inf")
+
+
+def run_comparison(
+    prompts: list[str],
+    teacher_dir: Path,
+    student_dir: Path,
+    artifact_roots: list[Path],
+    results_path: Path,
+    steps: int = 20,
+    guidance_scale: float = 1.0,
+    seed: int = 0,
+    probe_dir: Path | None = None,
+    feature_extractor: Path | None = None,
+    clip_dir: Path | None = None,
+    runs: int = 5,
+    warmup: int = 1,
+    threads: int = 1,
+    budgets: Budgets = Budgets(),
+    student_steps: int | None = None,
+    on_step: Callable[[str], None] = lambda message: None,
+) -> list[PipelineResult]:
+    from edgegen.profiling import host_info
+    from edgegen.quality import OnnxFeatures, clip_score, distribution_gap, image_psnr_db, image_ssim
+    from edgegen.session import runtime_for
+    from edgegen.teacher import check_pipeline_dir, checkpoint_sha256
+
+    teacher_dir, student_dir = check_pipeline_dir(teacher_dir), check_pipeline_dir(student_dir)
+    family = pipeline_family(teacher_dir)
+    if pipeline_family(student_dir) != family:
+        raise EdgegenError(f"{student_dir} does not share {teacher_dir}'s tokenizer and latent space; their images cannot be compared")
+    probe = None
+    if probe_dir is not None:
+        from edgegen.probe import load_probe
+
+        probe = load_probe(probe_dir)
+    extractor = OnnxFeatures(feature_extractor) if feature_extractor is not None else None
+    if clip_dir is not None and not Path(clip_dir).is_dir():
+        raise EdgegenError(f"CLIP folder not found: {clip_dir}")
+    sets = {}
+    for root in artifact_roots:
+        for label, parts in artifact_sets(root).items():
+            sets[label] = parts
+    seeds = [seed + index for index in range(len(prompts))]
+    student_plan = sampling_plan(student_dir, student_steps or steps, guidance_scale)
+    teacher_plan = sampling_plan(teacher_dir, steps, guidance_scale, use_student_schedule=False)
+    steps_label = f"{student_plan.steps}-steps"
+    cases = [Case(f"teacher/eager/{teacher_plan.steps}-steps", "teacher", teacher_dir, teacher_plan), Case(f"student/eager/{steps_label}", "student", student_dir, student_plan)]
+    for label, parts in sets.items():
+        cases.append(Case(f"student/{label}/{steps_label}", "student", student_dir, student_plan, parts, label))
+
+    results_path = Path(results_path)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    done = existing_case_ids(results_path)
+    results: list[PipelineResult] = []
+    outcomes: dict[str, Outcome] = {}
+    faithfulness_of_teacher = None
+    for case in cases:
+        role_dir = case.model_dir
+        artifacts = check_artifacts(role_dir, case.artifact_dirs) if case.artifact_dirs else None
+        first = next(iter(artifacts.values())).manifest if artifacts else None
+        reason = runtime_for(first).unavailable_reason(first) if first else None
+        base = dict(
+            case_id=case.case_id,
+            role=case.role,
+            model_dir=str(role_dir.resolve()),
+            model_sha256=checkpoint_sha256(role_dir, "unet"),
+            pipeline_family=family,
+            runtime=first.target if first else "eager",
+            target=first.target if first else None,
+            backend=first.backend if first else None,
+            quantization=first.quantization.scheme if first else "none",
+            artifact_dirs={k: str(Path(v).resolve()) for k, v in (case.artifact_dirs or {}).items()},
+            size_bytes=sum(a.size_bytes for a in artifacts.values()) if artifacts else folder_size(role_dir),
+            parameters=denoiser_parameters(role_dir),
+            steps=case.plan.steps,
+            guidance_scale=case.plan.guidance_scale,
+            image_size=0,
+            prompts=prompts,
+            seeds=seeds,
+            host=host_info(threads),
+        )
+        if reason:
+            on_step(f"{case.case_id}: not run here ({reason})")
+            result = PipelineResult(**base, not_run_reason=reason)
+            if case.case_id not in done:
+                append_result(results_path, result)
+            results.append(result)
+            continue
+        on_step(f"generating {len(prompts)} image(s): {case.case_id}")
+        outcome = generate_all(case, prompts, seeds, threads)
+        outcomes[case.case_id] = outcome
+        base["image_size"] = int(outcome.images.shape[-1])
+        images_dir = Path("images") / slug(case.case_id)
+        teacher_images = outcomes[cases[0].case_id].images
+        fidelity = gap = None
+        if case.artifact_dirs:
+            float_student = outcomes[cases[1].case_id]
+            per_step = [
+                _mean([psnr_db(ref[i], out[i]) for ref, out in zip(float_student.step_latents, outcome.step_latents)])
+                for i in range(len(outcome.step_latents[0]))
+            ]
+            fidelity = ExportFidelity(
+                reference=f"student eager float32 ({student_dir})",
+                latent_psnr_db_per_step=per_step,
+                image_psnr_db=_mean([image_psnr_db(r, o) for r, o in zip(float_student.images, outcome.images)]),
+                image_ssim=_mean([image_ssim(r, o) for r, o in zip(float_student.images, outcome.images)]),
+            )
+        faithful = None
+        if probe is not None:
+            from edgegen.probe import faithfulness
+
+            faithful = faithfulness(probe, outcome.images, prompts).fraction_all
+            if case.role == "teacher":
+                faithfulness_of_teacher = faithful
+        fid = kid = None
+        if extractor is not None and case.role != "teacher":
+            fid, kid = distribution_gap(extractor, teacher_images, outcome.images)
+        clip = clip_score(clip_dir, outcome.images, prompts) if clip_dir is not None else None
+        if case.role == "teacher":
+            gap = DistillationGap(reference=f"teacher eager float32, {case.plan.steps} steps ({teacher_dir})", image_psnr_db=float("inf"), image_ssim=1.0, faithfulness=faithful, reference_faithfulness=faithful, clip_score=clip)
+        else:
+            gap = DistillationGap(
+                reference=f"teacher eager float32, {teacher_plan.steps} steps ({teacher_dir})",
+                image_psnr_db=_mean([image_psnr_db(r, o) for r, o in zip(teacher_images, outcome.images)]),
+                image_ssim=_mean([image_ssim(r, o) for r, o in zip(teacher_images, outcome.images)]),
+                faithfulness=faithful,
+                reference_faithfulness=faithfulness_of_teacher,
+                fid=fid,
+                kid=kid,
+                clip_score=clip,
+                feature_extractor=str(Path(feature_extractor).resolve()) if feature_extractor else None,
+            )
+        latency = memory = None
+        if case.case_id not in done and runs > 0:
+            on_step(f"profiling {case.case_id}")
+            from edgegen.pipeline_profile import profile_pipeline
+
+            latency, memory = profile_pipeline(role_dir, case.artifact_dirs, case.plan, warmup, runs, threads)
+        result = PipelineResult(**base, images_dir=str(images_dir), latency=latency, memory=memory, export_fidelity=fidelity, distillation_gap=gap)
+        result = result.model_copy(update={"budgets": budgets.check(result)})
+        if case.case_id not in done:
+            _save_images(outcome.images, results_path.parent / images_dir)
+            append_result(results_path, result)
+        results.append(result)
+    return results
