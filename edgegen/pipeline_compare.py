@@ -184,6 +184,7 @@ def run_comparison(
     threads: int = 1,
     budgets: Budgets = Budgets(),
     student_steps: int | None = None,
+    student_label: str = "student",
     on_step: Callable[[str], None] = lambda message: None,
 ) -> list[PipelineResult]:
     from edgegen.profiling import host_info
@@ -211,9 +212,9 @@ def run_comparison(
     student_plan = sampling_plan(student_dir, student_steps or steps, guidance_scale)
     teacher_plan = sampling_plan(teacher_dir, steps, guidance_scale, use_student_schedule=False)
     steps_label = f"{student_plan.steps}-steps"
-    cases = [Case(f"teacher/eager/{teacher_plan.steps}-steps", "teacher", teacher_dir, teacher_plan), Case(f"student/eager/{steps_label}", "student", student_dir, student_plan)]
+    cases = [Case(f"teacher/eager/{teacher_plan.steps}-steps", "teacher", teacher_dir, teacher_plan), Case(f"{student_label}/eager/{steps_label}", "student", student_dir, student_plan)]
     for label, parts in sets.items():
-        cases.append(Case(f"student/{label}/{steps_label}", "student", student_dir, student_plan, parts, label))
+        cases.append(Case(f"{student_label}/{label}/{steps_label}", "student", student_dir, student_plan, parts, label))
 
     results_path = Path(results_path)
     results_path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 import math
 import os
 import shutil
@@ -219,6 +220,7 @@ def save_checkpoint(trainee: Trainee, config: TrainConfig, step: int, command: s
         state = {
             "step": step,
             "config_sha256": config_sha256(_resumable(config)),
+            "config_json": json.dumps(config_dict(_resumable(config)), sort_keys=True),
             "optimizers": {name: opt.state_dict() for name, opt in trainee.optimizers.items()},
             "schedulers": {name: s.state_dict() for name, s in trainee.schedulers.items()},
         }
@@ -244,7 +246,10 @@ def load_checkpoint(trainee: Trainee, config: TrainConfig, folder: Path) -> int:
     except Exception as error:  # a truncated or foreign file
         raise EdgegenError(f"cannot resume from {folder}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
     if state.get("config_sha256") != config_sha256(_resumable(config)):
-        raise EdgegenError(f"cannot resume from {folder}: it was trained with another config (only steps and output may change)")
+        saved = json.loads(state.get("config_json", "{}"))
+        now = config_dict(_resumable(config))
+        changed = sorted(key for key in set(saved) | set(now) if saved.get(key) != now.get(key)) or ["(unknown)"]
+        raise EdgegenError(f"cannot resume from {folder}: it was trained with other {', '.join(changed)} (only steps and output may change)")
     for name, module in trainee.modules.items():
         part = {key[len(name) + 1:]: value for key, value in weights.items() if key.startswith(name + ".")}
         module.load_state_dict(part, strict=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from edgegen.cli.output import console, fmt_db, fmt_kb, fmt_ms, quiet
@@ -21,14 +21,17 @@ class Precision(str, Enum):
 
 
 def demo_command(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Working folder for the teacher, artifacts and results.")] = Path("out/demo"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Working folder for the models, artifacts, results and report.")] = Path("out/demo"),
     target: Annotated[list[str] | None, typer.Option(help="Target to include (repeatable); default: every one this machine exports to.")] = None,
     precision: Annotated[list[Precision] | None, typer.Option(help="float and/or int8 (repeatable); default: both.")] = None,
-    runs: Annotated[int, typer.Option(help="Timed runs per artifact.")] = 20,
+    runs: Annotated[int, typer.Option(help="Timed runs per component artifact (whole pipelines get a quarter, at least 1).")] = 20,
+    prompts: Annotated[Path | None, typer.Option(help="Prompt file (one per line); default: 12 built-in shapes prompts.", show_default=False)] = None,
 ) -> None:
-    """Export the embedded default to every target in float and int8, then profile and compare each artifact."""
+    """Teacher vs distilled student on every target here: export, profile, compare, and an HTML report."""
     quiet()
-    from edgegen.demo import exportable_targets, plan, run_demo
+    from edgegen.cli.tables import pipeline_table
+    from edgegen.demo import DEMO_PROMPTS, exportable_targets, run_demo
+    from edgegen.pipeline_compare import read_prompts
     from edgegen.registry import EXPORTERS
 
     targets = target or exportable_targets()
@@ -37,28 +40,21 @@ def demo_command(
         if reason:
             raise EdgegenError(f"target '{name}' is not usable here: {reason}")
     precisions = [p.value for p in precision] if precision else ["float", "int8"]
-    steps = len(plan(targets, precisions)) * 3
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task("starting", total=steps)
-        started = False
+    prompt_list = read_prompts(prompts) if prompts else list(DEMO_PROMPTS)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("starting", total=None)
+        outcome = run_demo(output, targets, precisions, runs, prompt_list, lambda message: progress.update(task, description=message))
+        progress.update(task, description="done")
 
-        def on_step(message: str) -> None:
-            nonlocal started
-            progress.update(task, description=message, advance=1 if started else 0)
-            started = True
+    results = [r.model_dump(mode="json") for row in outcome.rows for r in (row.profile, row.comparison) if r is not None]
+    components_path = output / "results.json"
+    components_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
-        rows = run_demo(output, targets, precisions, runs, on_step)
-        progress.update(task, description="done", completed=steps)
-
-    results = [r.model_dump(mode="json") for row in rows for r in (row.profile, row.comparison) if r is not None]
-    results_path = output / "results.json"
-    results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-
-    table = Table(title="embedded default: exported components vs the teacher (1 thread)")
-    columns = ("component", "target", "quant", "KiB", "delegated", "p50 ms", "p90 ms", "peak +MiB", "PSNR vs float", "PSNR vs teacher")
+    table = Table(title="distilled student components on each target, vs the eager student (1 thread)")
+    columns = ("component", "target", "quant", "KiB", "delegated", "p50 ms", "p90 ms", "peak +MiB", "PSNR vs float", "PSNR vs eager")
     for column in columns:
         table.add_column(column, justify="left" if column in columns[:3] else "right")
-    for row in rows:
+    for row in outcome.rows:
         manifest = row.artifact.manifest
         delegation = manifest.delegation
         cells = [
@@ -75,4 +71,7 @@ def demo_command(
             cells += [fmt_ms(latency.p50_ms), fmt_ms(latency.p90_ms), f"{memory.added_mb:.1f}", fmt_db(manifest.parity.psnr_db), fmt_db(quality.psnr_db)]
         table.add_row(*cells)
     console.print(table)
-    console.print(f"results: {results_path}")
+    console.print(pipeline_table(outcome.pipelines, "embedded default: teacher vs distilled students, whole pipelines (same prompts, seeds, latents)"))
+    console.print(f"component results: {components_path}")
+    console.print(f"pipeline results: {outcome.results_path}")
+    console.print(f"report: {outcome.report_path}" + (f" (screenshot {outcome.screenshot_path})" if outcome.screenshot_path else ""))

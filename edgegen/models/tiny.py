@@ -1,15 +1,26 @@
 """The embedded default teacher: a tiny but real diffusers text-to-image pipeline.
 
 Built from configs in code with a fixed seed, so it needs no download and is the same on every
-machine. It is saved with ``save_pretrained`` and used only through ``from_pretrained`` on the
-saved folder, exactly as a user's own Stable Diffusion folder would be.
+machine; then the weights trained on the built-in shapes data (``weights/``, made by
+``scripts/train_embedded_default.py``) are loaded into it. It is saved with ``save_pretrained``
+and used only through ``from_pretrained`` on the saved folder, exactly as a user's own Stable
+Diffusion folder would be.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from edgegen.errors import EdgegenError
+
 DEFAULT_SEED = 0
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+TEACHER_WEIGHTS = WEIGHTS_DIR / "teacher.safetensors"  # keys prefixed unet. / text_encoder. / vae.
+TEACHER_PROVENANCE = WEIGHTS_DIR / "teacher.json"
+STUDENT_WEIGHTS = {"distilled": WEIGHTS_DIR / "student.safetensors", "few-step": WEIGHTS_DIR / "student-fewstep.safetensors"}
+STUDENT_PROVENANCE = WEIGHTS_DIR / "students.json"  # kind -> preset and the recipe that trained it
+PROBE_DIR = WEIGHTS_DIR / "probe"  # the caption-faithfulness probe of the shapes data
 EMBEDDED_DEFAULT_NAME = "edgegen-tiny-t2i"
 
 # Byte-level CLIP vocabulary: every byte is a token, with and without the end-of-word marker,
@@ -55,8 +66,31 @@ def build_tokenizer():
     )
 
 
-def build_embedded_default(output_dir: Path, seed: int = DEFAULT_SEED) -> Path:
-    """Construct the embedded default pipeline from configs and save it to ``output_dir``."""
+def trained_weights_available() -> bool:
+    return TEACHER_WEIGHTS.is_file() and TEACHER_PROVENANCE.is_file()
+
+
+def _load_trained(text_encoder, unet, vae) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(TEACHER_WEIGHTS))
+    for prefix, module in (("unet.", unet), ("text_encoder.", text_encoder), ("vae.", vae)):
+        part = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+        module.load_state_dict(part, strict=True)
+    provenance = json.loads(TEACHER_PROVENANCE.read_text(encoding="utf-8"))
+    vae.register_to_config(scaling_factor=float(provenance["vae_scaling_factor"]))
+
+
+def build_embedded_default(output_dir: Path, seed: int = DEFAULT_SEED, weights: str = "random") -> Path:
+    """Construct the embedded default pipeline and save it to ``output_dir``.
+
+    ``weights="trained"`` loads the committed weights trained on the built-in shapes data;
+    ``"random"`` keeps the seeded initialisation (what training starts from).
+    """
+    if weights not in ("trained", "random"):
+        raise EdgegenError(f"unknown weights '{weights}'; choose trained or random")
+    if weights == "trained" and not trained_weights_available():
+        raise EdgegenError(f"the trained weights are missing from {WEIGHTS_DIR}; reinstall edgegen")
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -107,6 +141,8 @@ def build_embedded_default(output_dir: Path, seed: int = DEFAULT_SEED) -> Path:
         set_alpha_to_one=False,
         steps_offset=1,
     )
+    if weights == "trained":
+        _load_trained(text_encoder, unet, vae)
     pipeline = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -118,4 +154,32 @@ def build_embedded_default(output_dir: Path, seed: int = DEFAULT_SEED) -> Path:
         requires_safety_checker=False,
     )
     pipeline.save_pretrained(output_dir, safe_serialization=True)
+    return output_dir
+
+
+def build_embedded_student(teacher_dir: Path, output_dir: Path, kind: str = "distilled") -> Path:
+    """The committed student of the trained default: ``distilled`` (KD-MMG) or ``few-step`` (HDG-MMS).
+
+    Made exactly as a user's would be (``make_student`` from the teacher folder), then given the
+    trained UNet weights and the recipe that produced them.
+    """
+    from safetensors.torch import load_file
+
+    from edgegen.artifact import atomic_folder
+    from edgegen.checkpoint import read_student_manifest, write_student
+    from edgegen.models.student import make_student
+    from edgegen.teacher import load_pipeline
+
+    if kind not in STUDENT_WEIGHTS:
+        raise EdgegenError(f"unknown student '{kind}'; choose one of: {', '.join(STUDENT_WEIGHTS)}")
+    if not (STUDENT_WEIGHTS[kind].is_file() and STUDENT_PROVENANCE.is_file()):
+        raise EdgegenError(f"the trained student weights are missing from {WEIGHTS_DIR}; reinstall edgegen")
+    provenance = json.loads(STUDENT_PROVENANCE.read_text(encoding="utf-8"))[kind]
+    output_dir = Path(output_dir)
+    make_student(teacher_dir, provenance["preset"], output_dir, force=True)
+    pipeline = load_pipeline(output_dir)
+    pipeline.unet.load_state_dict(load_file(str(STUDENT_WEIGHTS[kind])), strict=True)
+    manifest = read_student_manifest(output_dir).model_copy(update={"recipe": provenance["recipe"]})
+    with atomic_folder(output_dir, force=True) as staging:
+        write_student(pipeline, manifest, staging)
     return output_dir

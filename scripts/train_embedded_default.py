@@ -1,0 +1,185 @@
+"""Train the embedded default (teacher, distilled students, probe) on the built-in shapes data.
+
+This is how the weights under ``edgegen/models/weights/`` were made; rerun it to reproduce them
+(about half an hour on 2 CPU cores). Stages, each in its own folder under ``--work``:
+
+1. autoencoder: the VAE learns to encode 32x32 shapes into 8x8x4 latents (a plain loop here:
+   no trainer recipe covers VAE pre-training, the product never needs one);
+2. teacher: ``edgegen train finetune`` (full fine-tuning of the UNet and text encoder from their
+   seeded random initialisation) until its samples follow the captions;
+3. student: ``edgegen student init --preset small`` then ``edgegen train distill`` (KD-MMG);
+4. few-step student: ``edgegen train adversarial`` (HDG-MMS) from the distilled student;
+5. probe: the caption-faithfulness classifier.
+
+    .venv/bin/python scripts/train_embedded_default.py --work out/train-default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_autoencoder(pipeline_dir: Path, steps: int, batch_size: int, seed: int = 0) -> dict:
+    """Fit the teacher's VAE to the shapes data; the text encoder and UNet are left as they are."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from edgegen.data.shapes import ShapesDataset
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL.from_pretrained(pipeline_dir / "vae")
+    vae.train()
+    data = ShapesDataset(count=steps * batch_size, seed=seed + 1)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    optimiser = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+    started, losses = time.perf_counter(), []
+    for step, batch in enumerate(loader, 1):
+        images = batch["pixel_values"]
+        posterior = vae.encode(images).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        # A light KL keeps the latent scale near unit variance, as diffusion expects.
+        loss = torch.nn.functional.mse_loss(reconstruction, images) + 1e-5 * posterior.kl().mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % 100 == 0:
+            print(f"autoencoder step {step}/{steps}: loss {sum(losses[-100:]) / 100:.4f}", flush=True)
+    vae.eval()
+    with torch.no_grad():
+        held_out = torch.stack([ShapesDataset(count=256, seed=seed + 99)[i]["pixel_values"] for i in range(256)])
+        latents = vae.encode(held_out).latent_dist.mean
+        scaling = float(1.0 / latents.std())
+        error = torch.nn.functional.mse_loss(vae.decode(latents).sample, held_out).item()
+    vae.register_to_config(scaling_factor=scaling)
+    vae.save_pretrained(pipeline_dir / "vae", safe_serialization=True)
+    return {"steps": steps, "batch_size": batch_size, "final_loss": sum(losses[-50:]) / 50,
+            "held_out_mse": error, "scaling_factor": scaling, "seconds": time.perf_counter() - started}
+
+
+def edgegen(*args: str) -> None:
+    print("$ edgegen " + " ".join(args), flush=True)
+    subprocess.run([str(Path(sys.executable).parent / "edgegen"), *args], check=True, cwd=ROOT)
+
+
+def faithfulness_of(pipeline_dir: Path, probe_dir: Path, steps: int, guidance_scale: float) -> dict:
+    """Probe faithfulness over every colour x shape x position prompt, seeds 0..47."""
+    import numpy as np
+
+    from edgegen.data.shapes import COLOURS, POSITIONS, SHAPES, caption_for
+    from edgegen.pipeline import initial_latents, load_case, sampling_plan
+    from edgegen.probe import faithfulness, load_probe
+
+    prompts = [caption_for(c, s, p) for c in COLOURS for s in SHAPES for p in POSITIONS]
+    case = load_case(pipeline_dir, None, sampling_plan(pipeline_dir, steps, guidance_scale))
+    images = np.stack([case.generate(p, initial_latents(case.latent_shape, i), i).image for i, p in enumerate(prompts)])
+    score = faithfulness(load_probe(probe_dir), images, prompts)
+    return {"steps": case.plan.steps, "guidance_scale": guidance_scale, "all": score.fraction_all, **score.per_attribute}
+
+
+def package(work: Path, log: dict) -> None:
+    """Copy the trained weights into edgegen/models/weights/ (what the package ships)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from edgegen.checkpoint import read_student_manifest
+    from edgegen.models import tiny
+
+    tiny.WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+    teacher = work / "teacher-run" / "pipeline"
+    state = {}
+    for prefix, sub, name in (("unet.", "unet", "diffusion_pytorch_model"), ("text_encoder.", "text_encoder", "model"), ("vae.", "vae", "diffusion_pytorch_model")):
+        for key, value in load_file(str(teacher / sub / f"{name}.safetensors")).items():
+            state[prefix + key] = value
+    save_file(state, str(tiny.TEACHER_WEIGHTS))
+    vae_config = json.loads((teacher / "vae" / "config.json").read_text())
+    tiny.TEACHER_PROVENANCE.write_text(json.dumps({"vae_scaling_factor": vae_config["scaling_factor"], "training": log}, indent=2) + "\n")
+    students = {}
+    for kind, folder in (("distilled", work / "distill" / "pipeline"), ("few-step", work / "adversarial" / "pipeline")):
+        manifest = read_student_manifest(folder)
+        weights = dict(load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors")))
+        scman = folder / "unet" / "scman.safetensors"
+        if scman.exists():
+            weights.update(load_file(str(scman)))
+        save_file(weights, str(tiny.STUDENT_WEIGHTS[kind]))
+        students[kind] = {"preset": manifest.preset, "recipe": manifest.recipe}
+    tiny.STUDENT_PROVENANCE.write_text(json.dumps(students, indent=2) + "\n")
+    shutil.rmtree(tiny.PROBE_DIR, ignore_errors=True)
+    shutil.copytree(work / "probe", tiny.PROBE_DIR)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "out" / "train-default")
+    parser.add_argument("--autoencoder-steps", type=int, default=1500)
+    parser.add_argument("--teacher-steps", type=int, default=5000)
+    parser.add_argument("--distill-steps", type=int, default=1500)
+    parser.add_argument("--adversarial-steps", type=int, default=600)
+    parser.add_argument("--stages", default="autoencoder,teacher,student,fewstep,probe,evaluate,package")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    stages = args.stages.split(",")
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    log_path = work / "log.json"
+    log = json.loads(log_path.read_text()) if log_path.exists() else {}
+
+    def save_log() -> None:
+        log_path.write_text(json.dumps(log, indent=2))
+
+    work = work.relative_to(ROOT) if work.is_absolute() and work.is_relative_to(ROOT) else work
+    base, teacher = work / "base", work / "teacher-run" / "pipeline"
+    if "autoencoder" in stages:
+        from edgegen.models.tiny import build_embedded_default
+
+        build_embedded_default(base, weights="random")
+        log["autoencoder"] = train_autoencoder(base, args.autoencoder_steps, batch_size=32)
+        save_log()
+    if "teacher" in stages:
+        resume = ["--resume"] if (work / "teacher-run" / "checkpoints").exists() else []
+        edgegen("train", "finetune", f"teacher={base}", f"output={work / 'teacher-run'}", f"steps={args.teacher_steps}", "batch_size=64",
+                "learning_rate=1e-3", "warmup_steps=100", "train_text_encoder=true", "checkpoint_every=250", "log_every=50",
+                "data=builtin:shapes?count=100000", *resume)
+    if "student" in stages:
+        edgegen("student", "init", "--teacher", str(teacher), "--preset", "small", "-o", str(work / "student-init"), "--force")
+        edgegen("train", "distill", f"teacher={teacher}", f"student={work / 'student-init'}", f"output={work / 'distill'}",
+                f"steps={args.distill_steps}", "batch_size=64", "learning_rate=1e-3", "warmup_steps=50", "checkpoint_every=250",
+                "log_every=50", "data=builtin:shapes?count=100000&seed=1")
+    if "fewstep" in stages:
+        edgegen("train", "adversarial", f"teacher={teacher}", f"student={work / 'distill' / 'pipeline'}", f"output={work / 'adversarial'}",
+                f"steps={args.adversarial_steps}", "batch_size=32", "learning_rate=1e-4", "sampling_steps=2", "checkpoint_every=200",
+                "log_every=25", "data=builtin:shapes?count=100000&seed=2")
+    if "probe" in stages:
+        from edgegen.probe import save_probe, train_probe
+
+        probe = train_probe(steps=600)
+        save_probe(probe, work / "probe")
+        log["probe"] = probe.manifest.held_out_accuracy
+        save_log()
+    if "evaluate" in stages:
+        probe_dir = work / "probe"
+        log["faithfulness"] = {
+            "teacher, 20 steps": faithfulness_of(teacher, probe_dir, 20, 1.0),
+            "teacher, 20 steps, guidance 3": faithfulness_of(teacher, probe_dir, 20, 3.0),
+            "student, 20 steps": faithfulness_of(work / "distill" / "pipeline", probe_dir, 20, 1.0),
+            "few-step student, 2 steps": faithfulness_of(work / "adversarial" / "pipeline", probe_dir, 2, 1.0),
+        }
+        save_log()
+        print(json.dumps(log["faithfulness"], indent=2), flush=True)
+    if "package" in stages:
+        package(work, log)
+
+
+if __name__ == "__main__":
+    main()
