@@ -39,6 +39,20 @@ class Budgets:
     min_faithfulness: float | None = None
     max_fid_gap: float | None = None
     min_ssim: float | None = None
+    max_kid_gap: float | None = None
+    min_clip_score: float | None = None
+    min_teacher_psnr: float | None = None  # distillation gap, image PSNR dB vs the teacher
+
+    def refuse_unmeasurable(self, probe_dir: Path | None, feature_extractor: Path | None, clip_dir: Path | None) -> None:
+        """A budget on a metric nobody asked to measure would fail every case: say so up front."""
+        for name, needed, flag in (
+            ("min_faithfulness", probe_dir, "--probe"),
+            ("max_fid_gap", feature_extractor, "--feature-extractor"),
+            ("max_kid_gap", feature_extractor, "--feature-extractor"),
+            ("min_clip_score", clip_dir, "--clip"),
+        ):
+            if getattr(self, name) is not None and needed is None:
+                raise EdgegenError(f"--{name.replace('_', '-')} needs {flag}")
 
     def check(self, result: PipelineResult) -> list[BudgetCheck]:
         checks = []
@@ -48,6 +62,9 @@ class Budgets:
             ("min_ssim", self.min_ssim, fidelity.image_ssim if fidelity else None, True),
             ("min_faithfulness", self.min_faithfulness, gap.faithfulness if gap else None, True),
             ("max_fid_gap", self.max_fid_gap, gap.fid if gap else None, False),
+            ("max_kid_gap", self.max_kid_gap, gap.kid if gap else None, False),
+            ("min_clip_score", self.min_clip_score, gap.clip_score if gap else None, True),
+            ("min_teacher_psnr", self.min_teacher_psnr, gap.image_psnr_db if gap and result.role != "teacher" else None, True),
         ):
             if limit is None or (value is None and result.role == "teacher"):
                 continue
@@ -66,6 +83,7 @@ class Case:
     plan: SamplingPlan
     artifact_dirs: dict[str, Path] | None = None
     label: str = "eager float32"
+    artifacts: dict[str, Any] | None = None  # loaded and checked against model_dir
 
 
 @dataclass
@@ -150,6 +168,34 @@ def existing_case_ids(results_path: Path) -> set[str]:
     return ids
 
 
+def drop_partial_last_line(results_path: Path) -> None:
+    """Cut a last line that an interrupted run left unfinished, so the next append starts clean."""
+    if not results_path.is_file():
+        return
+    data = results_path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        results_path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def read_results(results_path: Path) -> list[PipelineResult]:
+    """Every complete result in a results file (lines of other kinds or versions are left out)."""
+    results = []
+    if results_path.is_file():
+        for line in results_path.read_text(encoding="utf-8").splitlines():
+            try:
+                results.append(PipelineResult.model_validate_json(line))
+            except ValueError:
+                continue
+    return results
+
+
+def scman_summary_tokens(model_dir: Path) -> int | None:
+    from edgegen.checkpoint import read_student_manifest
+
+    manifest = read_student_manifest(model_dir)
+    return (manifest.scman or {}).get("summary_tokens") if manifest else None
+
+
 def append_result(results_path: Path, result: StrictModel) -> None:
     with results_path.open("a", encoding="utf-8") as handle:
         handle.write(result.model_dump_json() + "\n")
@@ -193,6 +239,7 @@ def run_comparison(
     from edgegen.teacher import check_pipeline_dir, checkpoint_sha256
 
     teacher_dir, student_dir = check_pipeline_dir(teacher_dir), check_pipeline_dir(student_dir)
+    budgets.refuse_unmeasurable(probe_dir, feature_extractor, clip_dir)
     family = pipeline_family(teacher_dir)
     if pipeline_family(student_dir) != family:
         raise EdgegenError(f"{student_dir} does not share {teacher_dir}'s tokenizer and latent space; their images cannot be compared")
@@ -208,23 +255,27 @@ def run_comparison(
     for root in artifact_roots:
         for label, parts in artifact_sets(root).items():
             sets[label] = parts
+    # Mixed pipelines or corrupt artifacts are refused before any case runs or anything is written.
+    checked = {label: check_artifacts(student_dir, parts) for label, parts in sets.items()}
     seeds = [seed + index for index in range(len(prompts))]
     student_plan = sampling_plan(student_dir, student_steps or steps, guidance_scale)
     teacher_plan = sampling_plan(teacher_dir, steps, guidance_scale, use_student_schedule=False)
     steps_label = f"{student_plan.steps}-steps"
     cases = [Case(f"teacher/eager/{teacher_plan.steps}-steps", "teacher", teacher_dir, teacher_plan), Case(f"{student_label}/eager/{steps_label}", "student", student_dir, student_plan)]
     for label, parts in sets.items():
-        cases.append(Case(f"{student_label}/{label}/{steps_label}", "student", student_dir, student_plan, parts, label))
+        cases.append(Case(f"{student_label}/{label}/{steps_label}", "student", student_dir, student_plan, parts, label, checked[label]))
 
     results_path = Path(results_path)
     results_path.parent.mkdir(parents=True, exist_ok=True)
+    drop_partial_last_line(results_path)
     done = existing_case_ids(results_path)
+    stored = {r.case_id: r for r in read_results(results_path)}
     results: list[PipelineResult] = []
     outcomes: dict[str, Outcome] = {}
     faithfulness_of_teacher = None
     for case in cases:
         role_dir = case.model_dir
-        artifacts = check_artifacts(role_dir, case.artifact_dirs) if case.artifact_dirs else None
+        artifacts = case.artifacts
         first = next(iter(artifacts.values())).manifest if artifacts else None
         reason = runtime_for(first).unavailable_reason(first) if first else None
         base = dict(
@@ -243,6 +294,7 @@ def run_comparison(
             steps=case.plan.steps,
             guidance_scale=case.plan.guidance_scale,
             image_size=0,
+            scman_summary_tokens=scman_summary_tokens(role_dir),
             prompts=prompts,
             seeds=seeds,
             host=host_info(threads),
@@ -309,5 +361,5 @@ def run_comparison(
         if case.case_id not in done:
             _save_images(outcome.images, results_path.parent / images_dir)
             append_result(results_path, result)
-        results.append(result)
+        results.append(stored.get(case.case_id, result))  # a finished case keeps what it measured
     return results

@@ -134,3 +134,154 @@ def test_pipeline_family_ignores_the_denoiser_weights(pipeline_dir, tmp_path):
     config["latent_channels"] = config["latent_channels"] + 4
     config_path.write_text(json.dumps(config))
     assert pipeline_family(copy) != pipeline_family(pipeline_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# edgegen compare --prompts
+
+
+@pytest.fixture(scope="module")
+def student_setup(pipeline_dir, tmp_path_factory):
+    """A SCMAN student of the embedded default and its three ONNX artifacts, plus a prompt file."""
+    from edgegen.export import export_pipeline
+    from edgegen.models.student import make_student
+
+    root = tmp_path_factory.mktemp("compare")
+    student = make_student(pipeline_dir, "tiny", root / "student")
+    export_pipeline(student, "onnx", root / "student-artifacts")
+    prompts = root / "prompts.txt"
+    prompts.write_text("# shapes\na red circle at the top left\n\na blue square at the bottom right\n")
+    return student, root / "student-artifacts", prompts
+
+
+def _compare(pipeline_dir, student_setup, output, *extra):
+    from typer.testing import CliRunner
+
+    from edgegen.cli import app
+
+    student, artifacts, prompts = student_setup
+    arguments = ["compare", "--prompts", str(prompts), "--teacher", str(pipeline_dir), "--student", str(student),
+                 "--artifacts", str(artifacts), "-o", str(output), "--steps", "2", "--runs", "0", *extra]
+    return CliRunner().invoke(app, arguments)
+
+
+def _error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def _results(path):
+    from edgegen.schema.pipeline import PipelineResult
+
+    return [PipelineResult.model_validate_json(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow  # exports the student to ONNX once for the module
+def test_compare_pipelines_writes_fidelity_gap_images_and_skips_finished_cases(pipeline_dir, student_setup, tmp_path):
+    output = tmp_path / "results.jsonl"
+    result = _compare(pipeline_dir, student_setup, output, "--min-psnr", "40")
+    assert result.exit_code == 0, result.output
+    results = {r.case_id: r for r in _results(output)}
+    assert sorted(results) == ["student/eager/2-steps", "student/onnx/2-steps", "teacher/eager/2-steps"]
+    exported = results["student/onnx/2-steps"]
+    assert exported.export_fidelity is not None and exported.export_fidelity.image_psnr_db > 40.0
+    assert len(exported.export_fidelity.latent_psnr_db_per_step) == 2
+    assert exported.distillation_gap is not None and exported.distillation_gap.image_ssim < 1.0
+    assert [b.passed for b in exported.budgets] == [True]
+    assert results["student/eager/2-steps"].export_fidelity is None  # no export, no export fidelity
+    assert len({r.pipeline_family for r in results.values()}) == 1
+    for r in results.values():
+        assert sorted(p.name for p in (tmp_path / r.images_dir).iterdir()) == ["0.png", "1.png"]
+        assert r.prompts == ["a red circle at the top left", "a blue square at the bottom right"]
+    before = output.read_text()
+    again = _compare(pipeline_dir, student_setup, output)
+    assert again.exit_code == 0, again.output
+    assert output.read_text() == before  # every case already there: nothing re-run or appended
+
+
+@pytest.mark.slow
+def test_compare_interrupted_run_keeps_finished_cases(pipeline_dir, student_setup, tmp_path, monkeypatch):
+    import edgegen.pipeline_compare as pipeline_compare
+
+    output = tmp_path / "results.jsonl"
+    real = pipeline_compare.generate_all
+    calls = []
+
+    def interrupted(case, *args, **kwargs):
+        calls.append(case.case_id)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C during the third case
+        return real(case, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_compare, "generate_all", interrupted)
+    result = _compare(pipeline_dir, student_setup, output)
+    assert result.exit_code != 0
+    finished = output.read_text().splitlines()
+    assert [r.case_id for r in _results(output)] == ["teacher/eager/2-steps", "student/eager/2-steps"]
+    monkeypatch.setattr(pipeline_compare, "generate_all", real)
+    resumed = _compare(pipeline_dir, student_setup, output)
+    assert resumed.exit_code == 0, resumed.output
+    lines = output.read_text().splitlines()
+    assert lines[:2] == finished and len(lines) == 3
+    assert _results(output)[2].case_id == "student/onnx/2-steps"
+
+
+@pytest.mark.slow
+def test_compare_budgets_fail_with_one_line_each(pipeline_dir, student_setup, tmp_path):
+    result = _compare(pipeline_dir, student_setup, tmp_path / "results.jsonl", "--min-psnr", "1000", "--min-ssim", "1.5")
+    assert result.exit_code == 1, result.output
+    failed = [line for line in result.output.splitlines() if line.startswith("budget failed")]
+    assert len(failed) == 2 and all("student/onnx/2-steps" in line for line in failed)
+    assert {r.case_id: [b.passed for b in r.budgets] for r in _results(tmp_path / "results.jsonl")}["student/onnx/2-steps"] == [False, False]
+
+
+@pytest.mark.slow  # exports the teacher to ONNX (shared with other test files)
+def test_compare_bad_inputs_exit_2_with_one_line(pipeline_dir, student_setup, exported, tmp_path):
+    from edgegen.components import COMPONENT_NAMES
+
+    student, artifacts, prompts = student_setup
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n# nothing\n")
+    assert "no prompts" in _error_line(_compare(pipeline_dir, (student, artifacts, empty), tmp_path / "a.jsonl"))
+    missing = _compare(pipeline_dir, (student, artifacts, tmp_path / "missing.txt"), tmp_path / "b.jsonl")
+    assert "prompt file not found" in _error_line(missing)
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    assert "cannot read prompt file" in _error_line(_compare(pipeline_dir, (student, artifacts, binary), tmp_path / "c.jsonl"))
+
+    # The teacher's artifacts handed over as the student's: different pipelines mixed.
+    teacher_artifacts = tmp_path / "teacher-artifacts"
+    teacher_artifacts.mkdir()
+    for name in COMPONENT_NAMES:
+        (teacher_artifacts / exported(name, "onnx").folder.name).symlink_to(exported(name, "onnx").folder)
+    mixed = _compare(pipeline_dir, (student, teacher_artifacts, prompts), tmp_path / "d.jsonl")
+    assert "mixed" in _error_line(mixed)
+    assert not (tmp_path / "d.jsonl").exists()  # refused before generating anything
+
+    corrupt = tmp_path / "features.onnx"
+    corrupt.write_bytes(b"not onnx")
+    bad_extractor = _compare(pipeline_dir, student_setup, tmp_path / "e.jsonl", "--feature-extractor", str(corrupt))
+    assert "feature extractor" in _error_line(bad_extractor)
+    assert not (tmp_path / "e.jsonl").exists()  # refused before any case ran
+
+
+def test_compare_refuses_a_budget_it_cannot_measure(pipeline_dir, student_setup, tmp_path):
+    result = _compare(pipeline_dir, student_setup, tmp_path / "results.jsonl", "--max-fid-gap", "5")
+    assert "--max-fid-gap needs --feature-extractor" in _error_line(result)
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_compare_cuts_a_half_written_line_and_records_the_scman_budget(pipeline_dir, student_setup, tmp_path):
+    output = tmp_path / "results.jsonl"
+    assert _compare(pipeline_dir, student_setup, output).exit_code == 0
+    lines = output.read_text().splitlines(keepends=True)
+    output.write_text(lines[0] + lines[1] + lines[2][:40])  # the third case was being written
+    resumed = _compare(pipeline_dir, student_setup, output)
+    assert resumed.exit_code == 0, resumed.output
+    results = _results(output)  # every line parses: the cut line is gone, the case re-ran
+    assert [r.case_id for r in results] == ["teacher/eager/2-steps", "student/eager/2-steps", "student/onnx/2-steps"]
+    assert results[2].scman_summary_tokens == 4  # the "tiny" preset's budget
+    assert results[0].scman_summary_tokens is None

@@ -33,6 +33,9 @@ def compare_command(
     min_ssim: Annotated[float | None, typer.Option(help="Budget: exported vs float student image SSIM.", show_default=False)] = None,
     min_faithfulness: Annotated[float | None, typer.Option(help="Budget: fraction of images that match their caption.", show_default=False)] = None,
     max_fid_gap: Annotated[float | None, typer.Option(help="Budget: FID of a student's images against the teacher's.", show_default=False)] = None,
+    max_kid_gap: Annotated[float | None, typer.Option(help="Budget: KID of a student's images against the teacher's.", show_default=False)] = None,
+    min_clip_score: Annotated[float | None, typer.Option(help="Budget: CLIP score of a student's images against their prompts.", show_default=False)] = None,
+    min_teacher_psnr: Annotated[float | None, typer.Option(help="Budget: student vs teacher image PSNR (dB).", show_default=False)] = None,
     threads: Annotated[int, typer.Option(help="CPU threads for the runtimes.")] = 1,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result(s) as JSON.")] = False,
 ) -> None:
@@ -51,7 +54,10 @@ def compare_command(
         raise EdgegenError("--prompts needs --student (the student pipeline folder)")
     from edgegen.pipeline_compare import Budgets, read_prompts, run_comparison
 
-    budgets = Budgets(min_psnr=min_psnr, min_faithfulness=min_faithfulness, max_fid_gap=max_fid_gap, min_ssim=min_ssim)
+    budgets = Budgets(
+        min_psnr=min_psnr, min_faithfulness=min_faithfulness, max_fid_gap=max_fid_gap, min_ssim=min_ssim,
+        max_kid_gap=max_kid_gap, min_clip_score=min_clip_score, min_teacher_psnr=min_teacher_psnr,
+    )
     results = run_comparison(
         read_prompts(prompts), teacher, student, list(artifacts or []), output, steps=steps, guidance_scale=guidance_scale,
         seed=seed, probe_dir=probe, feature_extractor=feature_extractor, clip_dir=clip, runs=runs, threads=threads,
