@@ -105,3 +105,15 @@ class PipelineResult(StrictModel):
     distillation_gap: DistillationGap | None = None
     budgets: list[BudgetCheck] = []
     not_run_reason: str | None = None  # e.g. "Core ML prediction needs macOS"
+
+
+class ParetoFront(StrictModel):
+    """``edgegen sweep``'s front, written beside its results as ``<results>.pareto.json``."""
+
+    schema_version: int = PIPELINE_RESULTS_SCHEMA_VERSION
+    kind: Literal["pareto"] = "pareto"
+    quality_metric: str  # psnr | ssim | faithfulness | fid | kid | clip (vs the eager teacher)
+    quality_higher_is_better: bool
+    cost_axes: list[str]  # latency_p50_ms, peak_added_mb, size_bytes: all minimised
+    considered: list[str]  # case_ids with every axis measured (student cases that ran and were timed)
+    front: list[str]  # case_ids no other considered case beats on every axis at once
