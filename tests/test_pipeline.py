@@ -285,3 +285,35 @@ def test_compare_cuts_a_half_written_line_and_records_the_scman_budget(pipeline_
     assert [r.case_id for r in results] == ["teacher/eager/2-steps", "student/eager/2-steps", "student/onnx/2-steps"]
     assert results[2].scman_summary_tokens == 4  # the "tiny" preset's budget
     assert results[0].scman_summary_tokens is None
+
+
+@pytest.mark.slow  # a fresh profiling process
+def test_pipeline_profile_follows_the_latency_schema_in_a_fresh_process(pipeline_dir):
+    from edgegen.pipeline import SamplingPlan
+    from edgegen.pipeline_profile import profile_pipeline
+
+    latency, memory = profile_pipeline(pipeline_dir, None, SamplingPlan(2, GUIDANCE), warmup=1, runs=3)
+    calls = {timing.component: timing for timing in latency.per_component}
+    assert (latency.steps, latency.calls_per_step, latency.timed_runs, latency.warmup_runs) == (2, 2, 3, 1)
+    assert calls["denoiser"].calls_per_image == 2 * 2  # guidance on a batch-1 denoiser: two calls per step
+    assert calls["text_encoder"].calls_per_image == 2 and calls["vae_decoder"].calls_per_image == 1
+    assert all(0 < t.p50_ms <= t.p90_ms for t in latency.per_component)
+    inside = sum(t.p50_ms * t.calls_per_image for t in latency.per_component)
+    assert 0 <= latency.host_overhead_p50_ms < latency.total_p50_ms <= latency.total_p90_ms
+    assert inside < latency.total_p50_ms * 1.5  # the parts cannot add up to much more than the whole
+    assert latency.per_step_p50_ms >= calls["denoiser"].p50_ms * 2 * 0.5
+    assert latency.cold_load_ms > 0 and latency.warm_load_ms > 0
+    assert memory.peak_rss_mb >= memory.baseline_rss_mb and memory.added_mb > 1.0  # ~4 MB of weights, twice
+
+
+@pytest.mark.slow  # a fresh profiling process
+def test_pipeline_profile_errors_are_one_line(pipeline_dir, tmp_path):
+    from edgegen.errors import EdgegenError
+    from edgegen.pipeline import SamplingPlan
+    from edgegen.pipeline_profile import profile_pipeline
+
+    with pytest.raises(EdgegenError, match="--runs must be at least 1"):
+        profile_pipeline(pipeline_dir, None, SamplingPlan(1, 1.0), runs=0)
+    with pytest.raises(EdgegenError, match="not found|no model_index|not a diffusers") as error:
+        profile_pipeline(tmp_path / "nowhere", None, SamplingPlan(1, 1.0), runs=1)
+    assert "\n" not in str(error.value)
