@@ -317,3 +317,26 @@ def test_pipeline_profile_errors_are_one_line(pipeline_dir, tmp_path):
     with pytest.raises(EdgegenError, match="not found|no model_index|not a diffusers") as error:
         profile_pipeline(tmp_path / "nowhere", None, SamplingPlan(1, 1.0), runs=1)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.slow
+def test_compare_with_user_extractors_fills_the_distillation_gap(pipeline_dir, student_setup, tmp_path):
+    from edgegen.probe import save_probe, train_probe
+    from tests.test_quality import write_feature_extractor, write_tiny_clip
+
+    features = write_feature_extractor(tmp_path / "features.onnx")
+    clip = write_tiny_clip(tmp_path / "clip")
+    probe = save_probe(train_probe(steps=3, batch_size=8), tmp_path / "probe")  # plumbing, not a good probe
+    output = tmp_path / "results.jsonl"
+    result = _compare(
+        pipeline_dir, student_setup, output, "--feature-extractor", str(features), "--clip", str(clip), "--probe", str(probe),
+        "--max-fid-gap", "1e9", "--max-kid-gap", "1e9", "--min-clip-score", "-1e9", "--min-faithfulness", "0",
+    )
+    assert result.exit_code == 0, result.output
+    gap = {r.case_id: r for r in _results(output)}["student/onnx/2-steps"].distillation_gap
+    assert gap.fid is not None and gap.fid >= 0 and gap.kid is not None and gap.clip_score is not None
+    assert 0 <= gap.faithfulness <= 1 and 0 <= gap.reference_faithfulness <= 1
+    assert gap.feature_extractor == str(features.resolve())
+    budgets = {r.case_id: r.budgets for r in _results(output)}["student/onnx/2-steps"]
+    assert sorted(b.name for b in budgets) == ["max_fid_gap", "max_kid_gap", "min_clip_score", "min_faithfulness"]
+    assert all(b.passed for b in budgets)
