@@ -103,7 +103,9 @@ def resolve_config(config_type: type[Config], path: Path | None = None, override
     try:
         return config_type.model_validate(data)
     except ValidationError as error:
-        problem = error.errors()[0]
+        problems = error.errors()
+        # A misspelt key explains a "missing" one too, so it is the one to report.
+        problem = next((p for p in problems if p["type"] == "extra_forbidden"), problems[0])
         location = ".".join(str(part) for part in problem["loc"]) or "(root)"
         if problem["type"] == "extra_forbidden":
             known = ", ".join(config_type.model_fields)

@@ -119,6 +119,30 @@ def broadcast_parameters(modules: dict[str, Any], context: Context) -> None:
             dist.broadcast(tensor.data, src=0)
 
 
+def weights_fingerprint(modules: dict[str, Any]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, module in sorted(modules.items()):
+        for key, value in sorted(module.state_dict().items()):
+            digest.update(f"{name}.{key}".encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def ranks_in_sync(modules: dict[str, Any], context: Context) -> bool:
+    """Whether every rank ends with bit-identical weights (always true for one process)."""
+    if context.world_size == 1:
+        return True
+    import torch.distributed as dist
+
+    fingerprints: list[str | None] = [None] * context.world_size
+    dist.all_gather_object(fingerprints, weights_fingerprint(modules))
+    if len(set(fingerprints)) != 1:
+        raise EdgegenError(f"ranks ended with different weights ({len(set(fingerprints))} distinct); nothing was written")
+    return True
+
+
 def optimise(optimizer: Any, loss: Any, modules: list[Any], context: Context, max_grad_norm: float | None = 1.0) -> None:
     """Backward, average gradients over ranks, clip, step: one optimizer update."""
     import torch
@@ -397,6 +421,7 @@ def run_recipe(recipe: Recipe, config: TrainConfig, resume: bool = False, comman
             f"interrupted at step {step}; the last checkpoint is kept in {output / CHECKPOINTS_DIR}: rerun with --resume"
         ) from None
     log.close()
+    in_sync = ranks_in_sync(trainee.modules, context)
     if context.is_main:
         save_checkpoint(trainee, config, config.steps, command)
     summary = {
@@ -407,6 +432,7 @@ def run_recipe(recipe: Recipe, config: TrainConfig, resume: bool = False, comman
         "steps": config.steps,
         "resumed_from_step": start_step,
         "world_size": world_size,
+        "ranks_in_sync": in_sync,
         "final_losses": losses,
         "seconds": time.perf_counter() - started,
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

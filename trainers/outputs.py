@@ -28,7 +28,7 @@ def save_trained_pipeline(pipeline: Any, parent_dir: Path, folder: Path, summary
         write_student(pipeline, student.model_copy(update={"recipe": recipe}), folder)
     else:
         pipeline.save_pretrained(folder, safe_serialization=True)
-    known = {"recipe", "config", "config_sha256", "data", "steps", "resumed_from_step", "world_size", "final_losses", "seconds", "finished_at"}
+    known = {"recipe", "config", "config_sha256", "data", "steps", "resumed_from_step", "world_size", "ranks_in_sync", "final_losses", "seconds", "finished_at"}
     manifest = TrainingManifest(
         parent_dir=str(Path(parent_dir).resolve()),
         parent_unet_sha256=checkpoint_sha256(parent_dir, "unet"),

@@ -21,6 +21,7 @@ class TrainingManifest(StrictModel):
     steps: int
     resumed_from_step: int
     world_size: int
+    ranks_in_sync: bool  # every rank ended with bit-identical weights
     final_losses: dict[str, float]
     seconds: float
     finished_at: str
