@@ -82,6 +82,12 @@ class Artifact:
     def size_bytes(self) -> int:
         return sum(entry.bytes for entry in self.manifest.files)
 
+    @property
+    def model_bytes(self) -> int:
+        """The model file (or package) alone: what ships, without the reference tensors."""
+        model = self.manifest.model_file
+        return sum(e.bytes for e in self.manifest.files if e.path == model or e.path.startswith(model + "/"))
+
     def verify_files(self) -> None:
         """Fail in one line if a file is missing, truncated or altered since export."""
         for entry in self.manifest.files:

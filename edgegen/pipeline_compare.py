@@ -289,7 +289,7 @@ def run_comparison(
             backend=first.backend if first else None,
             quantization=first.quantization.scheme if first else "none",
             artifact_dirs={k: str(Path(v).resolve()) for k, v in (case.artifact_dirs or {}).items()},
-            size_bytes=sum(a.size_bytes for a in artifacts.values()) if artifacts else folder_size(role_dir),
+            size_bytes=sum(a.model_bytes for a in artifacts.values()) if artifacts else folder_size(role_dir),
             parameters=denoiser_parameters(role_dir),
             steps=case.plan.steps,
             guidance_scale=case.plan.guidance_scale,

@@ -73,10 +73,25 @@ class Trainee:
 
 @dataclass
 class Recipe:
+    """A registered recipe; the CLI reaches the trainers only through these methods."""
+
     name: str
     config_type: type[TrainConfig]
     prepare: Callable[[TrainConfig, Context], Trainee]  # loads and checks everything before step 1
     description: str = ""
+
+    def resolve(self, path: Path | None, overrides: list[str]) -> TrainConfig:
+        from edgegen.trainers.config import resolve_config
+
+        return resolve_config(self.config_type, path, overrides)
+
+    def yaml(self, config: TrainConfig) -> str:
+        import yaml
+
+        return yaml.safe_dump(config_dict(config), sort_keys=False)
+
+    def run(self, config: TrainConfig, resume: bool = False, command: str = "") -> Path:
+        return run_recipe(self, config, resume=resume, command=command)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,8 +26,6 @@ def train_command(
     quiet()
     from edgegen.errors import EdgegenError
     from edgegen.registry import RECIPES
-    from edgegen.trainers.config import config_dict, resolve_config
-    from edgegen.trainers.loop import run_recipe
 
     entry = RECIPES.get(recipe)
     settings = list(settings or [])
@@ -36,11 +34,9 @@ def train_command(
         config_path = Path(settings.pop(0))
         if config_path.suffix not in (".yaml", ".yml"):
             raise EdgegenError(f"{config_path}: expected a .yaml config file or key=value")
-    config = resolve_config(entry.config_type, config_path, settings)
+    config = entry.resolve(config_path, settings)
     if show_config:
-        import yaml
-
-        console.print(yaml.safe_dump(config_dict(config), sort_keys=False), end="", markup=False, highlight=False)
+        console.print(entry.yaml(config), end="", markup=False, highlight=False)
         return
     command = "edgegen train " + " ".join([recipe, *(sys.argv[3:] if len(sys.argv) > 3 else [])])
     threads = config.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None
@@ -48,7 +44,7 @@ def train_command(
         import torch
 
         torch.set_num_threads(threads)
-    pipeline_dir = run_recipe(entry, config, resume=resume, command=command)
+    pipeline_dir = entry.run(config, resume=resume, command=command)
     if int(os.environ.get("RANK", "0")) == 0:
         from edgegen.schema.base import load_strict_json
         from edgegen.schema.training import TRAINING_MANIFEST_FILENAME, TRAINING_SCHEMA_VERSION, TrainingManifest
