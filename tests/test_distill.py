@@ -1,0 +1,119 @@
+"""KD-MMG, HDG-MMS and QAT on the embedded default: losses fall, students load, export and sample."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edgegen.cli import app
+
+SMALL_DATA = "data=builtin:shapes?count=64"
+
+
+@pytest.fixture(scope="module")
+def student_dir(pipeline_dir, tmp_path_factory) -> Path:
+    from edgegen.models.student import make_student
+
+    return make_student(pipeline_dir, "tiny", tmp_path_factory.mktemp("student") / "tiny")
+
+
+def train(*args: str) -> None:
+    result = CliRunner().invoke(app, ["train", *args])
+    assert result.exit_code == 0, result.output
+
+
+def metric(output: Path, name: str) -> list[float]:
+    from edgegen.trainers.loop import read_metrics
+
+    return [row[name] for row in read_metrics(output)]
+
+
+@pytest.mark.slow
+def test_distill_losses_fall_and_the_student_exports(pipeline, pipeline_dir, student_dir, tmp_path):
+    from edgegen.export import ExportOptions, export_component
+    from edgegen.teacher import load_pipeline
+
+    out = tmp_path / "kd"
+    train("distill", f"teacher={pipeline_dir}", f"student={student_dir}", f"output={out}", "steps=30", "batch_size=8",
+          "learning_rate=5e-4", "log_every=3", SMALL_DATA)
+    for name in ("loss", "feature_kd"):
+        values = metric(out, name)
+        assert sum(values[-3:]) < sum(values[:3]), name  # the student moves towards the teacher
+    manifest = json.loads((out / "pipeline" / "edgegen_student.json").read_text())
+    assert manifest["recipe"]["name"] == "distill" and manifest["recipe"]["feature_blocks"]
+    assert manifest["scman"] is not None  # SCMAN survives training
+    student = load_pipeline(out / "pipeline")
+    artifact = export_component(student, out / "pipeline", "denoiser", "onnx", tmp_path / "artifacts", ExportOptions())
+    assert artifact.manifest.parity.psnr_db > 60
+
+
+def test_conditioning_mismatch_is_refused_before_training(pipeline_dir, student_dir, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(student_dir, other)
+    config = json.loads((other / "unet" / "config.json").read_text())
+    config["cross_attention_dim"] = 48
+    (other / "unet" / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(app, ["train", "distill", f"teacher={pipeline_dir}", f"student={other}", f"output={tmp_path / 'x'}", SMALL_DATA])
+    assert result.exit_code == 2
+    assert "conditioning do not match" in result.stderr or "cannot load" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_teacher_folder_is_not_a_student(pipeline_dir, tmp_path):
+    result = CliRunner().invoke(app, ["train", "distill", f"teacher={pipeline_dir}", f"student={pipeline_dir}", f"output={tmp_path}", SMALL_DATA])
+    assert result.exit_code == 2 and "not a student folder" in result.stderr
+
+
+@pytest.mark.slow
+def test_adversarial_student_records_its_schedule_and_samples_in_two_steps(pipeline_dir, student_dir, tmp_path):
+    import numpy as np
+
+    from edgegen.pipeline import initial_latents, load_case, sampling_plan
+
+    out = tmp_path / "hdg"
+    train("adversarial", f"teacher={pipeline_dir}", f"student={student_dir}", f"output={out}", "steps=12", "batch_size=4",
+          "sampling_steps=2", "log_every=2", SMALL_DATA)
+    distill = metric(out, "distill")
+    assert all(np.isfinite(distill)) and all(np.isfinite(metric(out, "discriminator")))
+    sampling = json.loads((out / "pipeline" / "edgegen_student.json").read_text())["recipe"]["sampling"]
+    assert sampling["steps"] == 2 and sampling["timesteps"] == [999, 499]
+    plan = sampling_plan(out / "pipeline", steps=20, guidance_scale=1.0)
+    assert plan.steps == 2 and plan.few_step_timesteps == (999, 499)
+    case = load_case(out / "pipeline", None, plan)
+    generation = case.generate("a red circle at the top left", initial_latents(case.latent_shape, 0), 0)
+    assert len(generation.call_ms["denoiser"]) == 2 and np.isfinite(generation.image).all()
+
+
+@pytest.mark.slow
+def test_qat_student_carries_its_int8_scales_to_executorch(pipeline_dir, student_dir, tmp_path):
+    import torch
+
+    from edgegen.components import build_component
+    from edgegen.export import ExportOptions, export_component
+    from edgegen.metrics import psnr_db
+    from edgegen.qat import fake_quant_denoiser
+    from edgegen.session import open_artifact
+    from edgegen.teacher import load_pipeline
+
+    out = tmp_path / "qat"
+    train("distill", f"teacher={pipeline_dir}", f"student={student_dir}", f"output={out}", "steps=4", "batch_size=4",
+          "learning_rate=1e-5", "qat=true", SMALL_DATA)
+    folder = out / "pipeline"
+    assert (folder / "unet" / "qat.safetensors").is_file()
+    student = load_pipeline(folder)
+    artifact = export_component(student, folder, "denoiser", "executorch", tmp_path / "artifacts", ExportOptions(quantize="int8"))
+    quantization = artifact.manifest.quantization
+    assert quantization.details == {"source": "checkpoint (QAT)", "recalibrated": False}
+    # Parity against the fake-quant model the student was trained as, on the reference inputs.
+    inputs, _ = artifact.reference_tensors()
+    fake_quant = fake_quant_denoiser(student, folder)
+    names = [spec.name for spec in build_component(student, "denoiser").inputs]
+    with torch.no_grad():
+        expected = fake_quant(*(torch.from_numpy(inputs[n].copy()) for n in names)).numpy()
+    produced = open_artifact(artifact).run(inputs)["noise_pred"]
+    assert psnr_db(expected, produced) > 30  # int8 kernels vs fake-quant arithmetic: rounding only
