@@ -1,0 +1,79 @@
+"""The caption-faithfulness probe: accurate on shapes, strict on mismatches, exportable for FID/KID."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edgegen.cli import app
+from edgegen.data.shapes import ShapesDataset
+from edgegen.errors import EdgegenError
+from edgegen.probe import export_feature_extractor, faithfulness, load_probe, save_probe, train_probe
+
+
+@pytest.fixture(scope="module")
+def probe():
+    from edgegen.models.tiny import PROBE_DIR
+
+    return load_probe(PROBE_DIR)  # the committed probe, trained with train_probe(steps=600)
+
+
+def shapes(count: int, seed: int):
+    data = ShapesDataset(count, seed=seed)
+    return torch.stack([data[i]["pixel_values"] for i in range(count)]), [data[i]["caption"] for i in range(count)]
+
+
+@pytest.mark.slow
+def test_training_reaches_the_accuracy_target(tmp_path):
+    trained = train_probe(steps=400, seed=1)
+    assert all(accuracy >= 0.95 for accuracy in trained.manifest.held_out_accuracy.values()), trained.manifest.held_out_accuracy
+    reloaded = load_probe(save_probe(trained, tmp_path / "probe"))
+    images, _ = shapes(8, seed=3)
+    assert torch.equal(reloaded.features(images), trained.features(images))
+
+
+def test_probe_reads_every_attribute(probe):
+    assert all(accuracy >= 0.95 for accuracy in probe.manifest.held_out_accuracy.values()), probe.manifest.held_out_accuracy
+    images, captions = shapes(48, seed=123)
+    assert faithfulness(probe, images, captions).fraction_all >= 0.9
+    shuffled = captions[1:] + captions[:1]  # every image now paired with another image's caption
+    assert faithfulness(probe, images, shuffled).fraction_all <= 0.2
+
+
+def test_unreadable_captions_and_folders_fail_in_one_line(probe, tmp_path):
+    images, _ = shapes(1, seed=0)
+    with pytest.raises(EdgegenError, match="cannot read 'a dog'"):
+        faithfulness(probe, images, ["a dog"])
+    with pytest.raises(EdgegenError, match="probe folder not found"):
+        load_probe(tmp_path / "absent")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "probe.json").write_text('{"schema_version": 1, "kind": "edgegen.probe", "extra": 1}')
+    with pytest.raises(EdgegenError, match="unknown key"):
+        load_probe(tmp_path / "bad")
+
+
+def test_feature_extractor_onnx_matches_eager(probe, tmp_path):
+    import onnxruntime as ort
+
+    path = export_feature_extractor(probe, tmp_path / "features.onnx")
+    images, _ = shapes(5, seed=9)  # another batch size than the export's example
+    produced = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": images.numpy()})[0]
+    expected = torch.nn.functional.normalize(probe.features(images), dim=1).numpy()
+    assert produced.shape == (5, probe.manifest.feature_size)
+    assert np.abs(produced - expected).max() < 1e-5
+
+
+def test_probe_cli_scores_a_folder(probe, tmp_path):
+    from PIL import Image
+
+    images, captions = shapes(4, seed=1)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index, image in enumerate(images):
+        Image.fromarray(((image.numpy().transpose(1, 2, 0) + 1) * 127.5).round().astype(np.uint8)).save(folder / f"{index}.png")
+    (tmp_path / "prompts.txt").write_text("\n".join(captions))
+    save_probe(probe, tmp_path / "probe")
+    result = CliRunner().invoke(app, ["probe", "score", str(tmp_path / "probe"), str(folder), "--prompts", str(tmp_path / "prompts.txt")])
+    assert result.exit_code == 0 and "faithful: 100% of 4" in result.stdout
