@@ -97,7 +97,7 @@ def package(work: Path, log: dict) -> None:
     from edgegen.models import tiny
 
     tiny.WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-    teacher = work / "teacher-run" / "pipeline"
+    teacher = work / log.get("teacher_run", "teacher-run") / "pipeline"
     state = {}
     for prefix, sub, name in (("unet.", "unet", "diffusion_pytorch_model"), ("text_encoder.", "text_encoder", "model"), ("vae.", "vae", "diffusion_pytorch_model")):
         for key, value in load_file(str(teacher / sub / f"{name}.safetensors")).items():
@@ -126,6 +126,9 @@ def main() -> None:
     parser.add_argument("--teacher-steps", type=int, default=5000)
     parser.add_argument("--distill-steps", type=int, default=1500)
     parser.add_argument("--adversarial-steps", type=int, default=600)
+    parser.add_argument("--teacher-base", type=Path, help="start the teacher from this folder (default: WORK/base)")
+    parser.add_argument("--teacher-run", default="teacher-run", help="the teacher run's folder under WORK")
+    parser.add_argument("--teacher-learning-rate", default="1e-3")
     parser.add_argument("--stages", default="autoencoder,teacher,student,fewstep,probe,evaluate,package")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -139,17 +142,19 @@ def main() -> None:
         log_path.write_text(json.dumps(log, indent=2))
 
     work = work.relative_to(ROOT) if work.is_absolute() and work.is_relative_to(ROOT) else work
-    base, teacher = work / "base", work / "teacher-run" / "pipeline"
+    base = args.teacher_base or work / "base"
+    teacher = work / args.teacher_run / "pipeline"
     if "autoencoder" in stages:
         from edgegen.models.tiny import build_embedded_default
 
         build_embedded_default(base, weights="random")
         log["autoencoder"] = train_autoencoder(base, args.autoencoder_steps, batch_size=32)
         save_log()
+    log["teacher_run"] = args.teacher_run
     if "teacher" in stages:
-        resume = ["--resume"] if (work / "teacher-run" / "checkpoints").exists() else []
-        edgegen("train", "finetune", f"teacher={base}", f"output={work / 'teacher-run'}", f"steps={args.teacher_steps}", "batch_size=64",
-                "learning_rate=1e-3", "warmup_steps=100", "train_text_encoder=true", "checkpoint_every=250", "log_every=50",
+        resume = ["--resume"] if (work / args.teacher_run / "checkpoints").exists() else []
+        edgegen("train", "finetune", f"teacher={base}", f"output={work / args.teacher_run}", f"steps={args.teacher_steps}", "batch_size=64",
+                f"learning_rate={args.teacher_learning_rate}", "warmup_steps=100", "train_text_encoder=true", "checkpoint_every=250", "log_every=50",
                 "data=builtin:shapes?count=100000", *resume)
     if "student" in stages:
         edgegen("student", "init", "--teacher", str(teacher), "--preset", "small", "-o", str(work / "student-init"), "--force")

@@ -83,10 +83,10 @@ def test_atomic_folder_replaces_only_with_force(tmp_path):
 @pytest.mark.parametrize(
     "inputs, message",
     [
-        ({"input_ids": np.zeros((1, 15), np.int64)}, "has shape \\(1, 15\\) but the artifact expects \\(1, 16\\)"),
-        ({"input_ids": np.zeros((1, 16), np.float32)}, "has dtype float32 but the artifact expects int64"),
+        ({"input_ids": np.zeros((1, 15), np.int64)}, "has shape \\(1, 15\\) but the artifact expects \\(1, 40\\)"),
+        ({"input_ids": np.zeros((1, 40), np.float32)}, "has dtype float32 but the artifact expects int64"),
         ({}, "missing input\\(s\\) input_ids"),
-        ({"input_ids": np.zeros((1, 16), np.int64), "extra": np.zeros(1)}, "unknown input\\(s\\) extra"),
+        ({"input_ids": np.zeros((1, 40), np.int64), "extra": np.zeros(1)}, "unknown input\\(s\\) extra"),
     ],
 )
 def test_session_validates_inputs(exported, inputs, message):
@@ -97,7 +97,7 @@ def test_session_validates_inputs(exported, inputs, message):
 
 def test_session_casts_integer_width(exported):
     session = open_artifact(exported("text_encoder", "onnx"))
-    ids = np.full((1, 16), 5, np.int32)
+    ids = np.full((1, 40), 5, np.int32)
     narrow = session.run({"input_ids": ids})
     wide = session.run({"input_ids": ids.astype(np.int64)})
     np.testing.assert_array_equal(narrow["text_embeddings"], wide["text_embeddings"])

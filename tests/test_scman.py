@@ -23,7 +23,7 @@ ATOL = 1e-5
 EXPORT_ATOL = 1e-4
 FORBIDDEN_OPS = re.compile(r"gather|scatter|index|topk|nonzero|where|masked")
 FORBIDDEN_MIL_OPS = re.compile(r"gather|scatter|topk|non_zero|select|masked")
-CONTEXT_LENGTH = 16  # the embedded default's text length
+CONTEXT_LENGTH = 40  # the embedded default's text length
 SPARSE = dict(mode="sparse", window=4, global_tokens=2, summary_tokens=4, context_length=CONTEXT_LENGTH)
 
 

@@ -27,7 +27,7 @@ EMBEDDED_DEFAULT_NAME = "edgegen-tiny-t2i"
 # and no merges. CLIPTokenizer then splits text into bytes, so any prompt tokenizes offline.
 _START_TOKEN = "<|startoftext|>"
 _END_TOKEN = "<|endoftext|>"
-TEXT_MAX_LENGTH = 16
+TEXT_MAX_LENGTH = 40  # bytes: "a yellow triangle at the bottom right" with its start and end tokens
 LATENT_SIZE = 8
 IMAGE_SIZE = 32
 
@@ -81,7 +81,7 @@ def _load_trained(text_encoder, unet, vae) -> None:
     vae.register_to_config(scaling_factor=float(provenance["vae_scaling_factor"]))
 
 
-def build_embedded_default(output_dir: Path, seed: int = DEFAULT_SEED, weights: str = "random") -> Path:
+def build_embedded_default(output_dir: Path, seed: int = DEFAULT_SEED, weights: str = "trained") -> Path:
     """Construct the embedded default pipeline and save it to ``output_dir``.
 
     ``weights="trained"`` loads the committed weights trained on the built-in shapes data;
