@@ -125,6 +125,24 @@ def _float_boundary_quantizer(ops: tuple[str, ...]):
         value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
         return isinstance(value, torch.Tensor) and value.dtype.is_floating_point
 
+    layout_ops = ("transpose", "permute", "view", "reshape", "unsqueeze", "squeeze", "expand", "clone", "contiguous", "_to_copy")
+
+    def reads_a_model_input(node) -> bool:
+        # An input seen through layout-only ops (SCMAN's summary reads the transposed context):
+        # quantizing there, the converter moves the quantize onto the model input itself.
+        while node.op == "call_function" and any(name in str(node.target) for name in layout_ops) and node.args and isinstance(node.args[0], torch.fx.Node):
+            node = node.args[0]
+        return node.op == "placeholder"
+
+    def shares_an_input(spec) -> bool:
+        # A view-like op (reshape, pooling) shares its input's qparams; on a model input that
+        # would quantize the input itself, so such an op stays float.
+        if type(spec).__name__ != "SharedQuantizationSpec":
+            return False
+        edge = spec.edge_or_node
+        source = edge[0] if isinstance(edge, tuple) else edge
+        return isinstance(source, torch.fx.Node) and source.op == "placeholder"
+
     class FloatBoundaryQuantizer(PT2EQuantizer):
         STATIC_OPS = list(ops)
 
@@ -135,10 +153,10 @@ def _float_boundary_quantizer(ops: tuple[str, ...]):
                 annotation = node.meta.get("quantization_annotation")
                 if annotation is None:
                     continue
-                if not is_float(node) or any(user in outputs for user in node.users):
+                if not is_float(node) or any(user in outputs for user in node.users) or shares_an_input(annotation.output_qspec):
                     annotation.output_qspec = None
                 for source in list(annotation.input_qspec_map):
-                    if not is_float(source) or source.op == "placeholder":
+                    if not is_float(source) or reads_a_model_input(source):
                         del annotation.input_qspec_map[source]
             return model
 
