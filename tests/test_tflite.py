@@ -78,3 +78,17 @@ def test_tflite_runtime_fallback_is_refused_for_quantized_artifacts(exported, mo
     monkeypatch.setattr(runtime_module, "_has", lambda module: only_tflite_runtime[module])
     assert runtime_module.RUNTIME.unavailable_reason(manifest) is None
     assert "quantized" in runtime_module.RUNTIME.unavailable_reason(quantized)
+
+
+@pytest.mark.slow
+def test_scman_student_int8_keeps_float_inputs(pipeline_dir, tmp_path):
+    # SCMAN's summaries read the transposed context: quantizing there used to make the
+    # converter turn the model's encoder_hidden_states input into int8.
+    from edgegen.export import ExportOptions, export_component
+    from edgegen.models.student import make_student
+    from edgegen.teacher import load_pipeline
+
+    student_dir = make_student(pipeline_dir, "tiny", tmp_path / "student")
+    artifact = export_component(load_pipeline(student_dir), student_dir, "denoiser", "tflite", tmp_path / "a", ExportOptions(quantize="int8"))
+    assert [spec.dtype for spec in artifact.manifest.inputs] == ["float32", "float32", "float32"]
+    assert artifact.manifest.parity.psnr_db >= 20
