@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -49,7 +51,8 @@ def test_unreadable_captions_and_folders_fail_in_one_line(probe, tmp_path):
     with pytest.raises(EdgegenError, match="probe folder not found"):
         load_probe(tmp_path / "absent")
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "probe.json").write_text('{"schema_version": 1, "kind": "edgegen.probe", "extra": 1}')
+    manifest = probe.manifest.model_dump()
+    (tmp_path / "bad" / "probe.json").write_text(json.dumps({**manifest, "extra": 1}))
     with pytest.raises(EdgegenError, match="unknown key"):
         load_probe(tmp_path / "bad")
 

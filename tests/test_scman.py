@@ -271,7 +271,7 @@ def test_run_time_shapes_that_contradict_the_static_plan_fail_loudly(teacher_une
     cross_attn = _layer(unet, "down_blocks.0.attentions.0.transformer_blocks.0.attn2")
     with pytest.raises(EdgegenError, match="got 256 image tokens but its grid 8x8 has 64"):
         self_attn(torch.randn(1, 256, 32))
-    with pytest.raises(EdgegenError, match="got 77 context tokens but SCMANConfig.context_length is 16"):
+    with pytest.raises(EdgegenError, match="got 77 context tokens but SCMANConfig.context_length is 40"):
         cross_attn(torch.randn(1, 64, 32), encoder_hidden_states=torch.randn(1, 77, 32))
     with pytest.raises(EdgegenError, match="takes no attention mask"):
         cross_attn(torch.randn(1, 64, 32), encoder_hidden_states=torch.randn(1, 16, 32),

@@ -41,7 +41,7 @@ def test_student_reloads_with_scman_and_from_teacher_slices(student_dir, pipelin
 
     # The same folder through plain diffusers has standard attention; SCMAN changes the output.
     plain = DiffusionPipeline.from_pretrained(str(student_dir)).unet.eval()
-    inputs = (torch.randn(1, 4, 8, 8), torch.tensor([500.0]), torch.randn(1, 16, 32))
+    inputs = (torch.randn(1, 4, 8, 8), torch.tensor([500.0]), torch.randn(1, 40, 32))
     with torch.no_grad():
         restored = student.unet(*inputs, return_dict=False)[0]
         standard = plain(*inputs, return_dict=False)[0]
