@@ -18,7 +18,7 @@ def key_row(result: PipelineResult) -> list[str]:
     latency, memory = result.latency, result.memory
     fidelity, gap = result.export_fidelity, result.distillation_gap
     if result.not_run_reason:
-        return [result.case_id, result.quantization, str(result.steps), f"{result.size_bytes / 1024:.0f}", f"not run: {result.not_run_reason}"] + [""] * (len(KEY_COLUMNS) - 5)
+        return [result.case_id, result.quantization, str(result.steps), f"{result.size_bytes / 1024:.0f}", "not run"] + [""] * (len(KEY_COLUMNS) - 6) + [result.not_run_reason]
     budgets = "-" if not result.budgets else ("pass" if all(b.passed for b in result.budgets) else "FAIL")
     return [
         result.case_id,
@@ -41,7 +41,7 @@ def key_row(result: PipelineResult) -> list[str]:
 def pipeline_table(results: list[PipelineResult], title: str = "teacher vs student vs exported student (same prompts, seeds, latents)") -> Table:
     table = Table(title=title)
     for column in KEY_COLUMNS:
-        table.add_column(column, justify="left" if column in ("case", "quant", "budgets") else "right", no_wrap=column == "case")
+        table.add_column(column, justify="left" if column in ("case", "quant", "budgets") else "right", no_wrap=column in ("case", "quant"))
     for result in results:
         table.add_row(*key_row(result))
     return table
