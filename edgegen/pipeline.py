@@ -9,7 +9,7 @@ so that every case starts from the same noise.
 
 Few-step students (``edgegen train adversarial``) carry their schedule in
 ``edgegen_student.json`` (``recipe.sampling``): x0 is predicted at each of its timesteps and
-re-noised to the next with noise drawn from the case's seed.
+moved to the next by DDIM with eta 0, so the output is a function of the initial latents alone.
 """
 
 from __future__ import annotations
@@ -87,18 +87,13 @@ class EdgePipeline:
         x = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))
         step_latents = []
         if self.plan.few_step_timesteps:
-            from edgegen.scheduling import predicted_clean
+            from edgegen.scheduling import few_step_update, predicted_clean
 
-            generator = torch.Generator().manual_seed(seed + 7919)
             steps = list(self.plan.few_step_timesteps)
             for index, t in enumerate(steps):
                 prediction = torch.from_numpy(self._denoise(x.numpy(), float(t), conditional, unconditional))
                 clean = predicted_clean(self.scheduler, x, prediction, torch.tensor([t]))
-                if index + 1 < len(steps):
-                    noise = torch.randn(clean.shape, generator=generator)
-                    x = self.scheduler.add_noise(clean, noise, torch.tensor([steps[index + 1]]))
-                else:
-                    x = clean
+                x = few_step_update(self.scheduler, x, clean, t, steps[index + 1]) if index + 1 < len(steps) else clean
                 step_latents.append(x.numpy().copy())
         else:
             self.scheduler.set_timesteps(self.plan.steps)

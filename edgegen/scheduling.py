@@ -14,3 +14,16 @@ def predicted_clean(scheduler: Any, noisy: Any, prediction: Any, timesteps: Any)
     if kind == "v_prediction":
         return alphas.sqrt() * noisy - (1 - alphas).sqrt() * prediction
     return prediction
+
+
+def few_step_update(scheduler: Any, noisy: Any, clean: Any, timestep: int, following: int) -> Any:
+    """A few-step sampler's move from ``timestep`` to ``following``: DDIM with eta 0.
+
+    The x0 estimate is re-noised with the noise the model implies, not fresh noise, so the
+    sampler is a deterministic function of its initial latents: a student can then be trained
+    to land where the teacher's own sampler lands from the same seed.
+    """
+    alphas = scheduler.alphas_cumprod.to(noisy.dtype)
+    now, then = alphas[timestep], alphas[following]
+    implied_noise = (noisy - now.sqrt() * clean) / (1 - now).sqrt()
+    return then.sqrt() * clean + (1 - then).sqrt() * implied_noise

@@ -72,19 +72,37 @@ def edgegen(*args: str) -> None:
     subprocess.run([str(Path(sys.executable).parent / "edgegen"), *args], check=True, cwd=ROOT)
 
 
-def faithfulness_of(pipeline_dir: Path, probe_dir: Path, steps: int, guidance_scale: float) -> dict:
-    """Probe faithfulness over every colour x shape x position prompt, seeds 0..47."""
+def evaluation_prompts() -> list[str]:
+    from edgegen.data.shapes import COLOURS, POSITIONS, SHAPES, caption_for
+
+    return [caption_for(c, s, p) for c in COLOURS for s in SHAPES for p in POSITIONS]
+
+
+def generate_images(pipeline_dir: Path, steps: int, guidance_scale: float):
+    """Every colour x shape x position prompt, seed i for prompt i: uint8 images and the plan used."""
     import numpy as np
 
-    from edgegen.data.shapes import COLOURS, POSITIONS, SHAPES, caption_for
     from edgegen.pipeline import initial_latents, load_case, sampling_plan
+
+    case = load_case(pipeline_dir, None, sampling_plan(pipeline_dir, steps, guidance_scale))
+    prompts = evaluation_prompts()
+    images = np.stack([case.generate(p, initial_latents(case.latent_shape, i), i).image for i, p in enumerate(prompts)])
+    return images, case.plan
+
+
+def faithfulness_of(pipeline_dir: Path, probe_dir: Path, steps: int, guidance_scale: float, reference=None) -> dict:
+    """Probe faithfulness over every prompt (seeds 0..47), and image PSNR vs ``reference`` images."""
+    import numpy as np
+
+    from edgegen.metrics import psnr_db
     from edgegen.probe import faithfulness, load_probe
 
-    prompts = [caption_for(c, s, p) for c in COLOURS for s in SHAPES for p in POSITIONS]
-    case = load_case(pipeline_dir, None, sampling_plan(pipeline_dir, steps, guidance_scale))
-    images = np.stack([case.generate(p, initial_latents(case.latent_shape, i), i).image for i, p in enumerate(prompts)])
-    score = faithfulness(load_probe(probe_dir), images, prompts)
-    return {"steps": case.plan.steps, "guidance_scale": guidance_scale, "all": score.fraction_all, **score.per_attribute}
+    images, plan = generate_images(pipeline_dir, steps, guidance_scale)
+    score = faithfulness(load_probe(probe_dir), images, evaluation_prompts())
+    result = {"steps": plan.steps, "guidance_scale": guidance_scale, "all": score.fraction_all, **score.per_attribute}
+    if reference is not None:
+        result["psnr_vs_teacher_db"] = float(np.mean([psnr_db(r, i) for r, i in zip(reference, images)]))
+    return result
 
 
 def package(work: Path, log: dict) -> None:
@@ -104,7 +122,7 @@ def package(work: Path, log: dict) -> None:
             state[prefix + key] = value
     save_file(state, str(tiny.TEACHER_WEIGHTS))
     vae_config = json.loads((teacher / "vae" / "config.json").read_text())
-    tiny.TEACHER_PROVENANCE.write_text(json.dumps({"vae_scaling_factor": vae_config["scaling_factor"], "training": log}, indent=2) + "\n")
+    tiny.TEACHER_PROVENANCE.write_text(json.dumps({"vae_scaling_factor": vae_config["scaling_factor"], "training": log, "history": log.get("history", [])}, indent=2) + "\n")
     students = {}
     for kind, folder in (("distilled", work / "distill" / "pipeline"), ("few-step", work / "adversarial" / "pipeline")):
         manifest = read_student_manifest(folder)
@@ -174,11 +192,15 @@ def main() -> None:
         save_log()
     if "evaluate" in stages:
         probe_dir = work / "probe"
+        teacher_images, _ = generate_images(teacher, 20, 1.0)
+        student, fewstep = work / "distill" / "pipeline", work / "adversarial" / "pipeline"
         log["faithfulness"] = {
             "teacher, 20 steps": faithfulness_of(teacher, probe_dir, 20, 1.0),
-            "teacher, 20 steps, guidance 3": faithfulness_of(teacher, probe_dir, 20, 3.0),
-            "student, 20 steps": faithfulness_of(work / "distill" / "pipeline", probe_dir, 20, 1.0),
-            "few-step student, 2 steps": faithfulness_of(work / "adversarial" / "pipeline", probe_dir, 2, 1.0),
+            "teacher, 20 steps, guidance 3": faithfulness_of(teacher, probe_dir, 20, 3.0, teacher_images),
+            "teacher, 2 steps": faithfulness_of(teacher, probe_dir, 2, 1.0, teacher_images),
+            "student, 20 steps": faithfulness_of(student, probe_dir, 20, 1.0, teacher_images),
+            "student, 2 steps (before HDG-MMS)": faithfulness_of(student, probe_dir, 2, 1.0, teacher_images),
+            "few-step student, 2 steps": faithfulness_of(fewstep, probe_dir, 2, 1.0, teacher_images),
         }
         save_log()
         print(json.dumps(log["faithfulness"], indent=2), flush=True)

@@ -340,3 +340,19 @@ def test_compare_with_user_extractors_fills_the_distillation_gap(pipeline_dir, s
     budgets = {r.case_id: r.budgets for r in _results(output)}["student/onnx/2-steps"]
     assert sorted(b.name for b in budgets) == ["max_fid_gap", "max_kid_gap", "min_clip_score", "min_faithfulness"]
     assert all(b.passed for b in budgets)
+
+
+def test_the_few_step_move_is_diffusers_ddim_with_eta_zero(pipeline_dir):
+    import torch
+    from diffusers import DDIMScheduler
+
+    from edgegen.scheduling import few_step_update, predicted_clean
+
+    scheduler = DDIMScheduler.from_pretrained(pipeline_dir / "scheduler")
+    scheduler.set_timesteps(2)
+    assert scheduler.timesteps.tolist() == [999, 499]
+    x, prediction = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)).unbind(0)
+    x, prediction = x[None], prediction[None]
+    expected = scheduler.step(prediction, 999, x).prev_sample
+    clean = predicted_clean(scheduler, x, prediction, torch.tensor([999]))
+    torch.testing.assert_close(few_step_update(scheduler, x, clean, 999, 499), expected, atol=1e-6, rtol=0)

@@ -80,3 +80,40 @@ def test_probe_cli_scores_a_folder(probe, tmp_path):
     save_probe(probe, tmp_path / "probe")
     result = CliRunner().invoke(app, ["probe", "score", str(tmp_path / "probe"), str(folder), "--prompts", str(tmp_path / "prompts.txt")])
     assert result.exit_code == 0 and "faithful: 100% of 4" in result.stdout
+
+
+# Every colour, shape and quadrant at least once; seed i for prompt i, as the training script's
+# evaluation does. Thresholds sit below what the committed weights reach (teacher 100%, both
+# students 100% on all 48 prompts) so that only a real regression fails.
+FOLLOWED_PROMPTS = [
+    f"a {colour} {shape} at the {position}"
+    for colour, shape, position in zip(
+        ["red", "green", "blue", "yellow"] * 3,
+        ["circle", "square", "triangle"] * 4,
+        ["top left", "top right", "bottom left", "bottom right", "bottom right", "bottom left", "top right", "top left"] * 2,
+    )
+]
+
+
+def fraction_followed(probe, model_dir, steps: int) -> dict[str, float]:
+    from edgegen.pipeline import initial_latents, load_case, sampling_plan
+
+    case = load_case(model_dir, None, sampling_plan(model_dir, steps, 1.0))
+    images = np.stack([case.generate(p, initial_latents(case.latent_shape, i), i).image for i, p in enumerate(FOLLOWED_PROMPTS)])
+    score = faithfulness(probe, images, FOLLOWED_PROMPTS)
+    return {"all": score.fraction_all, **score.per_attribute}
+
+
+def test_the_committed_teacher_follows_colour_shape_and_position(probe, pipeline_dir):
+    followed = fraction_followed(probe, pipeline_dir, steps=20)
+    assert followed["all"] >= 0.9, followed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, steps", [("distilled", 20), ("few-step", 2)])
+def test_the_committed_students_follow_their_captions(probe, pipeline_dir, tmp_path, kind, steps):
+    from edgegen.models.tiny import build_embedded_student
+
+    student = build_embedded_student(pipeline_dir, tmp_path / kind, kind)
+    followed = fraction_followed(probe, student, steps)
+    assert followed["all"] >= 0.8, followed
