@@ -72,39 +72,6 @@ def edgegen(*args: str) -> None:
     subprocess.run([str(Path(sys.executable).parent / "edgegen"), *args], check=True, cwd=ROOT)
 
 
-def evaluation_prompts() -> list[str]:
-    from edgegen.data.shapes import COLOURS, POSITIONS, SHAPES, caption_for
-
-    return [caption_for(c, s, p) for c in COLOURS for s in SHAPES for p in POSITIONS]
-
-
-def generate_images(pipeline_dir: Path, steps: int, guidance_scale: float):
-    """Every colour x shape x position prompt, seed i for prompt i: uint8 images and the plan used."""
-    import numpy as np
-
-    from edgegen.pipeline import initial_latents, load_case, sampling_plan
-
-    case = load_case(pipeline_dir, None, sampling_plan(pipeline_dir, steps, guidance_scale))
-    prompts = evaluation_prompts()
-    images = np.stack([case.generate(p, initial_latents(case.latent_shape, i), i).image for i, p in enumerate(prompts)])
-    return images, case.plan
-
-
-def faithfulness_of(pipeline_dir: Path, probe_dir: Path, steps: int, guidance_scale: float, reference=None) -> dict:
-    """Probe faithfulness over every prompt (seeds 0..47), and image PSNR vs ``reference`` images."""
-    import numpy as np
-
-    from edgegen.metrics import psnr_db
-    from edgegen.probe import faithfulness, load_probe
-
-    images, plan = generate_images(pipeline_dir, steps, guidance_scale)
-    score = faithfulness(load_probe(probe_dir), images, evaluation_prompts())
-    result = {"steps": plan.steps, "guidance_scale": guidance_scale, "all": score.fraction_all, **score.per_attribute}
-    if reference is not None:
-        result["psnr_vs_teacher_db"] = float(np.mean([psnr_db(r, i) for r, i in zip(reference, images)]))
-    return result
-
-
 def package(work: Path, log: dict) -> None:
     """Copy the trained weights into edgegen/models/weights/ (what the package ships)."""
     import shutil
@@ -192,15 +159,22 @@ def main() -> None:
         save_log()
     if "evaluate" in stages:
         probe_dir = work / "probe"
-        teacher_images, _ = generate_images(teacher, 20, 1.0)
+        from edgegen.evaluation import evaluate_grid, generate_grid
+
+        teacher_images = generate_grid(teacher, 20, 1.0).images
         student, fewstep = work / "distill" / "pipeline", work / "adversarial" / "pipeline"
+        cases = {
+            "teacher, 20 steps": (teacher, 20, 1.0),
+            "teacher, 20 steps, guidance 3": (teacher, 20, 3.0),
+            "teacher, 2 steps": (teacher, 2, 1.0),
+            "student, 20 steps": (student, 20, 1.0),
+            "student, 2 steps (before HDG-MMS)": (student, 2, 1.0),
+            "few-step student, 2 steps": (fewstep, 2, 1.0),
+        }
         log["faithfulness"] = {
-            "teacher, 20 steps": faithfulness_of(teacher, probe_dir, 20, 1.0),
-            "teacher, 20 steps, guidance 3": faithfulness_of(teacher, probe_dir, 20, 3.0, teacher_images),
-            "teacher, 2 steps": faithfulness_of(teacher, probe_dir, 2, 1.0, teacher_images),
-            "student, 20 steps": faithfulness_of(student, probe_dir, 20, 1.0, teacher_images),
-            "student, 2 steps (before HDG-MMS)": faithfulness_of(student, probe_dir, 2, 1.0, teacher_images),
-            "few-step student, 2 steps": faithfulness_of(fewstep, probe_dir, 2, 1.0, teacher_images),
+            # The first case is the reference itself, so it gets no PSNR.
+            name: evaluate_grid(folder, probe_dir, steps, guidance, teacher_images if index else None)
+            for index, (name, (folder, steps, guidance)) in enumerate(cases.items())
         }
         save_log()
         print(json.dumps(log["faithfulness"], indent=2), flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -40,6 +41,30 @@ def losses(output: Path) -> list[float]:
     return [row["loss"] for row in read_metrics(output)]
 
 
+def held_out_loss(pipeline_dir: Path) -> float:
+    """The denoising loss on 32 shapes the run never saw, with fixed noise and evenly spread timesteps.
+
+    The training log's per-batch loss is too noisy to compare a few rows (each batch draws its
+    own timesteps), so learning is judged here on the same inputs before and after.
+    """
+    import torch
+
+    from edgegen.data.shapes import ShapesDataset
+    from edgegen.teacher import load_pipeline
+    from edgegen.trainers.denoising import encode_images, encode_text, noisy_latents, predict, prediction_target
+
+    pipeline = load_pipeline(pipeline_dir)
+    items = [ShapesDataset(32, seed=99)[i] for i in range(32)]
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        latents = encode_images(pipeline.vae, torch.stack([item["pixel_values"] for item in items]), generator)
+        embeddings = encode_text(pipeline, pipeline.text_encoder, [item["caption"] for item in items])
+        timesteps = torch.linspace(0, pipeline.scheduler.config.num_train_timesteps - 1, len(items)).long()
+        noisy, timesteps, noise = noisy_latents(pipeline.scheduler, latents, generator, timesteps)
+        prediction = predict(pipeline.unet, noisy, timesteps, embeddings)
+        return torch.nn.functional.mse_loss(prediction, prediction_target(pipeline.scheduler, latents, noise, timesteps)).item()
+
+
 @pytest.mark.slow
 def test_finetune_loss_falls_and_writes_a_loadable_pipeline(untrained_dir, tmp_path):
     from edgegen.schema.base import load_strict_json
@@ -48,8 +73,9 @@ def test_finetune_loss_falls_and_writes_a_loadable_pipeline(untrained_dir, tmp_p
 
     out = tmp_path / "ft"
     train("finetune", f"teacher={untrained_dir}", f"output={out}", "steps=40", "batch_size=16", "learning_rate=1e-3", "log_every=4", SMALL_DATA)
-    values = losses(out)
-    assert sum(values[-3:]) / 3 < 0.8 * sum(values[:3]) / 3  # a random UNet learns the shapes fast
+    assert losses(out) and all(math.isfinite(value) for value in losses(out))
+    before, after = held_out_loss(untrained_dir), held_out_loss(out / "pipeline")
+    assert after < 0.8 * before, (before, after)  # a random UNet learns the shapes fast; measured 0.52 -> 0.25
     manifest = load_strict_json(out / "pipeline" / TRAINING_MANIFEST_FILENAME, TrainingManifest, TRAINING_SCHEMA_VERSION, "m")
     assert manifest.recipe == "finetune" and manifest.steps == 40 and manifest.ranks_in_sync
     assert (out / "config.yaml").read_text().startswith("# edgegen train finetune")
