@@ -46,16 +46,20 @@ class Component:
     # For a quantization-aware-trained student: builds the denoiser with its learned int8 scales
     # (a converted PT2E graph), which exporters that lower PT2E graphs take instead of calibrating.
     learned_int8_module: Callable[[], Any] | None = None
+    # The same student as the fake-quant graph it was trained as: what its int8 exports answer to.
+    fake_quant_module: Callable[[], Any] | None = None
 
     def example_args(self) -> tuple:
         return tuple(self.reference_inputs[spec.name] for spec in self.inputs)
 
-    def run_eager(self, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    def run_eager(self, inputs: dict[str, Any] | None = None, module: Any = None) -> dict[str, Any]:
+        """``module`` (default: this component's) on ``inputs`` (default: the reference inputs)."""
         import torch
 
         inputs = inputs or self.reference_inputs
+        module = module if module is not None else self.module
         with torch.no_grad():
-            result = self.module(*(inputs[spec.name] for spec in self.inputs))
+            result = module(*(inputs[spec.name] for spec in self.inputs))
         results = result if isinstance(result, tuple) else (result,)
         return {spec.name: tensor for spec, tensor in zip(self.outputs, results, strict=True)}
 
@@ -206,9 +210,10 @@ def build_component(
     )
     qat_dir = getattr(pipeline, "_edgegen_qat_dir", None)
     if name == "denoiser" and qat_dir is not None:
-        from edgegen.qat import quantized_denoiser
+        from edgegen.qat import fake_quant_denoiser, quantized_denoiser
 
         component.learned_int8_module = lambda: quantized_denoiser(pipeline, qat_dir, batch_size)
+        component.fake_quant_module = lambda: fake_quant_denoiser(pipeline, qat_dir, batch_size)
     with torch.no_grad():
         result = module(*component.example_args())
     results = result if isinstance(result, tuple) else (result,)

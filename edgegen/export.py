@@ -22,6 +22,7 @@ from edgegen.schema.manifest import (
     REFERENCE_FILENAME,
     ArtifactManifest,
     Delegation,
+    FakeQuantParity,
     Parity,
     Quantization,
     Source,
@@ -110,7 +111,9 @@ def _to_numpy(tensors: dict[str, Any]) -> dict[str, Any]:
     return {name: tensor.detach().cpu().contiguous().numpy() for name, tensor in tensors.items()}
 
 
-def _measure_parity(folder: Path, manifest: ArtifactManifest, expected: dict[str, Any]) -> Parity:
+def _measure_parity(
+    folder: Path, manifest: ArtifactManifest, expected: dict[str, Any], fake_quant_expected: dict[str, Any] | None = None
+) -> Parity:
     from edgegen.session import open_artifact
 
     runtime = RUNTIMES.get(manifest.target)
@@ -122,7 +125,14 @@ def _measure_parity(folder: Path, manifest: ArtifactManifest, expected: dict[str
     inputs, _ = artifact.reference_tensors()
     produced = session.run(inputs)
     score = worst_fidelity(expected, produced)
+    vs_fake_quant = None
+    if fake_quant_expected is not None:
+        trained_as = worst_fidelity(fake_quant_expected, produced)
+        vs_fake_quant = FakeQuantParity(
+            psnr_db=trained_as.psnr_db, max_abs_error=trained_as.max_abs_error, cosine=trained_as.cosine
+        )
     return Parity(
+        vs_fake_quant=vs_fake_quant,
         measured=True,
         runtime=runtime.name,
         min_psnr_db=manifest.parity.min_psnr_db,
@@ -153,6 +163,9 @@ def export_component(
     if options.quantize != "none":
         component.calibration = calibration_inputs(pipeline, component_name, options.batch_size)
     expected = _to_numpy(component.run_eager())
+    fake_quant_expected = None
+    if options.quantize == "int8" and component.fake_quant_module is not None:
+        fake_quant_expected = _to_numpy(component.run_eager(module=component.fake_quant_module()))
 
     with atomic_folder(destination, force=force) as staging:
         try:
@@ -191,7 +204,7 @@ def export_component(
             parity=Parity(measured=False, reason="pending", min_psnr_db=min_psnr),
             delegation=exported.delegation,
         )
-        parity = _measure_parity(staging, manifest, expected)
+        parity = _measure_parity(staging, manifest, expected, fake_quant_expected)
         if parity.measured and not parity.psnr_db >= min_psnr:  # NaN fails too
             raise EdgegenError(
                 f"{target} export of {component_name} failed parity: PSNR {parity.psnr_db:.1f} dB "

@@ -16,6 +16,8 @@ from typing import Any
 from edgegen.errors import EdgegenError
 
 QAT_STATE_FILENAME = "qat.safetensors"  # inside unet/
+# Quantization details of an export that lowered the checkpoint's own scales.
+LEARNED_SCALES = {"source": "checkpoint (QAT)", "recalibrated": False}
 
 
 def qat_quantizer() -> Any:
@@ -32,8 +34,10 @@ def prepare_fake_quant(module: Any, example_args: tuple) -> Any:
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
+    from edgegen.pt2e import zero_uninitialised
+
     program = torch.export.export(module, example_args, strict=False)
-    return prepare_qat_pt2e(program.module(), qat_quantizer())
+    return prepare_qat_pt2e(zero_uninitialised(program.module()), qat_quantizer())
 
 
 def qat_state_path(pipeline_dir: Path) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 from edgegen.components import Component
 from edgegen.errors import EdgegenError
 from edgegen.export import MIN_PSNR_DB_FLOAT16, MIN_PSNR_DB_INT8, ExportedModel, ExportOptions
+from edgegen.qat import LEARNED_SCALES
 from edgegen.schema.manifest import Delegation, Quantization, TensorSpec
 
 MODEL_FILE = "model.pte"
@@ -98,8 +99,10 @@ def quantize_pt2e(program, component: Component):
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
+    from edgegen.pt2e import zero_uninitialised
+
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(program.module(), quantizer)
+    prepared = prepare_pt2e(zero_uninitialised(program.module()), quantizer)
     names = [spec.name for spec in component.inputs]
     with torch.no_grad():
         for batch in component.calibration:
@@ -146,7 +149,7 @@ class ExecutorchExporter:
             program = torch.export.export(module, args, strict=False)
             if carries_quantization(module):
                 # Learned (QAT) scales are kept as they are: no re-calibration.
-                quantization = Quantization(scheme="int8", details={"source": "checkpoint (QAT)", "recalibrated": False})
+                quantization = Quantization(scheme="int8", details=dict(LEARNED_SCALES))
                 min_psnr = MIN_PSNR_DB_INT8
             elif options.quantize == "int8":
                 quantized = quantize_pt2e(program, component)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from edgegen.components import Component
 from edgegen.export import MIN_PSNR_DB_INT8, ExportedModel, ExportOptions
+from edgegen.qat import LEARNED_SCALES
 from edgegen.schema.manifest import Delegation, Quantization, TensorSpec
 
 MODEL_FILE = "model.onnx"
@@ -119,6 +120,20 @@ def quantize_onnx(float_path: Path, quantized_path: Path, component: Component, 
     )
 
 
+def _strip_node_metadata(path: Path) -> None:
+    """Drop torch.onnx's per-node provenance (class hierarchy, FX node, scopes) from ``path``.
+
+    A QAT graph has a QuantizeLinear/DequantizeLinear pair per tensor, and their provenance
+    strings were measured at 70% of the file; onnxruntime's own quantizer writes none either.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    onnx.save(model, str(path))
+
+
 class OnnxExporter:
     name = "onnx"
     backends: tuple[str, ...] = ()
@@ -135,9 +150,17 @@ class OnnxExporter:
         import torch
 
         path = folder / MODEL_FILE
+        # A QAT student's int8 is its converted PT2E graph: torch.onnx writes its quantize and
+        # dequantize ops as QuantizeLinear/DequantizeLinear with the learned scales (QDQ format).
+        learned = options.quantize == "int8" and component.learned_int8_module is not None
+        module = component.module
+        if learned:
+            from edgegen.pt2e import drop_zero_baddbmm_inputs
+
+            module = drop_zero_baddbmm_inputs(component.learned_int8_module())
         with torch.no_grad():
             program = torch.onnx.export(
-                component.module,
+                module,
                 component.example_args(),
                 dynamo=True,
                 opset_version=OPSET,
@@ -148,6 +171,11 @@ class OnnxExporter:
         quantization, min_psnr = Quantization(), None
         if options.quantize == "none":
             program.save(str(path))
+        elif learned:
+            program.save(str(path))
+            _strip_node_metadata(path)
+            quantization = Quantization(scheme="int8", details={**LEARNED_SCALES, "format": "QDQ"})
+            min_psnr = MIN_PSNR_DB_INT8
         else:
             float_path = folder / "float.onnx"
             program.save(str(float_path))

@@ -170,7 +170,9 @@ def _static_int8(module, kwargs: dict, component: Component):
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = _float_boundary_quantizer(STATIC_OPS)
-    prepared = prepare_pt2e(torch.export.export(module, (), kwargs).module(), quantizer)
+    from edgegen.pt2e import zero_uninitialised
+
+    prepared = prepare_pt2e(zero_uninitialised(torch.export.export(module, (), kwargs).module()), quantizer)
     names = [spec.name for spec in component.inputs]
     with torch.no_grad():
         for batch in component.calibration:
@@ -236,6 +238,12 @@ class TfliteExporter:
             details = dict(QUANTIZATION_DETAILS[options.quantize])
             if options.quantize == "int8":
                 details["calibration_sets"] = len(component.calibration)
+                if component.learned_int8_module is not None:
+                    # Measured here: LiteRT's converter needs one scale on every input of a
+                    # concatenation, which the XNNPACK QAT scheme does not impose, so it refuses
+                    # the learned graph; this export calibrates instead, and its manifest records
+                    # how far it lands from the fake-quant model the student was trained as.
+                    details["qat_scales"] = "not lowered: LiteRT needs one scale across concatenation inputs; recalibrated"
             quantization = Quantization(scheme=options.quantize, details=details)
         path = folder / MODEL_FILE
         with torch.no_grad():

@@ -34,6 +34,9 @@ def inspect_command(
     parity = manifest.parity
     if parity.measured:
         console.print(f"parity vs eager on {parity.runtime}: PSNR {fmt_db(parity.psnr_db)} dB (gate {parity.min_psnr_db:.0f}), max abs error {parity.max_abs_error:.3g}")
+        if parity.vs_fake_quant is not None:
+            trained_as = parity.vs_fake_quant
+            console.print(f"parity vs the QAT fake-quant model: PSNR {fmt_db(trained_as.psnr_db)} dB, max abs error {trained_as.max_abs_error:.3g}")
     else:
         console.print(f"parity vs eager: {parity.reason}")
     delegation = manifest.delegation

@@ -39,6 +39,14 @@ class Source(StrictModel):
     checkpoint_sha256: str
 
 
+class FakeQuantParity(StrictModel):
+    """An int8 export of a QAT student vs the fake-quant graph it was trained as, same inputs."""
+
+    psnr_db: float
+    max_abs_error: float
+    cosine: float
+
+
 class Parity(StrictModel):
     """Exported vs eager on the reference inputs; ``measured`` is false where this host cannot run it."""
 
@@ -49,6 +57,7 @@ class Parity(StrictModel):
     psnr_db: float | None = None
     max_abs_error: float | None = None
     cosine: float | None = None
+    vs_fake_quant: FakeQuantParity | None = None  # int8 exports of a QAT student only
 
 
 class Delegation(StrictModel):

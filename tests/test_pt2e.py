@@ -1,0 +1,45 @@
+"""Graph passes shared by the PT2E int8 paths: exact, and they remove what they say."""
+
+from __future__ import annotations
+
+import torch
+
+
+class Scores(torch.nn.Module):
+    """diffusers' plain attention scores: baddbmm over an uninitialised input with beta=0."""
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        empty = torch.empty(query.shape[0], query.shape[1], key.shape[1], dtype=query.dtype)
+        return torch.baddbmm(empty, query, key.transpose(-1, -2), beta=0, alpha=0.125).softmax(dim=-1)
+
+
+def exported():
+    query, key = torch.randn(2, 16, 8), torch.randn(2, 16, 8)
+    return torch.export.export(Scores(), (query, key), strict=False).module(), (query, key)
+
+
+def targets(graph_module) -> set[str]:
+    return {str(node.target) for node in graph_module.graph.nodes if node.op == "call_function"}
+
+
+def test_uninitialised_inputs_become_zeros_and_results_stay():
+    from edgegen.pt2e import zero_uninitialised
+
+    module, args = exported()
+    expected = module(*args)
+    rewritten = zero_uninitialised(module)
+    assert not any("empty" in name for name in targets(rewritten))
+    assert "aten.zeros.default" in targets(rewritten)
+    torch.testing.assert_close(rewritten(*args), expected, rtol=0, atol=0)
+
+
+def test_zero_beta_baddbmm_becomes_a_scaled_bmm_without_its_input():
+    from edgegen.pt2e import drop_zero_baddbmm_inputs
+
+    module, args = exported()
+    expected = module(*args)
+    rewritten = drop_zero_baddbmm_inputs(module)
+    names = targets(rewritten)
+    assert "aten.baddbmm.default" not in names and "aten.bmm.default" in names
+    assert not any("empty" in name for name in names)  # the dead input went with it
+    torch.testing.assert_close(rewritten(*args), expected, rtol=1e-6, atol=1e-7)
