@@ -1,7 +1,7 @@
 """Train the embedded default (teacher, distilled students, probe) on the built-in shapes data.
 
 This is how the weights under ``edgegen/models/weights/`` were made; rerun it to reproduce them
-(about half an hour on 2 CPU cores). Stages, each in its own folder under ``--work``:
+(about 45 minutes on 2 CPU cores). Stages, each in its own folder under ``--work``:
 
 1. autoencoder: the VAE learns to encode 32x32 shapes into 8x8x4 latents (a plain loop here:
    no trainer recipe covers VAE pre-training, the product never needs one);
