@@ -124,7 +124,7 @@ def _strip_node_metadata(path: Path) -> None:
     """Drop torch.onnx's per-node provenance (class hierarchy, FX node, scopes) from ``path``.
 
     A QAT graph has a QuantizeLinear/DequantizeLinear pair per tensor, and their provenance
-    strings were measured at 70% of the file; onnxruntime's own quantizer writes none either.
+    strings were measured at two thirds of the file (1.4 of 2.1 MB for the embedded student).
     """
     import onnx
 
