@@ -64,14 +64,12 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--target", default="executorch", choices=["executorch", "onnx", "tflite"])
     args = parser.parse_args()
-    from typer.testing import CliRunner
-
-    from edgegen.cli import app
     from edgegen.cli.output import quiet
     from edgegen.demo import ensure_default_pipeline, ensure_default_student
     from edgegen.evaluation import grid_prompts
     from edgegen.models.tiny import PROBE_DIR
     from edgegen.pipeline_compare import run_comparison
+    from qat_parity import train_qat_student  # beside this script
 
     quiet()
     prompts = grid_prompts()
@@ -88,14 +86,8 @@ def main() -> int:
         results = run_comparison(prompts, teacher, student, [sets], root / "ptq.jsonl", **common)
         rows += rows_of(results, "distilled", {label: f"{text}, post-training" for label, text in describe.items()})
 
-        result = CliRunner().invoke(app, [
-            "train", "distill", f"teacher={teacher}", f"student={student}", f"output={root / 'qat'}",
-            f"steps={args.qat_steps}", f"batch_size={args.batch_size}", "learning_rate=1e-4", "qat=true",
-            f"checkpoint_every={args.qat_steps + 1}", "data=builtin:shapes?count=20000&seed=7",
-        ])
-        if result.exit_code != 0:
-            raise SystemExit(f"QAT training failed: {result.output.strip().splitlines()[-1:]}")
-        qat_student = root / "qat" / "pipeline"
+        data = "builtin:shapes?count=20000&seed=7"
+        qat_student = train_qat_student(teacher, student, root / "qat", args.qat_steps, args.batch_size, data)
         learned = {"den8": {"denoiser"}, "all8": set(COMPONENTS)}
         sets = artifact_sets(qat_student, args.target, root / "qat-artifacts", learned)
         results = run_comparison(prompts, teacher, qat_student, [sets], root / "qat.jsonl", **common)

@@ -38,15 +38,27 @@ def export_row(pipeline_dir: Path, target: str, output: Path, kind: str) -> dict
     }
 
 
+def train_qat_student(teacher: Path, student: Path, output: Path, steps: int, batch_size: int, data: str) -> Path:
+    """Quantization-aware KD-MMG from ``student`` (``edgegen train distill qat=true``); its pipeline folder."""
+    from typer.testing import CliRunner
+
+    from edgegen.cli import app
+
+    result = CliRunner().invoke(app, [
+        "train", "distill", f"teacher={teacher}", f"student={student}", f"output={output}", f"steps={steps}",
+        f"batch_size={batch_size}", "learning_rate=1e-4", "qat=true", f"checkpoint_every={steps + 1}", f"data={data}",
+    ])
+    if result.exit_code != 0:
+        raise SystemExit(f"QAT training failed: {result.output.strip().splitlines()[-1:]}")
+    return output / "pipeline"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--targets", nargs="+", default=["executorch", "onnx", "tflite"])
     args = parser.parse_args()
-    from typer.testing import CliRunner
-
-    from edgegen.cli import app
     from edgegen.cli.output import quiet
     from edgegen.demo import ensure_default_pipeline, ensure_default_student
 
@@ -56,14 +68,8 @@ def main() -> int:
         root = Path(scratch)
         teacher = ensure_default_pipeline(root / "teacher")
         student = ensure_default_student(root / "student", teacher, "distilled")
-        result = CliRunner().invoke(app, [
-            "train", "distill", f"teacher={teacher}", f"student={student}", f"output={root / 'qat'}",
-            f"steps={args.steps}", f"batch_size={args.batch_size}", "learning_rate=1e-4", "qat=true",
-            f"checkpoint_every={args.steps + 1}", "data=builtin:shapes?count=4096&seed=7",
-        ])
-        if result.exit_code != 0:
-            raise SystemExit(f"QAT training failed: {result.output.strip().splitlines()[-1:]}")
-        qat_student = root / "qat" / "pipeline"
+        data = "builtin:shapes?count=4096&seed=7"
+        qat_student = train_qat_student(teacher, student, root / "qat", args.steps, args.batch_size, data)
         for target in args.targets:
             rows.append(export_row(student, target, root / "ptq", "distilled (post-training int8)"))
             rows.append(export_row(qat_student, target, root / "qat-artifacts", f"QAT ({args.steps} steps)"))
