@@ -210,10 +210,14 @@ def build_component(
     )
     qat_dir = getattr(pipeline, "_edgegen_qat_dir", None)
     if name == "denoiser" and qat_dir is not None:
+        from functools import cache
+
         from edgegen.qat import fake_quant_denoiser, quantized_denoiser
 
-        component.learned_int8_module = lambda: quantized_denoiser(pipeline, qat_dir, batch_size)
-        component.fake_quant_module = lambda: fake_quant_denoiser(pipeline, qat_dir, batch_size)
+        # Rebuilt once (export + prepare + load): an int8 export needs it as reference and to convert.
+        fake_quant = cache(lambda: fake_quant_denoiser(pipeline, qat_dir, batch_size))
+        component.fake_quant_module = fake_quant
+        component.learned_int8_module = lambda: quantized_denoiser(pipeline, qat_dir, batch_size, fake_quant())
     with torch.no_grad():
         result = module(*component.example_args())
     results = result if isinstance(result, tuple) else (result,)

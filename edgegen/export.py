@@ -9,7 +9,7 @@ manifest.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -127,10 +127,7 @@ def _measure_parity(
     score = worst_fidelity(expected, produced)
     vs_fake_quant = None
     if fake_quant_expected is not None:
-        trained_as = worst_fidelity(fake_quant_expected, produced)
-        vs_fake_quant = FakeQuantParity(
-            psnr_db=trained_as.psnr_db, max_abs_error=trained_as.max_abs_error, cosine=trained_as.cosine
-        )
+        vs_fake_quant = FakeQuantParity(**asdict(worst_fidelity(fake_quant_expected, produced)))
     return Parity(
         vs_fake_quant=vs_fake_quant,
         measured=True,

@@ -1,9 +1,11 @@
-"""What every PT2E int8 path (ExecuTorch, LiteRT, QAT) does to an exported graph before quantizing.
+"""Graph passes for PT2E int8 graphs of diffusers models.
 
 diffusers' plain attention passes ``torch.empty(...)`` to ``baddbmm`` with ``beta=0``. PT2E's
 ``convert_pt2e`` constant-folds that into a frozen tensor of whatever the memory held, and the
 decomposed ``beta * input`` is then ``0 * garbage``: NaN wherever the garbage was NaN or Inf, and a
-different constant in every export. As zeros it folds to the same harmless constant every time.
+different constant in every export. ``zero_uninitialised`` runs on every PT2E path (ExecuTorch,
+LiteRT, QAT) before quantizing, so it folds to zeros every time; ``drop_zero_baddbmm_inputs``
+runs on a converted graph that is written out as it is (ONNX QDQ), so the zeros are not stored.
 """
 
 from __future__ import annotations

@@ -69,10 +69,15 @@ def fake_quant_denoiser(pipeline: Any, pipeline_dir: Path, batch_size: int = 1) 
     return prepared
 
 
-def quantized_denoiser(pipeline: Any, pipeline_dir: Path, batch_size: int = 1) -> Any:
-    """The QAT student's denoiser converted to int8 quantize/dequantize form (PT2E convert)."""
+def quantized_denoiser(pipeline: Any, pipeline_dir: Path, batch_size: int = 1, fake_quant: Any = None) -> Any:
+    """The QAT student's denoiser converted to int8 quantize/dequantize form (PT2E convert).
+
+    ``fake_quant``, when the caller already rebuilt it, is converted from a copy and left as it is.
+    """
     import copy
 
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    return convert_pt2e(copy.deepcopy(fake_quant_denoiser(pipeline, pipeline_dir, batch_size)))
+    if fake_quant is None:
+        fake_quant = fake_quant_denoiser(pipeline, pipeline_dir, batch_size)
+    return convert_pt2e(copy.deepcopy(fake_quant))

@@ -169,9 +169,9 @@ def _static_int8(module, kwargs: dict, component: Component):
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = _float_boundary_quantizer(STATIC_OPS)
     from edgegen.pt2e import zero_uninitialised
 
+    quantizer = _float_boundary_quantizer(STATIC_OPS)
     prepared = prepare_pt2e(zero_uninitialised(torch.export.export(module, (), kwargs).module()), quantizer)
     names = [spec.name for spec in component.inputs]
     with torch.no_grad():
