@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/delegation_rewrites.py [--pipeline DIR] [--component denoiser ...] [--runs 100]
 
 For the embedded default's ``denoiser`` and ``vae_decoder`` (or --pipeline's): the component as
-``build_component`` makes it ("before") and a deep copy with ``edgegen.rewrites.make_delegable``
+``build_component`` makes it ("before") and a deep copy with ``edgegen.exporting.rewrites.make_delegable``
 applied ("after"), each lowered to ExecuTorch XNNPACK fp32: delegated edge nodes / total, the
 delegate subgraph count, the ops left outside, the max abs error of the .pte vs eager, and the
 median latency of the two .pte files run in the same process, interleaved in rounds so machine
@@ -52,12 +52,12 @@ def main() -> int:
     import torch
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
-    from edgegen.cli.output import quiet
-    from edgegen.components import build_component
-    from edgegen.demo import ensure_default_pipeline
-    from edgegen.profiling import interleaved_medians
-    from edgegen.rewrites import make_delegable
-    from edgegen.teacher import load_pipeline
+    from edgegen.terminal import quiet
+    from edgegen.families.stable_diffusion import build_component
+    from edgegen.embedded.demo import ensure_default_pipeline
+    from edgegen.measure.profiling import interleaved_medians
+    from edgegen.exporting.rewrites import make_delegable
+    from edgegen.families.loading import load_pipeline
 
     quiet()
     torch.set_num_threads(1)

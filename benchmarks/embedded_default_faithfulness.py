@@ -26,9 +26,9 @@ def main() -> int:
 
     import torch
 
-    from edgegen.cli.output import quiet
-    from edgegen.evaluation import evaluate_grid, generate_grid
-    from edgegen.models.tiny import PROBE_DIR, build_embedded_default, build_embedded_student
+    from edgegen.terminal import quiet
+    from edgegen.embedded.evaluation import evaluate_grid, generate_grid
+    from edgegen.embedded.builders import PROBE_DIR, build_embedded_default, build_embedded_student
 
     quiet()
     torch.set_num_threads(1)

@@ -31,13 +31,13 @@ def main() -> int:
 
     import torch
 
-    from edgegen.cli.output import quiet
-    from edgegen.components import build_component
-    from edgegen.demo import ensure_default_pipeline, exportable_targets, plan
-    from edgegen.export import ExportOptions, export_component
-    from edgegen.profiling import interleaved_medians, profile_artifact
+    from edgegen.terminal import quiet
+    from edgegen.families.stable_diffusion import build_component
+    from edgegen.embedded.demo import ensure_default_pipeline, exportable_targets, plan
+    from edgegen.exporting.orchestration import ExportOptions, export_component
+    from edgegen.measure.profiling import interleaved_medians, profile_artifact
     from edgegen.session import open_artifact, runtime_for
-    from edgegen.teacher import load_pipeline
+    from edgegen.families.loading import load_pipeline
 
     quiet()
     torch.set_num_threads(1)

@@ -25,8 +25,8 @@ COMPONENTS = ("text_encoder", "denoiser", "vae_decoder")
 
 def artifact_sets(pipeline_dir: Path, target: str, root: Path, sets: dict[str, set[str]]) -> Path:
     """Export each needed (component, precision) once; lay out one pipeline per label under ``root / 'sets'``."""
-    from edgegen.export import ExportOptions, export_component
-    from edgegen.teacher import load_pipeline
+    from edgegen.exporting.orchestration import ExportOptions, export_component
+    from edgegen.families.loading import load_pipeline
 
     pipeline = load_pipeline(pipeline_dir)
     exported: dict[tuple[str, str], Path] = {}
@@ -64,11 +64,11 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--target", default="executorch", choices=["executorch", "onnx", "tflite"])
     args = parser.parse_args()
-    from edgegen.cli.output import quiet
-    from edgegen.demo import ensure_default_pipeline, ensure_default_student
-    from edgegen.evaluation import grid_prompts
-    from edgegen.models.tiny import PROBE_DIR
-    from edgegen.pipeline_compare import run_comparison
+    from edgegen.terminal import quiet
+    from edgegen.embedded.demo import ensure_default_pipeline, ensure_default_student
+    from edgegen.embedded.evaluation import grid_prompts
+    from edgegen.embedded.builders import PROBE_DIR
+    from edgegen.measure.pipeline_fidelity import run_comparison
     from qat_parity import train_qat_student  # beside this script
 
     quiet()

@@ -65,7 +65,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rank", type=int, default=4)
     args = parser.parse_args()
-    from edgegen.demo import ensure_default_pipeline
+    from edgegen.embedded.demo import ensure_default_pipeline
 
     with tempfile.TemporaryDirectory() as scratch:
         teacher = args.teacher or ensure_default_pipeline(Path(scratch) / "teacher")

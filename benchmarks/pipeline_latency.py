@@ -3,7 +3,7 @@
     python benchmarks/pipeline_latency.py [--preset tiny] [--target onnx ...] [--steps 4] [--guidance-scale 3] [--runs 10]
 
 The teacher is the embedded default (or --teacher DIR); the student is made from it with
-`edgegen student init --preset`. Each case is profiled by `edgegen.pipeline_profile` in a fresh
+`edgegen student init --preset`. Each case is profiled by `edgegen.measure.pipeline_profile` in a fresh
 process with one thread: one image end to end (p50/p90 over --runs after one warm-up), the
 denoiser per call and per step, text encoder and decoder, host overhead (scheduler, copies),
 cold and warm load, and the peak memory with every component resident. Core ML (off macOS) is
@@ -29,11 +29,11 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=Path("out/pipeline_latency"))
     args = parser.parse_args()
 
-    from edgegen.cli.output import quiet
-    from edgegen.demo import ensure_default_pipeline, exportable_targets
-    from edgegen.export import export_pipeline
-    from edgegen.pipeline import SamplingPlan
-    from edgegen.pipeline_profile import profile_pipeline
+    from edgegen.terminal import quiet
+    from edgegen.embedded.demo import ensure_default_pipeline, exportable_targets
+    from edgegen.exporting.orchestration import export_pipeline
+    from edgegen.sampling.loop import SamplingPlan
+    from edgegen.measure.pipeline_profile import profile_pipeline
     from edgegen.session import runtime_for
 
     quiet()

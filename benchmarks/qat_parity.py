@@ -20,8 +20,8 @@ from pathlib import Path
 
 
 def export_row(pipeline_dir: Path, target: str, output: Path, kind: str) -> dict:
-    from edgegen.export import ExportOptions, export_component
-    from edgegen.teacher import load_pipeline
+    from edgegen.exporting.orchestration import ExportOptions, export_component
+    from edgegen.families.loading import load_pipeline
 
     pipeline = load_pipeline(pipeline_dir)
     artifact = export_component(pipeline, pipeline_dir, "denoiser", target, output, ExportOptions(quantize="int8"))
@@ -59,8 +59,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--targets", nargs="+", default=["executorch", "onnx", "tflite"])
     args = parser.parse_args()
-    from edgegen.cli.output import quiet
-    from edgegen.demo import ensure_default_pipeline, ensure_default_student
+    from edgegen.terminal import quiet
+    from edgegen.embedded.demo import ensure_default_pipeline, ensure_default_student
 
     quiet()
     rows = []

@@ -53,11 +53,11 @@ def main() -> int:
     import torch
 
     from edgegen.models.scman import SCMANAttention, SCMANConfig, scman_flops
-    from edgegen.profiling import interleaved_medians
+    from edgegen.measure.profiling import interleaved_medians
 
     import tempfile
 
-    from edgegen.cli.output import quiet
+    from edgegen.terminal import quiet
 
     quiet()
     torch.set_num_threads(1)

@@ -21,7 +21,7 @@ def denoiser_flops(pipeline) -> int:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from edgegen.components import build_component
+    from edgegen.families.stable_diffusion import build_component
 
     component = build_component(pipeline, "denoiser")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -38,13 +38,13 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=Path("out/student_bench"))
     args = parser.parse_args()
 
-    from edgegen.cli.output import quiet
-    from edgegen.demo import ensure_default_pipeline, exportable_targets
-    from edgegen.export import ExportOptions, export_component
+    from edgegen.terminal import quiet
+    from edgegen.embedded.demo import ensure_default_pipeline, exportable_targets
+    from edgegen.exporting.orchestration import ExportOptions, export_component
     from edgegen.models.student import make_student, parameter_count
-    from edgegen.profiling import profile_artifact
+    from edgegen.measure.profiling import profile_artifact
     from edgegen.session import runtime_for
-    from edgegen.teacher import load_pipeline
+    from edgegen.families.loading import load_pipeline
 
     quiet()
     teacher_dir = args.teacher or ensure_default_pipeline(args.output / "teacher")

@@ -15,7 +15,7 @@ import pytest
 @pytest.fixture(scope="session")
 def device_address() -> str:
     from edgegen.errors import EdgegenError
-    from edgegen.remote import check_device, parse_device
+    from edgegen.measure.remote import check_device, parse_device
 
     address = os.environ.get("EDGEGEN_DEVICE")
     if not address:
@@ -29,8 +29,8 @@ def device_address() -> str:
 
 @pytest.fixture(scope="session")
 def device_artifacts(tmp_path_factory):
-    from edgegen.demo import ensure_default_pipeline
-    from edgegen.export import export_pipeline
+    from edgegen.embedded.demo import ensure_default_pipeline
+    from edgegen.exporting.orchestration import export_pipeline
 
     root = tmp_path_factory.mktemp("device")
     pipeline_dir = ensure_default_pipeline(root / "teacher")

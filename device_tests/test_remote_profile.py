@@ -2,7 +2,7 @@
 
 import pytest
 
-from edgegen.remote import profile_on_device
+from edgegen.measure.remote import profile_on_device
 
 pytestmark = pytest.mark.device
 

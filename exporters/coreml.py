@@ -11,8 +11,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from edgegen.components import Component
-from edgegen.export import MIN_PSNR_DB_INT8, ExportedModel, ExportOptions
+from edgegen.families.stable_diffusion import Component
+from edgegen.exporting.orchestration import MIN_PSNR_DB_INT8, ExportedModel, ExportOptions
 from edgegen.schema.manifest import Delegation, Quantization, TensorSpec
 
 MODEL_FILE = "model.mlpackage"

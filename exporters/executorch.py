@@ -9,10 +9,10 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from edgegen.components import Component
+from edgegen.families.stable_diffusion import Component
 from edgegen.errors import EdgegenError
-from edgegen.export import MIN_PSNR_DB_FLOAT16, MIN_PSNR_DB_INT8, ExportedModel, ExportOptions
-from edgegen.qat import LEARNED_SCALES
+from edgegen.exporting.orchestration import MIN_PSNR_DB_FLOAT16, MIN_PSNR_DB_INT8, ExportedModel, ExportOptions
+from edgegen.exporting.qat import LEARNED_SCALES
 from edgegen.schema.manifest import Delegation, Quantization, TensorSpec
 
 MODEL_FILE = "model.pte"
@@ -99,7 +99,7 @@ def quantize_pt2e(program, component: Component):
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from edgegen.pt2e import zero_uninitialised
+    from edgegen.exporting.pt2e import zero_uninitialised
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     prepared = prepare_pt2e(zero_uninitialised(program.module()), quantizer)
@@ -141,7 +141,7 @@ class ExecutorchExporter:
         if backend == "xnnpack" and not carries_quantization(module):
             # Exact rewrites (decomposed norms, concat upsampling, ...) so that the whole graph
             # is one XNNPACK subgraph; on a copy, since the module is shared with the pipeline.
-            from edgegen.rewrites import make_delegable
+            from edgegen.exporting.rewrites import make_delegable
 
             module = copy.deepcopy(module)
             rewrites = make_delegable(module)

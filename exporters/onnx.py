@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgegen.components import Component
-from edgegen.export import MIN_PSNR_DB_INT8, ExportedModel, ExportOptions
-from edgegen.qat import LEARNED_SCALES
+from edgegen.families.stable_diffusion import Component
+from edgegen.exporting.orchestration import MIN_PSNR_DB_INT8, ExportedModel, ExportOptions
+from edgegen.exporting.qat import LEARNED_SCALES
 from edgegen.schema.manifest import Delegation, Quantization, TensorSpec
 
 MODEL_FILE = "model.onnx"
@@ -155,7 +155,7 @@ class OnnxExporter:
         learned = options.quantize == "int8" and component.learned_int8_module is not None
         module = component.module
         if learned:
-            from edgegen.pt2e import drop_zero_baddbmm_inputs
+            from edgegen.exporting.pt2e import drop_zero_baddbmm_inputs
 
             module = drop_zero_baddbmm_inputs(component.learned_int8_module())
         with torch.no_grad():

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgegen.components import Component
-from edgegen.export import MIN_PSNR_DB_INT8, ExportedModel, ExportOptions
+from edgegen.families.stable_diffusion import Component
+from edgegen.exporting.orchestration import MIN_PSNR_DB_INT8, ExportedModel, ExportOptions
 from edgegen.schema.manifest import Delegation, Quantization, TensorSpec
 
 MODEL_FILE = "model.tflite"
@@ -169,7 +169,7 @@ def _static_int8(module, kwargs: dict, component: Component):
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from edgegen.pt2e import zero_uninitialised
+    from edgegen.exporting.pt2e import zero_uninitialised
 
     quantizer = _float_boundary_quantizer(STATIC_OPS)
     prepared = prepare_pt2e(zero_uninitialised(torch.export.export(module, (), kwargs).module()), quantizer)

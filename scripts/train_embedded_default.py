@@ -1,6 +1,6 @@
 """Train the embedded default (teacher, distilled students, probe) on the built-in shapes data.
 
-This is how the weights under ``edgegen/models/weights/`` were made; rerun it to reproduce them
+This is how the weights under ``edgegen/embedded/weights/`` were made; rerun it to reproduce them
 (about 45 minutes on 2 CPU cores). Stages, each in its own folder under ``--work``:
 
 1. autoencoder: the VAE learns to encode 32x32 shapes into 8x8x4 latents (a plain loop here:
@@ -73,13 +73,13 @@ def edgegen(*args: str) -> None:
 
 
 def package(work: Path, log: dict) -> None:
-    """Copy the trained weights into edgegen/models/weights/ (what the package ships)."""
+    """Copy the trained weights into edgegen/embedded/weights/ (what the package ships)."""
     import shutil
 
     from safetensors.torch import load_file, save_file
 
-    from edgegen.checkpoint import read_student_manifest
-    from edgegen.models import tiny
+    from edgegen.models.checkpoint import read_student_manifest
+    from edgegen.embedded import builders as tiny
 
     tiny.WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
     teacher = work / log.get("teacher_run", "teacher-run") / "pipeline"
@@ -130,7 +130,7 @@ def main() -> None:
     base = args.teacher_base or work / "base"
     teacher = work / args.teacher_run / "pipeline"
     if "autoencoder" in stages:
-        from edgegen.models.tiny import build_embedded_default
+        from edgegen.embedded.builders import build_embedded_default
 
         build_embedded_default(base, weights="random")
         log["autoencoder"] = train_autoencoder(base, args.autoencoder_steps, batch_size=32)
@@ -151,7 +151,7 @@ def main() -> None:
                 f"steps={args.adversarial_steps}", "batch_size=32", "learning_rate=1e-4", "sampling_steps=2", "checkpoint_every=200",
                 "log_every=25", "data=builtin:shapes?count=100000&seed=2")
     if "probe" in stages:
-        from edgegen.probe import save_probe, train_probe
+        from edgegen.embedded.probe import save_probe, train_probe
 
         probe = train_probe(steps=600)
         save_probe(probe, work / "probe")
@@ -159,7 +159,7 @@ def main() -> None:
         save_log()
     if "evaluate" in stages:
         probe_dir = work / "probe"
-        from edgegen.evaluation import evaluate_grid, generate_grid
+        from edgegen.embedded.evaluation import evaluate_grid, generate_grid
 
         teacher_images = generate_grid(teacher, 20, 1.0).images
         student, fewstep = work / "distill" / "pipeline", work / "adversarial" / "pipeline"

@@ -12,15 +12,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def pipeline_dir(tmp_path_factory) -> Path:
-    from edgegen.models.tiny import build_embedded_default
+    from edgegen.embedded.builders import build_embedded_default
 
     return build_embedded_default(tmp_path_factory.mktemp("teacher") / "pipeline")
 
 
 @pytest.fixture(scope="session")
 def pipeline(pipeline_dir):
-    from edgegen.cli.output import quiet
-    from edgegen.teacher import load_pipeline
+    from edgegen.terminal import quiet
+    from edgegen.families.loading import load_pipeline
 
     quiet()
     return load_pipeline(pipeline_dir)
@@ -34,7 +34,7 @@ def artifact_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def exported(pipeline, pipeline_dir, artifact_root):
     """``exported(component, target)`` -> Artifact, exported on first request only."""
-    from edgegen.export import ExportOptions, export_component
+    from edgegen.exporting.orchestration import ExportOptions, export_component
 
     cache = {}
 
@@ -51,6 +51,6 @@ def exported(pipeline, pipeline_dir, artifact_root):
 
 def runnable_targets() -> list[str]:
     """Targets this machine can both export to and run (the demo's own rule)."""
-    from edgegen.demo import usable_targets
+    from edgegen.embedded.demo import usable_targets
 
     return usable_targets()

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from edgegen.cli import app
-from edgegen.components import COMPONENT_NAMES, build_component
-from edgegen.export import MIN_PSNR_DB_INT8
+from edgegen.families.stable_diffusion import COMPONENT_NAMES, build_component
+from edgegen.exporting.orchestration import MIN_PSNR_DB_INT8
 from edgegen.registry import EXPORTERS
 
 ON_MACOS = platform.system() == "Darwin"
@@ -107,7 +107,7 @@ def test_compressed_package_is_smaller_than_float(exported, component, scheme):
 @pytest.mark.parametrize("scheme", ["none", *QUANTIZATIONS])
 @pytest.mark.parametrize("component", COMPONENT_NAMES)
 def test_prediction_matches_eager_on_macos(exported, pipeline, component, scheme):
-    from edgegen.metrics import psnr_db
+    from edgegen.measure.metrics import psnr_db
     from edgegen.session import open_artifact
 
     artifact = exported(component, "coreml", scheme)

@@ -33,8 +33,8 @@ def metric(output: Path, name: str) -> list[float]:
 
 @pytest.mark.slow
 def test_distill_losses_fall_and_the_student_exports(pipeline, pipeline_dir, student_dir, tmp_path):
-    from edgegen.export import ExportOptions, export_component
-    from edgegen.teacher import load_pipeline
+    from edgegen.exporting.orchestration import ExportOptions, export_component
+    from edgegen.families.loading import load_pipeline
 
     out = tmp_path / "kd"
     train("distill", f"teacher={pipeline_dir}", f"student={student_dir}", f"output={out}", "steps=30", "batch_size=8",
@@ -73,7 +73,7 @@ def two_step_gap(teacher_dir: Path, student_dir: Path) -> float:
     """Latent MSE between a student's two-step samples and the teacher's 4-step DDIM samples."""
     import torch
 
-    from edgegen.teacher import load_pipeline
+    from edgegen.families.loading import load_pipeline
     from edgegen.trainers.adversarial import few_step_estimates, teacher_sample
     from edgegen.trainers.denoising import encode_text, predict
 
@@ -93,7 +93,7 @@ def two_step_gap(teacher_dir: Path, student_dir: Path) -> float:
 def test_adversarial_student_records_its_schedule_and_samples_in_two_steps(pipeline_dir, student_dir, tmp_path):
     import numpy as np
 
-    from edgegen.pipeline import initial_latents, load_case, sampling_plan
+    from edgegen.sampling.loop import initial_latents, load_case, sampling_plan
 
     out = tmp_path / "hdg"
     train("adversarial", f"teacher={pipeline_dir}", f"student={student_dir}", f"output={out}", "steps=40", "batch_size=8",
@@ -126,12 +126,12 @@ def qat_student(pipeline_dir, student_dir, tmp_path_factory) -> Path:
 def test_qat_student_int8_exports_answer_to_the_fake_quant_model(qat_student, tmp_path, target, learned, min_db):
     import torch
 
-    from edgegen.components import build_component
-    from edgegen.export import ExportOptions, export_component
-    from edgegen.metrics import psnr_db
-    from edgegen.qat import fake_quant_denoiser
+    from edgegen.families.stable_diffusion import build_component
+    from edgegen.exporting.orchestration import ExportOptions, export_component
+    from edgegen.measure.metrics import psnr_db
+    from edgegen.exporting.qat import fake_quant_denoiser
     from edgegen.session import open_artifact
-    from edgegen.teacher import load_pipeline
+    from edgegen.families.loading import load_pipeline
 
     assert (qat_student / "unet" / "qat.safetensors").is_file()
     student = load_pipeline(qat_student)

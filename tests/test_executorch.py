@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgegen.cli import app
-from edgegen.export import ExportOptions, export_component
+from edgegen.exporting.orchestration import ExportOptions, export_component
 
 pytestmark = pytest.mark.slow
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import runnable_targets
-from edgegen.components import COMPONENT_NAMES, build_component
-from edgegen.export import MIN_PSNR_DB_FLOAT32, MIN_PSNR_DB_INT8
-from edgegen.metrics import psnr_db
+from edgegen.families.stable_diffusion import COMPONENT_NAMES, build_component
+from edgegen.exporting.orchestration import MIN_PSNR_DB_FLOAT32, MIN_PSNR_DB_INT8
+from edgegen.measure.metrics import psnr_db
 from edgegen.registry import EXPORTERS
 from edgegen.session import open_artifact
 
@@ -64,7 +64,7 @@ def test_quantized_export_stays_close_to_float(exported, pipeline, component, ta
 
 def test_failed_parity_leaves_nothing(pipeline, pipeline_dir, tmp_path):
     from edgegen.errors import EdgegenError
-    from edgegen.export import ExportOptions, export_component
+    from edgegen.exporting.orchestration import ExportOptions, export_component
 
     with pytest.raises(EdgegenError, match="failed parity"):
         export_component(pipeline, pipeline_dir, "text_encoder", "onnx", tmp_path, ExportOptions(min_psnr_db=1e9))
@@ -73,7 +73,7 @@ def test_failed_parity_leaves_nothing(pipeline, pipeline_dir, tmp_path):
 
 def test_existing_artifact_is_not_overwritten_without_force(exported, pipeline, pipeline_dir, artifact_root):
     from edgegen.errors import EdgegenError
-    from edgegen.export import export_component
+    from edgegen.exporting.orchestration import export_component
 
     artifact = exported("text_encoder", "onnx")
     before = artifact.manifest.created_at
@@ -86,7 +86,7 @@ def test_existing_artifact_is_not_overwritten_without_force(exported, pipeline, 
 
 def test_quantization_a_target_lacks_lists_what_it_supports(pipeline, pipeline_dir, tmp_path):
     from edgegen.errors import EdgegenError
-    from edgegen.export import ExportOptions, export_component
+    from edgegen.exporting.orchestration import ExportOptions, export_component
 
     with pytest.raises(EdgegenError, match="supports: "):
         export_component(pipeline, pipeline_dir, "text_encoder", "onnx", tmp_path, ExportOptions(quantize="int3"))

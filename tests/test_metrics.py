@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from edgegen.metrics import cosine_similarity, fidelity, psnr_db, worst_fidelity
+from edgegen.measure.metrics import cosine_similarity, fidelity, psnr_db, worst_fidelity
 
 
 def test_psnr_of_identical_tensors_is_infinite():

@@ -21,7 +21,7 @@ MAX_FLOAT_LATENT_ABS_ERROR = 1e-3
 
 @pytest.fixture(scope="module")
 def eager_generation(pipeline_dir):
-    from edgegen.pipeline import SamplingPlan, initial_latents, load_case
+    from edgegen.sampling.loop import SamplingPlan, initial_latents, load_case
 
     case = load_case(pipeline_dir, None, SamplingPlan(STEPS, GUIDANCE))
     latents = initial_latents(case.latent_shape, SEED)
@@ -29,7 +29,7 @@ def eager_generation(pipeline_dir):
 
 
 def _artifact_dirs(exported, target):
-    from edgegen.components import COMPONENT_NAMES
+    from edgegen.families.stable_diffusion import COMPONENT_NAMES
 
     return {name: exported(name, target).folder for name in COMPONENT_NAMES}
 
@@ -46,7 +46,7 @@ def test_eager_runner_counts_calls_and_keeps_every_step(eager_generation):
 
 
 def test_eager_runner_is_deterministic_and_driven_by_the_latents(eager_generation):
-    from edgegen.pipeline import initial_latents
+    from edgegen.sampling.loop import initial_latents
 
     case, latents, generation = eager_generation
     again = case.generate(PROMPT, latents, SEED)
@@ -58,8 +58,8 @@ def test_eager_runner_is_deterministic_and_driven_by_the_latents(eager_generatio
 @pytest.mark.slow  # exports all three components per target (shared with other test files)
 @pytest.mark.parametrize("target", runnable_targets())
 def test_exported_pipeline_matches_eager_with_same_latents(target, pipeline_dir, exported, eager_generation):
-    from edgegen.pipeline import SamplingPlan, load_case
-    from edgegen.quality import image_psnr_db
+    from edgegen.sampling.loop import SamplingPlan, load_case
+    from edgegen.measure.quality import image_psnr_db
 
     _, latents, reference = eager_generation
     case = load_case(pipeline_dir, _artifact_dirs(exported, target), SamplingPlan(STEPS, GUIDANCE))
@@ -72,8 +72,8 @@ def test_exported_pipeline_matches_eager_with_same_latents(target, pipeline_dir,
 
 
 def test_few_step_schedule_from_the_student_manifest(pipeline_dir, tmp_path):
-    from edgegen.checkpoint import read_student_manifest
-    from edgegen.pipeline import initial_latents, load_case, sampling_plan
+    from edgegen.models.checkpoint import read_student_manifest
+    from edgegen.sampling.loop import initial_latents, load_case, sampling_plan
     from edgegen.schema.base import write_json
     from edgegen.schema.checkpoint import Initialisation, StudentManifest, STUDENT_MANIFEST_FILENAME
 
@@ -101,7 +101,7 @@ def test_artifacts_of_another_pipeline_are_refused(pipeline_dir, exported, tmp_p
     from safetensors.numpy import load_file, save_file
 
     from edgegen.errors import EdgegenError
-    from edgegen.pipeline import check_artifacts
+    from edgegen.sampling.loop import check_artifacts
 
     target = runnable_targets()[0]
     other = tmp_path / "other"
@@ -124,7 +124,7 @@ def test_artifacts_of_another_pipeline_are_refused(pipeline_dir, exported, tmp_p
 def test_pipeline_family_ignores_the_denoiser_weights(pipeline_dir, tmp_path):
     import json
 
-    from edgegen.pipeline import pipeline_family
+    from edgegen.sampling.loop import pipeline_family
 
     copy = tmp_path / "family"
     shutil.copytree(pipeline_dir, copy)
@@ -143,7 +143,7 @@ def test_pipeline_family_ignores_the_denoiser_weights(pipeline_dir, tmp_path):
 @pytest.fixture(scope="module")
 def student_setup(pipeline_dir, tmp_path_factory):
     """A SCMAN student of the embedded default and its three ONNX artifacts, plus a prompt file."""
-    from edgegen.export import export_pipeline
+    from edgegen.exporting.orchestration import export_pipeline
     from edgegen.models.student import make_student
 
     root = tmp_path_factory.mktemp("compare")
@@ -203,7 +203,7 @@ def test_compare_pipelines_writes_fidelity_gap_images_and_skips_finished_cases(p
 
 @pytest.mark.slow
 def test_compare_interrupted_run_keeps_finished_cases(pipeline_dir, student_setup, tmp_path, monkeypatch):
-    import edgegen.pipeline_compare as pipeline_compare
+    import edgegen.measure.pipeline_fidelity as pipeline_compare
 
     output = tmp_path / "results.jsonl"
     real = pipeline_compare.generate_all
@@ -239,7 +239,7 @@ def test_compare_budgets_fail_with_one_line_each(pipeline_dir, student_setup, tm
 
 @pytest.mark.slow  # exports the teacher to ONNX (shared with other test files)
 def test_compare_bad_inputs_exit_2_with_one_line(pipeline_dir, student_setup, exported, tmp_path):
-    from edgegen.components import COMPONENT_NAMES
+    from edgegen.families.stable_diffusion import COMPONENT_NAMES
 
     student, artifacts, prompts = student_setup
     empty = tmp_path / "empty.txt"
@@ -289,8 +289,8 @@ def test_compare_cuts_a_half_written_line_and_records_the_scman_budget(pipeline_
 
 @pytest.mark.slow  # a fresh profiling process
 def test_pipeline_profile_follows_the_latency_schema_in_a_fresh_process(pipeline_dir):
-    from edgegen.pipeline import SamplingPlan
-    from edgegen.pipeline_profile import profile_pipeline
+    from edgegen.sampling.loop import SamplingPlan
+    from edgegen.measure.pipeline_profile import profile_pipeline
 
     latency, memory = profile_pipeline(pipeline_dir, None, SamplingPlan(2, GUIDANCE), warmup=1, runs=3)
     calls = {timing.component: timing for timing in latency.per_component}
@@ -309,8 +309,8 @@ def test_pipeline_profile_follows_the_latency_schema_in_a_fresh_process(pipeline
 @pytest.mark.slow  # a fresh profiling process
 def test_pipeline_profile_errors_are_one_line(pipeline_dir, tmp_path):
     from edgegen.errors import EdgegenError
-    from edgegen.pipeline import SamplingPlan
-    from edgegen.pipeline_profile import profile_pipeline
+    from edgegen.sampling.loop import SamplingPlan
+    from edgegen.measure.pipeline_profile import profile_pipeline
 
     with pytest.raises(EdgegenError, match="--runs must be at least 1"):
         profile_pipeline(pipeline_dir, None, SamplingPlan(1, 1.0), runs=0)
@@ -321,7 +321,7 @@ def test_pipeline_profile_errors_are_one_line(pipeline_dir, tmp_path):
 
 @pytest.mark.slow
 def test_compare_with_user_extractors_fills_the_distillation_gap(pipeline_dir, student_setup, tmp_path):
-    from edgegen.probe import save_probe, train_probe
+    from edgegen.embedded.probe import save_probe, train_probe
     from tests.test_quality import write_feature_extractor, write_tiny_clip
 
     features = write_feature_extractor(tmp_path / "features.onnx")
@@ -346,7 +346,7 @@ def test_the_few_step_move_is_diffusers_ddim_with_eta_zero(pipeline_dir):
     import torch
     from diffusers import DDIMScheduler
 
-    from edgegen.scheduling import few_step_update, predicted_clean
+    from edgegen.sampling.schedules import few_step_update, predicted_clean
 
     scheduler = DDIMScheduler.from_pretrained(pipeline_dir / "scheduler")
     scheduler.set_timesteps(2)

@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 from edgegen.cli import app
 from edgegen.data.shapes import ShapesDataset
 from edgegen.errors import EdgegenError
-from edgegen.probe import export_feature_extractor, faithfulness, load_probe, save_probe, train_probe
+from edgegen.embedded.probe import export_feature_extractor, faithfulness, load_probe, save_probe, train_probe
 
 
 @pytest.fixture(scope="module")
 def probe():
-    from edgegen.models.tiny import PROBE_DIR
+    from edgegen.embedded.builders import PROBE_DIR
 
     return load_probe(PROBE_DIR)  # the committed probe, trained with train_probe(steps=600)
 
@@ -96,7 +96,7 @@ FOLLOWED_PROMPTS = [
 
 
 def fraction_followed(probe, model_dir, steps: int) -> dict[str, float]:
-    from edgegen.pipeline import initial_latents, load_case, sampling_plan
+    from edgegen.sampling.loop import initial_latents, load_case, sampling_plan
 
     case = load_case(model_dir, None, sampling_plan(model_dir, steps, 1.0))
     images = np.stack([case.generate(p, initial_latents(case.latent_shape, i), i).image for i, p in enumerate(FOLLOWED_PROMPTS)])
@@ -112,7 +112,7 @@ def test_the_committed_teacher_follows_colour_shape_and_position(probe, pipeline
 @pytest.mark.slow
 @pytest.mark.parametrize("kind, steps", [("distilled", 20), ("few-step", 2)])
 def test_the_committed_students_follow_their_captions(probe, pipeline_dir, tmp_path, kind, steps):
-    from edgegen.models.tiny import build_embedded_student
+    from edgegen.embedded.builders import build_embedded_student
 
     student = build_embedded_student(pipeline_dir, tmp_path / kind, kind)
     followed = fraction_followed(probe, student, steps)
@@ -121,8 +121,8 @@ def test_the_committed_students_follow_their_captions(probe, pipeline_dir, tmp_p
 
 def test_grid_evaluation_scores_every_caption_and_is_reproducible(pipeline_dir):
     from edgegen.data.shapes import parse_caption
-    from edgegen.evaluation import evaluate_grid, generate_grid, grid_prompts
-    from edgegen.models.tiny import PROBE_DIR
+    from edgegen.embedded.evaluation import evaluate_grid, generate_grid, grid_prompts
+    from edgegen.embedded.builders import PROBE_DIR
 
     prompts = grid_prompts()
     assert len(set(prompts)) == 48 and all(parse_caption(p) for p in prompts)

@@ -40,7 +40,7 @@ def write_tiny_clip(folder: Path, seed: int = 0) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from edgegen.models.tiny import build_tokenizer
+    from edgegen.embedded.builders import build_tokenizer
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
@@ -59,7 +59,7 @@ def write_tiny_clip(folder: Path, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def extractor(tmp_path_factory):
-    from edgegen.quality import OnnxFeatures
+    from edgegen.measure.quality import OnnxFeatures
 
     return OnnxFeatures(write_feature_extractor(tmp_path_factory.mktemp("features") / "features.onnx"))
 
@@ -69,7 +69,7 @@ def _images(seed: int, count: int = 12) -> np.ndarray:
 
 
 def test_psnr_of_a_known_mse():
-    from edgegen.quality import image_psnr_db
+    from edgegen.measure.quality import image_psnr_db
 
     reference = np.zeros((3, 16, 16), np.float32)
     # +0.2 in [-1, 1] is +0.1 in [0, 1]: MSE 0.01 at data range 1 -> exactly 20 dB.
@@ -77,7 +77,7 @@ def test_psnr_of_a_known_mse():
 
 
 def test_ssim_identical_is_one_and_of_constant_images_is_the_luminance_term():
-    from edgegen.quality import image_ssim
+    from edgegen.measure.quality import image_ssim
 
     textured = _images(1, 1)[0]
     assert image_ssim(textured, textured) == pytest.approx(1.0, abs=1e-6)
@@ -92,7 +92,7 @@ def test_ssim_identical_is_one_and_of_constant_images_is_the_luminance_term():
 
 
 def test_fid_and_kid_of_identical_sets_are_near_zero_and_grow_with_a_shift(extractor):
-    from edgegen.quality import distribution_gap
+    from edgegen.measure.quality import distribution_gap
 
     images = _images(2)
     fid_same, kid_same = distribution_gap(extractor, images, images)
@@ -115,7 +115,7 @@ def test_fid_and_kid_of_identical_sets_are_near_zero_and_grow_with_a_shift(extra
 
 def test_distribution_gap_needs_two_images(extractor):
     from edgegen.errors import EdgegenError
-    from edgegen.quality import distribution_gap
+    from edgegen.measure.quality import distribution_gap
 
     with pytest.raises(EdgegenError, match="at least 2"):
         distribution_gap(extractor, _images(3, 1), _images(4, 1))
@@ -123,7 +123,7 @@ def test_distribution_gap_needs_two_images(extractor):
 
 def test_feature_extractor_that_does_not_load_is_one_line(tmp_path):
     from edgegen.errors import EdgegenError
-    from edgegen.quality import OnnxFeatures
+    from edgegen.measure.quality import OnnxFeatures
 
     with pytest.raises(EdgegenError, match="not found"):
         OnnxFeatures(tmp_path / "missing.onnx")
@@ -135,7 +135,7 @@ def test_feature_extractor_that_does_not_load_is_one_line(tmp_path):
 
 def test_clip_score_from_a_local_folder_is_finite_and_deterministic(tmp_path):
     from edgegen.errors import EdgegenError
-    from edgegen.quality import clip_score
+    from edgegen.measure.quality import clip_score
 
     folder = write_tiny_clip(tmp_path / "clip")
     images, prompts = _images(5, 3), ["a red circle", "a blue square", "a green triangle"]

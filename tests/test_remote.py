@@ -3,7 +3,7 @@
 import pytest
 
 from edgegen.errors import EdgegenError
-from edgegen.remote import parse_device, profile_on_device
+from edgegen.measure.remote import parse_device, profile_on_device
 
 
 def test_device_address_forms():

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgegen.cli import app
-from edgegen.pareto import pareto_front
+from edgegen.report.pareto import pareto_front
 from edgegen.schema.pipeline import ComponentTiming, DistillationGap, ExportFidelity, PipelineLatency, PipelineMemory, PipelineResult
 from edgegen.schema.results import Host
 
@@ -117,8 +117,8 @@ def test_mixed_pipeline_families_are_refused(results_file, tmp_path):
 
 
 def test_report_renders_in_headless_chromium(results_file, tmp_path):
-    from edgegen.render import find_chromium, screenshot
-    from edgegen.report import write_report
+    from edgegen.report.render import find_chromium, screenshot
+    from edgegen.report.html import write_report
 
     if find_chromium() is None:
         pytest.skip("no Chromium installed (apt-get install chromium); .ci/run installs it")

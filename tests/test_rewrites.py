@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from edgegen import rewrites
-from edgegen.components import build_component
+from edgegen.exporting import rewrites
+from edgegen.families.stable_diffusion import build_component
 
 ATOL = 1e-5
 PTE_ATOL = 1e-4
@@ -122,7 +122,7 @@ def test_geglu_matches():
 
 
 def test_importing_rewrites_does_not_import_torch():
-    code = "import sys, edgegen.rewrites; print('torch' in sys.modules or 'diffusers' in sys.modules)"
+    code = "import sys, edgegen.exporting.rewrites; print('torch' in sys.modules or 'diffusers' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 

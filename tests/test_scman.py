@@ -411,8 +411,8 @@ def test_dense_mode_applies_an_attention_mask_like_attn_processor(teacher_unet):
 
 def test_component_building_keeps_installed_scman(pipeline_dir):
     # The export-time swap to AttnProcessor must not undo a student's SCMAN layers.
-    from edgegen.components import build_component
-    from edgegen.teacher import load_pipeline
+    from edgegen.families.stable_diffusion import build_component
+    from edgegen.families.loading import load_pipeline
 
     student = load_pipeline(pipeline_dir)
     install_scman(student.unet, SCMANConfig(**SPARSE))
@@ -432,8 +432,8 @@ CONVERSIONS = [
 @pytest.mark.parametrize(("target", "kind", "layout"), CONVERSIONS)
 def test_standalone_scman_converts_for_litert_and_core_ml(tmp_path, target, kind, layout):
     """Every SCMAN mode and layout converts with edgegen's own exporters; LiteRT also runs it."""
-    from edgegen.components import Component
-    from edgegen.export import ExportOptions
+    from edgegen.families.stable_diffusion import Component
+    from edgegen.exporting.orchestration import ExportOptions
     from edgegen.registry import EXPORTERS
     from edgegen.schema.manifest import TensorSpec
 

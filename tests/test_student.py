@@ -33,7 +33,7 @@ def test_student_reloads_with_scman_and_from_teacher_slices(student_dir, pipelin
     from diffusers import DiffusionPipeline
 
     from edgegen.models.scman import SCMANConfig, SCMANProcessor, install_scman
-    from edgegen.teacher import load_pipeline
+    from edgegen.families.loading import load_pipeline
 
     student = load_pipeline(student_dir)
     cross = {n: p for n, p in student.unet.attn_processors.items() if "attn2" in n}
@@ -58,7 +58,7 @@ def test_student_reloads_with_scman_and_from_teacher_slices(student_dir, pipelin
 
 def test_presets_keep_shapes_delegate_friendly(pipeline_dir, tmp_path):
     from edgegen.models.student import PRESETS, student_unet_config
-    from edgegen.teacher import load_pipeline
+    from edgegen.families.loading import load_pipeline
 
     teacher_config = dict(load_pipeline(pipeline_dir).unet.config)
     for name, preset in PRESETS.items():
@@ -80,7 +80,7 @@ def test_unknown_preset_and_missing_teacher(tmp_path, pipeline_dir):
 def test_corrupt_student_manifest_is_one_line(student_dir, tmp_path):
     import shutil
 
-    from edgegen.teacher import load_pipeline
+    from edgegen.families.loading import load_pipeline
 
     copy = tmp_path / "student"
     shutil.copytree(student_dir, copy)
@@ -94,7 +94,7 @@ def test_corrupt_student_manifest_is_one_line(student_dir, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["onnx", "executorch", "tflite", "coreml"])
 def test_student_denoiser_exports_to_every_target(student_dir, tmp_path, target):
-    from edgegen.export import export_pipeline
+    from edgegen.exporting.orchestration import export_pipeline
 
     [artifact] = export_pipeline(student_dir, target, tmp_path, components=["denoiser"])
     manifest = artifact.manifest

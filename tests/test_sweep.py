@@ -8,7 +8,7 @@ import pytest
 
 
 def _result(case_id, latency_ms, memory_mb, size, psnr, role="student", fid=None):
-    from edgegen.profiling import host_info
+    from edgegen.measure.profiling import host_info
     from edgegen.schema.pipeline import ComponentTiming, DistillationGap, PipelineLatency, PipelineMemory, PipelineResult
 
     latency = None
@@ -27,7 +27,7 @@ def _result(case_id, latency_ms, memory_mb, size, psnr, role="student", fid=None
 
 
 def test_pareto_front_keeps_the_cases_nothing_beats_on_every_axis():
-    from edgegen.sweep import pareto_of
+    from edgegen.report.sweep import pareto_of
 
     results = [
         _result("fast-rough", 2.0, 10, 100, 20.0, fid=9.0),
@@ -47,7 +47,7 @@ def test_pareto_front_keeps_the_cases_nothing_beats_on_every_axis():
 
 def test_sweep_axes_refuse_unknown_names():
     from edgegen.errors import EdgegenError
-    from edgegen.sweep import SweepAxes, parse_list
+    from edgegen.report.sweep import SweepAxes, parse_list
 
     with pytest.raises(EdgegenError, match="nosuch"):
         SweepAxes(targets=["nosuch"]).check()
@@ -68,10 +68,10 @@ def student_dir(pipeline_dir, tmp_path_factory):
 
 
 def test_summary_token_variants_only_where_the_student_allows(pipeline_dir, student_dir, tmp_path):
-    from edgegen.checkpoint import read_student_manifest
+    from edgegen.models.checkpoint import read_student_manifest
     from edgegen.errors import EdgegenError
     from edgegen.schema.checkpoint import STUDENT_MANIFEST_FILENAME
-    from edgegen.sweep import summary_token_variant
+    from edgegen.report.sweep import summary_token_variant
 
     own = read_student_manifest(student_dir).scman["summary_tokens"]
     assert summary_token_variant(student_dir, own, tmp_path) == student_dir  # its own budget: no copy
@@ -125,7 +125,7 @@ def test_sweep_bad_inputs_exit_2_with_one_line(pipeline_dir, student_dir, tmp_pa
 @pytest.mark.slow  # exports the student to ONNX and profiles five cases in fresh processes
 def test_sweep_writes_every_cell_and_the_front_and_resumes(pipeline_dir, student_dir, tmp_path):
     from edgegen.schema.pipeline import PipelineResult
-    from edgegen.sweep import read_front
+    from edgegen.report.sweep import read_front
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle at the top left\na blue square at the bottom right\n")

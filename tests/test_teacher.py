@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from edgegen.components import COMPONENT_NAMES, build_component, pipeline_components, tokenize
+from edgegen.families.stable_diffusion import COMPONENT_NAMES, build_component, pipeline_components, tokenize
 from edgegen.errors import EdgegenError
-from edgegen.teacher import checkpoint_sha256, load_pipeline
+from edgegen.families.loading import checkpoint_sha256, load_pipeline
 
 
 def test_embedded_default_loads_with_from_pretrained(pipeline_dir, pipeline):
@@ -19,7 +19,7 @@ def test_embedded_default_loads_with_from_pretrained(pipeline_dir, pipeline):
 
 
 def test_embedded_default_is_reproducible(tmp_path, pipeline_dir):
-    from edgegen.models.tiny import build_embedded_default
+    from edgegen.embedded.builders import build_embedded_default
 
     again = build_embedded_default(tmp_path / "again")
     for subfolder in ("text_encoder", "unet", "vae"):

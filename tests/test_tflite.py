@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import runnable_targets
-from edgegen.components import COMPONENT_NAMES
+from edgegen.families.stable_diffusion import COMPONENT_NAMES
 from edgegen.errors import EdgegenError
-from edgegen.export import ExportOptions, export_component
+from edgegen.exporting.orchestration import ExportOptions, export_component
 from edgegen.session import open_artifact
 
 pytestmark = [
@@ -84,9 +84,9 @@ def test_tflite_runtime_fallback_is_refused_for_quantized_artifacts(exported, mo
 def test_scman_student_int8_keeps_float_inputs(pipeline_dir, tmp_path):
     # SCMAN's summaries read the transposed context: quantizing there used to make the
     # converter turn the model's encoder_hidden_states input into int8.
-    from edgegen.export import ExportOptions, export_component
+    from edgegen.exporting.orchestration import ExportOptions, export_component
     from edgegen.models.student import make_student
-    from edgegen.teacher import load_pipeline
+    from edgegen.families.loading import load_pipeline
 
     student_dir = make_student(pipeline_dir, "tiny", tmp_path / "student")
     artifact = export_component(load_pipeline(student_dir), student_dir, "denoiser", "tflite", tmp_path / "a", ExportOptions(quantize="int8"))

@@ -19,7 +19,7 @@ SMALL_DATA = "data=builtin:shapes?count=64"
 
 @pytest.fixture(scope="module")
 def untrained_dir(tmp_path_factory) -> Path:
-    from edgegen.models.tiny import build_embedded_default
+    from edgegen.embedded.builders import build_embedded_default
 
     return build_embedded_default(tmp_path_factory.mktemp("untrained") / "pipeline", weights="random")
 
@@ -50,7 +50,7 @@ def held_out_loss(pipeline_dir: Path) -> float:
     import torch
 
     from edgegen.data.shapes import ShapesDataset
-    from edgegen.teacher import load_pipeline
+    from edgegen.families.loading import load_pipeline
     from edgegen.trainers.denoising import encode_images, encode_text, noisy_latents, predict, prediction_target
 
     pipeline = load_pipeline(pipeline_dir)
@@ -69,7 +69,7 @@ def held_out_loss(pipeline_dir: Path) -> float:
 def test_finetune_loss_falls_and_writes_a_loadable_pipeline(untrained_dir, tmp_path):
     from edgegen.schema.base import load_strict_json
     from edgegen.schema.training import TRAINING_MANIFEST_FILENAME, TRAINING_SCHEMA_VERSION, TrainingManifest
-    from edgegen.teacher import load_pipeline
+    from edgegen.families.loading import load_pipeline
 
     out = tmp_path / "ft"
     train("finetune", f"teacher={untrained_dir}", f"output={out}", "steps=40", "batch_size=16", "learning_rate=1e-3", "log_every=4", SMALL_DATA)
@@ -152,9 +152,9 @@ def test_every_example_config_resolves():
 def test_lora_adapter_reloads_through_diffusers_and_the_fused_pipeline_exports(untrained_dir, tmp_path):
     import torch
 
-    from edgegen.components import build_component
-    from edgegen.export import ExportOptions, export_component
-    from edgegen.teacher import load_pipeline
+    from edgegen.families.stable_diffusion import build_component
+    from edgegen.exporting.orchestration import ExportOptions, export_component
+    from edgegen.families.loading import load_pipeline
 
     out = tmp_path / "lora"
     train("lora", f"teacher={untrained_dir}", f"output={out}", "steps=6", "batch_size=4", "rank=2", SMALL_DATA)

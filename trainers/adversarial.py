@@ -54,11 +54,11 @@ def few_step_estimates(denoise: Any, scheduler: Any, latents: Any, embeddings: A
 
     ``denoise(x, t, embeddings)`` returns the model's raw prediction; ``latents`` is pure noise
     (the initial latents at the first timestep). Between steps the sampler moves exactly as
-    ``edgegen.pipeline`` samples a few-step student (``edgegen.scheduling.few_step_update``).
+    ``edgegen.sampling.loop`` samples a few-step student (``edgegen.sampling.schedules.few_step_update``).
     """
     import torch
 
-    from edgegen.scheduling import few_step_update
+    from edgegen.sampling.schedules import few_step_update
     from edgegen.trainers.denoising import predicted_clean
 
     x, estimates = latents, []

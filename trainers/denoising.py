@@ -30,7 +30,7 @@ def drop_captions(captions: list[str], probability: float, generator: Any) -> li
 
 
 def encode_text(pipeline: Any, text_encoder: Any, captions: list[str]) -> Any:
-    from edgegen.components import tokenize
+    from edgegen.families.stable_diffusion import tokenize
 
     return text_encoder(tokenize(pipeline, captions), return_dict=False)[0]
 
@@ -61,6 +61,6 @@ def predict(unet: Any, noisy: Any, timesteps: Any, embeddings: Any) -> Any:
 
 
 def predicted_clean(scheduler: Any, noisy: Any, prediction: Any, timesteps: Any) -> Any:
-    from edgegen.scheduling import predicted_clean as clean
+    from edgegen.sampling.schedules import predicted_clean as clean
 
     return clean(scheduler, noisy, prediction, timesteps)

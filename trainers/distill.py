@@ -37,9 +37,9 @@ class DistillConfig(TrainConfig):
 
 def load_pair(config: Any) -> tuple[Any, Any]:
     """Teacher and student pipelines, checked for matching conditioning before any training."""
-    from edgegen.checkpoint import read_student_manifest
+    from edgegen.models.checkpoint import read_student_manifest
     from edgegen.errors import EdgegenError
-    from edgegen.teacher import load_pipeline
+    from edgegen.families.loading import load_pipeline
     from edgegen.trainers.kd import check_compatible
 
     teacher = load_pipeline(config.teacher)

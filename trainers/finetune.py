@@ -40,7 +40,7 @@ def denoising_step(pipeline: Any, unet: Any, text_encoder: Any, batch: dict[str,
 
 
 def prepare(config: FinetuneConfig, context: Context) -> Trainee:
-    from edgegen.teacher import load_pipeline
+    from edgegen.families.loading import load_pipeline
     from edgegen.trainers.outputs import save_trained_pipeline
 
     pipeline = load_pipeline(config.teacher)

@@ -365,7 +365,7 @@ def _progress(enabled: bool, total: int, completed: int):
         return nullcontext(None)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from edgegen.cli.output import console
+    from edgegen.terminal import console
 
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
 
@@ -381,7 +381,7 @@ def run_recipe(recipe: Recipe, config: TrainConfig, resume: bool = False, comman
     """Train ``recipe`` with ``config``; returns the output pipeline folder."""
     import torch
 
-    from edgegen.teacher import quiet_toolchains
+    from edgegen.families.loading import quiet_toolchains
 
     quiet_toolchains()
     rank, world_size, device = init_distributed()

@@ -55,7 +55,7 @@ def save_adapter(unet: Any, folder: Path) -> None:
 
 def merged_pipeline(teacher_dir: Path, adapter_dir: Path) -> Any:
     """The teacher with the saved adapter loaded through diffusers and fused into its weights."""
-    from edgegen.teacher import load_pipeline
+    from edgegen.families.loading import load_pipeline
 
     pipeline = load_pipeline(teacher_dir)
     pipeline.load_lora_weights(str(adapter_dir))
@@ -67,7 +67,7 @@ def merged_pipeline(teacher_dir: Path, adapter_dir: Path) -> Any:
 def prepare(config: LoraConfig, context: Context) -> Trainee:
     from peft import LoraConfig as PeftLoraConfig
 
-    from edgegen.teacher import load_pipeline
+    from edgegen.families.loading import load_pipeline
     from edgegen.trainers.finetune import denoising_step
     from edgegen.trainers.outputs import save_trained_pipeline
 

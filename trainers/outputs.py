@@ -15,8 +15,8 @@ def save_trained_pipeline(pipeline: Any, parent_dir: Path, folder: Path, summary
     A student keeps its ``edgegen_student.json`` (SCMAN's config lives there) with ``recipe`` set
     to what this run did, so the exporters and the pipeline runner rebuild it exactly.
     """
-    from edgegen.checkpoint import read_student_manifest, write_student
-    from edgegen.teacher import checkpoint_sha256
+    from edgegen.models.checkpoint import read_student_manifest, write_student
+    from edgegen.families.loading import checkpoint_sha256
     from edgegen.versions import versions_of
 
     for module in (pipeline.unet, pipeline.text_encoder, pipeline.vae):

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from edgegen.cli.output import console, fmt_db, print_json, quiet
+from edgegen.terminal import console, fmt_db, print_json, quiet
 
 
 def compare_command(
@@ -52,7 +52,7 @@ def compare_command(
         raise EdgegenError("the pipeline form takes --artifacts DIR, not an ARTIFACT_DIR argument")
     if student is None:
         raise EdgegenError("--prompts needs --student (the student pipeline folder)")
-    from edgegen.pipeline_compare import Budgets, read_prompts, run_comparison
+    from edgegen.measure.pipeline_fidelity import Budgets, read_prompts, run_comparison
 
     budgets = Budgets(
         min_psnr=min_psnr, min_faithfulness=min_faithfulness, max_fid_gap=max_fid_gap, min_ssim=min_ssim,
@@ -66,7 +66,7 @@ def compare_command(
     if json_output:
         print_json([r.model_dump(mode="json") for r in results])
     else:
-        from edgegen.cli.tables import pipeline_table
+        from edgegen.report.tables import pipeline_table
 
         console.print(pipeline_table(results))
         console.print(f"results: {output}")
@@ -80,7 +80,7 @@ def compare_command(
 
 
 def _compare_component(artifact_dir: Path, teacher: Path, threads: int, json_output: bool) -> None:
-    from edgegen.compare import compare_artifact
+    from edgegen.measure.component_fidelity import compare_artifact
 
     result = compare_artifact(artifact_dir, teacher, threads)
     if json_output:

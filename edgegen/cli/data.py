@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgegen.cli.output import console
+from edgegen.terminal import console
 
 data_app = typer.Typer(help="Datasets: the built-in shapes, and cleaning of image/caption/audio folders.", no_args_is_help=True)
 

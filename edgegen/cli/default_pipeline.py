@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgegen.cli.output import console, quiet
+from edgegen.terminal import console, quiet
 
 
 def default_pipeline_command(
@@ -21,7 +21,7 @@ def default_pipeline_command(
     quiet()
     from edgegen.artifact import atomic_folder
     from edgegen.errors import EdgegenError
-    from edgegen.models.tiny import build_embedded_default, build_embedded_student
+    from edgegen.embedded.builders import build_embedded_default, build_embedded_student
 
     if untrained and (student or few_step_student):
         raise EdgegenError("the committed students belong to the trained teacher; drop --untrained")

@@ -11,7 +11,7 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgegen.cli.output import console, fmt_db, fmt_kb, fmt_ms, quiet
+from edgegen.terminal import console, fmt_db, fmt_kb, fmt_ms, quiet
 from edgegen.errors import EdgegenError
 
 
@@ -29,9 +29,9 @@ def demo_command(
 ) -> None:
     """Teacher vs distilled student on every target here: export, profile, compare, and an HTML report."""
     quiet()
-    from edgegen.cli.tables import pipeline_table
-    from edgegen.demo import DEMO_PROMPTS, exportable_targets, run_demo
-    from edgegen.pipeline_compare import read_prompts
+    from edgegen.report.tables import pipeline_table
+    from edgegen.embedded.demo import DEMO_PROMPTS, exportable_targets, run_demo
+    from edgegen.measure.pipeline_fidelity import read_prompts
     from edgegen.registry import EXPORTERS
 
     targets = target or exportable_targets()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgegen.cli.output import console, fmt_db, fmt_kb, print_json, quiet
+from edgegen.terminal import console, fmt_db, fmt_kb, print_json, quiet
 
 
 def export_command(
@@ -24,7 +24,7 @@ def export_command(
 ) -> None:
     """Export pipeline components to TARGET, check parity against eager, write artifact folders."""
     quiet()
-    from edgegen.export import ExportOptions, export_pipeline
+    from edgegen.exporting.orchestration import ExportOptions, export_pipeline
 
     options = ExportOptions(backend=backend, quantize=quantize, min_psnr_db=min_psnr, batch_size=batch_size)
     with console.status(f"exporting to {target}..."):

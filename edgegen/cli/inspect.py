@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgegen.cli.output import console, fmt_db, fmt_kb, print_json
+from edgegen.terminal import console, fmt_db, fmt_kb, print_json
 
 
 def inspect_command(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgegen.cli.output import console, quiet
+from edgegen.terminal import console, quiet
 
 probe_app = typer.Typer(help="The caption-faithfulness probe: train it, score images, export its features for FID/KID.", no_args_is_help=True)
 
@@ -20,7 +20,7 @@ def train_command(
 ) -> None:
     """Train the colour/shape/position classifier on the built-in shapes and save it."""
     quiet()
-    from edgegen.probe import save_probe, train_probe
+    from edgegen.embedded.probe import save_probe, train_probe
 
     probe = train_probe(steps=steps, seed=seed)
     save_probe(probe, output)
@@ -40,8 +40,8 @@ def score_command(
     from PIL import Image
 
     from edgegen.errors import EdgegenError
-    from edgegen.pipeline_compare import read_prompts
-    from edgegen.probe import faithfulness, load_probe
+    from edgegen.measure.pipeline_fidelity import read_prompts
+    from edgegen.embedded.probe import faithfulness, load_probe
 
     model = load_probe(probe)
     captions = read_prompts(prompts)
@@ -63,6 +63,6 @@ def export_features_command(
 ) -> None:
     """Write the probe's feature extractor as ONNX, for `edgegen compare --feature-extractor`."""
     quiet()
-    from edgegen.probe import export_feature_extractor, load_probe
+    from edgegen.embedded.probe import export_feature_extractor, load_probe
 
     console.print(f"wrote {export_feature_extractor(load_probe(probe), output)}")

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from edgegen.cli.output import console, fmt_ms, print_json, quiet
-from edgegen.profiling import DEFAULT_RUNS, DEFAULT_WARMUP
+from edgegen.terminal import console, fmt_ms, print_json, quiet
+from edgegen.measure.profiling import DEFAULT_RUNS, DEFAULT_WARMUP
 
 
 def profile_command(
@@ -21,8 +21,8 @@ def profile_command(
 ) -> None:
     """Time ARTIFACT_DIR on its runtime (warm-up, p50/p90, load time) and measure peak memory."""
     quiet()
-    from edgegen.profiling import profile_artifact
-    from edgegen.remote import profile_on_device
+    from edgegen.measure.profiling import profile_artifact
+    from edgegen.measure.remote import profile_on_device
 
     with console.status(f"profiling {artifact_dir}{' on ' + device if device else ''}..."):
         if device:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgegen.cli.output import console
+from edgegen.terminal import console
 
 
 def report_command(
@@ -17,11 +17,11 @@ def report_command(
     screenshot: Annotated[Path | None, typer.Option(help="Also render the page with headless Chromium to this PNG.", show_default=False)] = None,
 ) -> None:
     """Write one self-contained HTML page: key table, image grid, latency tables and trade-off plots."""
-    from edgegen.report import write_report
+    from edgegen.report.html import write_report
 
     path = write_report(results, output, title)
     console.print(f"report: {path} ({path.stat().st_size / 1024:.0f} KiB)")
     if screenshot is not None:
-        from edgegen.render import screenshot as render
+        from edgegen.report.render import screenshot as render
 
         console.print(f"screenshot: {render(path, screenshot)}")

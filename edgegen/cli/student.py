@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgegen.cli.output import console, quiet
+from edgegen.terminal import console, quiet
 
 student_app = typer.Typer(help="Make compact SCMAN students of a teacher pipeline.", no_args_is_help=True)
 
@@ -28,7 +28,7 @@ def init_command(
 ) -> None:
     """Create a student: fewer/narrower blocks, SCMAN cross-attention, teacher-initialised weights."""
     quiet()
-    from edgegen.checkpoint import read_student_manifest
+    from edgegen.models.checkpoint import read_student_manifest
     from edgegen.models.student import make_student
 
     make_student(teacher, preset.value, output, force=force)

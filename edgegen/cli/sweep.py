@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgegen.cli.output import console, print_json, quiet
+from edgegen.terminal import console, print_json, quiet
 
 
 def sweep_command(
@@ -33,10 +33,10 @@ def sweep_command(
 ) -> None:
     """Sweep the student over targets x precision x steps and print the Pareto front."""
     quiet()
-    from edgegen.demo import exportable_targets
+    from edgegen.embedded.demo import exportable_targets
     from edgegen.errors import EdgegenError
-    from edgegen.pipeline_compare import read_prompts
-    from edgegen.sweep import SweepAxes, parse_list, run_sweep
+    from edgegen.measure.pipeline_fidelity import read_prompts
+    from edgegen.report.sweep import SweepAxes, parse_list, run_sweep
 
     if runs < 1:
         raise EdgegenError("--runs must be at least 1: the Pareto front needs latency and memory")
@@ -56,7 +56,7 @@ def sweep_command(
     if json_output:
         print_json({"results": [r.model_dump(mode="json") for r in outcome.results], "pareto": outcome.front.model_dump(mode="json")})
         return
-    from edgegen.cli.tables import pipeline_table
+    from edgegen.report.tables import pipeline_table
 
     on_front = set(outcome.front.front)
     ordered = sorted(outcome.results, key=lambda r: (r.case_id not in on_front, r.case_id))

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgegen.cli.output import console, print_json
+from edgegen.terminal import console, print_json
 
 
 def target_status() -> list[dict]:

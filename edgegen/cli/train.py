@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from edgegen.cli.output import console, quiet
+from edgegen.terminal import console, quiet
 
 
 def train_command(

@@ -97,10 +97,10 @@ def make_student(teacher_dir: Path, preset_name: str, output_dir: Path, force: b
     from diffusers import UNet2DConditionModel
 
     from edgegen.artifact import atomic_folder
-    from edgegen.checkpoint import write_student
+    from edgegen.models.checkpoint import write_student
     from edgegen.models.scman import SCMANConfig, install_scman
     from edgegen.schema.checkpoint import Initialisation, StudentManifest
-    from edgegen.teacher import checkpoint_sha256, load_pipeline
+    from edgegen.families.loading import checkpoint_sha256, load_pipeline
     from edgegen.versions import edgegen_version
 
     if preset_name not in PRESETS:

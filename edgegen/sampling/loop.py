@@ -87,7 +87,7 @@ class EdgePipeline:
         x = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))
         step_latents = []
         if self.plan.few_step_timesteps:
-            from edgegen.scheduling import few_step_update, predicted_clean
+            from edgegen.sampling.schedules import few_step_update, predicted_clean
 
             steps = list(self.plan.few_step_timesteps)
             for index, t in enumerate(steps):
@@ -113,7 +113,7 @@ class EdgePipeline:
 
 
 def _model_index(model_dir: Path) -> dict[str, Any]:
-    from edgegen.teacher import check_pipeline_dir
+    from edgegen.families.loading import check_pipeline_dir
 
     return json.loads((check_pipeline_dir(model_dir) / "model_index.json").read_text(encoding="utf-8"))
 
@@ -123,7 +123,7 @@ def load_tokenizer_and_scheduler(model_dir: Path) -> tuple[Any, Any]:
     import diffusers
     import transformers
 
-    from edgegen.teacher import quiet_toolchains
+    from edgegen.families.loading import quiet_toolchains
 
     quiet_toolchains()
     index = _model_index(model_dir)
@@ -139,7 +139,7 @@ def load_tokenizer_and_scheduler(model_dir: Path) -> tuple[Any, Any]:
 
 def sampling_plan(model_dir: Path, steps: int, guidance_scale: float, use_student_schedule: bool = True) -> SamplingPlan:
     """The folder's own few-step schedule if it has one (and it is wanted), else ``steps`` of its scheduler."""
-    from edgegen.checkpoint import read_student_manifest
+    from edgegen.models.checkpoint import read_student_manifest
 
     if steps < 1:
         raise EdgegenError("--steps must be at least 1")
@@ -169,8 +169,8 @@ def pipeline_family(model_dir: Path) -> str:
 def eager_runners(model_dir: Path) -> tuple[dict[str, Runner], Any]:
     import torch
 
-    from edgegen.components import COMPONENT_NAMES, build_component
-    from edgegen.teacher import load_pipeline
+    from edgegen.families.stable_diffusion import COMPONENT_NAMES, build_component
+    from edgegen.families.loading import load_pipeline
 
     pipeline = load_pipeline(model_dir)
     runners = {}
@@ -188,7 +188,7 @@ def eager_runners(model_dir: Path) -> tuple[dict[str, Runner], Any]:
 def check_artifacts(model_dir: Path, artifact_dirs: dict[str, Path]) -> dict[str, Any]:
     """Load the artifacts and refuse a set that did not come from ``model_dir``'s weights."""
     from edgegen.artifact import load_artifact
-    from edgegen.teacher import checkpoint_sha256
+    from edgegen.families.loading import checkpoint_sha256
 
     missing = [name for name in SUBFOLDERS if name not in artifact_dirs]
     if missing:

@@ -173,9 +173,9 @@ def build_embedded_student(teacher_dir: Path, output_dir: Path, kind: str = "dis
     from safetensors.torch import load_file
 
     from edgegen.artifact import atomic_folder
-    from edgegen.checkpoint import read_student_manifest, write_student
+    from edgegen.models.checkpoint import read_student_manifest, write_student
     from edgegen.models.student import make_student
-    from edgegen.teacher import load_pipeline
+    from edgegen.families.loading import load_pipeline
 
     if kind not in STUDENT_WEIGHTS:
         raise EdgegenError(f"unknown student '{kind}'; choose one of: {', '.join(STUDENT_WEIGHTS)}")

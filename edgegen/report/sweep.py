@@ -1,13 +1,13 @@
 """``edgegen sweep``: the student over targets x precision x steps (x SCMAN summary tokens), and
 the Pareto front of latency, memory and size against quality.
 
-Every cell is an ordinary whole-pipeline comparison (``edgegen.pipeline_compare``) appended to
+Every cell is an ordinary whole-pipeline comparison (``edgegen.measure.pipeline_fidelity``) appended to
 one JSON Lines results file, so the sweep resumes like ``compare`` does: exported artifacts that
 are already there are reused and finished cases are skipped. Summary-token variants are copies of
 the student folder with another SCMAN budget; only a ``pooled`` summary has no learned
 [S x M] matrix and can change its budget without retraining, so other students refuse the axis.
 A few-step student samples its own schedule whatever ``--steps`` says, so its steps axis has one
-value. The front is computed by ``edgegen.pareto`` over the student cases that ran and were
+value. The front is computed by ``edgegen.report.pareto`` over the student cases that ran and were
 timed; it is written beside the results (``<results>.pareto.json``).
 """
 
@@ -76,7 +76,7 @@ def parse_list(text: str, kind: type = str, option: str = "list") -> list:
 def summary_token_variant(student_dir: Path, tokens: int, workdir: Path) -> Path:
     """A copy of the student with another SCMAN summary budget (pooled summaries only)."""
     from edgegen.artifact import atomic_folder
-    from edgegen.checkpoint import read_student_manifest
+    from edgegen.models.checkpoint import read_student_manifest
     from edgegen.models.scman import SCMANConfig
     from edgegen.schema.base import write_json
     from edgegen.schema.checkpoint import STUDENT_MANIFEST_FILENAME
@@ -100,9 +100,9 @@ def summary_token_variant(student_dir: Path, tokens: int, workdir: Path) -> Path
 
 def export_cell(student_dir: Path, target: str, precision: str, root: Path, on_step: Callable[[str], None]) -> Path | None:
     """Export the student's three components for one cell into their own folder (reused if there)."""
-    from edgegen.components import COMPONENT_NAMES
-    from edgegen.demo import int8_scheme
-    from edgegen.export import ExportOptions, artifact_name, check_options, export_pipeline, get_exporter
+    from edgegen.families.stable_diffusion import COMPONENT_NAMES
+    from edgegen.embedded.demo import int8_scheme
+    from edgegen.exporting.orchestration import ExportOptions, artifact_name, check_options, export_pipeline, get_exporter
     from edgegen.schema.manifest import MANIFEST_FILENAME
 
     scheme = "none" if precision == "float" else int8_scheme(target)
@@ -131,7 +131,7 @@ def _cost_point(result: PipelineResult, quality: str) -> dict:
 
 def pareto_of(results: list[PipelineResult], quality: str = "psnr") -> ParetoFront:
     """The student cases no other student case beats on latency, memory, size and quality at once."""
-    from edgegen.pareto import pareto_front
+    from edgegen.report.pareto import pareto_front
 
     if quality not in QUALITY_METRICS:
         raise EdgegenError(f"unknown quality metric '{quality}'; choose from: {', '.join(QUALITY_METRICS)}")
@@ -170,8 +170,8 @@ def run_sweep(
     clip_dir: Path | None = None,
     on_step: Callable[[str], None] = lambda message: None,
 ) -> SweepOutcome:
-    from edgegen.pipeline_compare import run_comparison
-    from edgegen.teacher import check_pipeline_dir
+    from edgegen.measure.pipeline_fidelity import run_comparison
+    from edgegen.families.loading import check_pipeline_dir
 
     axes.check()
     if quality not in QUALITY_METRICS:

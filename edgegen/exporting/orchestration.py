@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edgegen.artifact import Artifact, atomic_folder, describe_files, load_artifact, write_manifest
-from edgegen.components import Component, build_component, calibration_inputs
+from edgegen.families.stable_diffusion import Component, build_component, calibration_inputs
 from edgegen.errors import EdgegenError, first_line
-from edgegen.metrics import worst_fidelity
+from edgegen.measure.metrics import worst_fidelity
 from edgegen.registry import EXPORTERS, RUNTIMES
 from edgegen.schema.manifest import (
     REFERENCE_FILENAME,
@@ -28,7 +28,7 @@ from edgegen.schema.manifest import (
     Source,
     TensorSpec,
 )
-from edgegen.teacher import checkpoint_sha256, load_pipeline
+from edgegen.families.loading import checkpoint_sha256, load_pipeline
 from edgegen.versions import edgegen_version, versions_of
 
 # Parity gates, exported vs eager on the reference inputs (PSNR over the reference's peak).
@@ -219,7 +219,7 @@ def export_pipeline(
     options: ExportOptions = ExportOptions(),
     force: bool = False,
 ) -> list[Artifact]:
-    from edgegen.components import pipeline_components
+    from edgegen.families.stable_diffusion import pipeline_components
 
     exporter = get_exporter(target)
     options = check_options(exporter, options)

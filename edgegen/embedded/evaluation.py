@@ -1,7 +1,7 @@
 """The shapes-grid evaluation of a pipeline: does it draw what every caption of the built-in data asks?
 
 Every colour x shape x position caption (48), seed i for caption i, sampled by the pipeline
-runner (``edgegen.pipeline``, eager components, one image at a time) and scored by the
+runner (``edgegen.sampling.loop``, eager components, one image at a time) and scored by the
 caption-faithfulness probe; optionally also image PSNR against reference images made from the
 same seeds (the teacher's), which is how close a student stays to its teacher image by image.
 Used by ``scripts/train_embedded_default.py`` and ``benchmarks/embedded_default_faithfulness.py``.
@@ -30,7 +30,7 @@ class GridImages:
 def generate_grid(model_dir: Path, steps: int, guidance_scale: float) -> GridImages:
     import numpy as np
 
-    from edgegen.pipeline import initial_latents, load_case, sampling_plan
+    from edgegen.sampling.loop import initial_latents, load_case, sampling_plan
 
     case = load_case(model_dir, None, sampling_plan(model_dir, steps, guidance_scale))
     generations = [case.generate(p, initial_latents(case.latent_shape, i), i) for i, p in enumerate(grid_prompts())]
@@ -41,8 +41,8 @@ def evaluate_grid(model_dir: Path, probe_dir: Path, steps: int, guidance_scale: 
     """Faithfulness (all three attributes, and each), steps, median ms per image, PSNR vs ``reference``."""
     import numpy as np
 
-    from edgegen.metrics import psnr_db
-    from edgegen.probe import faithfulness, load_probe
+    from edgegen.measure.metrics import psnr_db
+    from edgegen.embedded.probe import faithfulness, load_probe
 
     grid = generate_grid(model_dir, steps, guidance_scale)
     score = faithfulness(load_probe(probe_dir), grid.images, grid_prompts())

@@ -1,4 +1,4 @@
-"""Whole-pipeline latency and memory, measured in a fresh process (``python -m edgegen.pipeline_profile``).
+"""Whole-pipeline latency and memory, measured in a fresh process (``python -m edgegen.measure.pipeline_profile``).
 
 Cold load is the first load of every component in that process (files read, graphs built);
 warm load is a second load right after it. Then warm-up images and timed images of one prompt:
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgegen.errors import EdgegenError
-from edgegen.pipeline import SamplingPlan
+from edgegen.sampling.loop import SamplingPlan
 from edgegen.schema.pipeline import ComponentTiming, PipelineLatency, PipelineMemory
 
 PROFILE_PROMPT = "a red circle at the top left"
@@ -34,8 +34,8 @@ def _percentiles(values: list[float]) -> tuple[float, float, float]:
 def profile_in_this_process(model_dir: Path, artifact_dirs: dict[str, Path] | None, plan: SamplingPlan, warmup: int, runs: int, threads: int) -> tuple[PipelineLatency, PipelineMemory]:
     import torch
 
-    from edgegen.pipeline import check_artifacts, initial_latents, load_case, load_tokenizer_and_scheduler
-    from edgegen.profiling import peak_rss_mb, start_peak_window
+    from edgegen.sampling.loop import check_artifacts, initial_latents, load_case, load_tokenizer_and_scheduler
+    from edgegen.measure.profiling import peak_rss_mb, start_peak_window
     from edgegen.session import runtime_for
 
     torch.set_num_threads(threads)
@@ -88,7 +88,7 @@ def profile_pipeline(model_dir: Path, artifact_dirs: dict[str, Path] | None, pla
     """Profile one case in a fresh subprocess; its one-line error becomes ours."""
     if runs < 1 or warmup < 0:
         raise EdgegenError("--runs must be at least 1 and --warmup at least 0")
-    command = [sys.executable, "-m", "edgegen.pipeline_profile", str(model_dir), "--steps", str(plan.steps), "--guidance-scale", str(plan.guidance_scale), "--warmup", str(warmup), "--runs", str(runs), "--threads", str(threads)]
+    command = [sys.executable, "-m", "edgegen.measure.pipeline_profile", str(model_dir), "--steps", str(plan.steps), "--guidance-scale", str(plan.guidance_scale), "--warmup", str(warmup), "--runs", str(runs), "--threads", str(threads)]
     if plan.few_step_timesteps:
         command += ["--few-step", ",".join(map(str, plan.few_step_timesteps))]
     for name, folder in (artifact_dirs or {}).items():
@@ -103,7 +103,7 @@ def profile_pipeline(model_dir: Path, artifact_dirs: dict[str, Path] | None, pla
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgegen.pipeline_profile")
+    parser = argparse.ArgumentParser(prog="python -m edgegen.measure.pipeline_profile")
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--artifact", action="append", default=[])
     parser.add_argument("--steps", type=int, required=True)

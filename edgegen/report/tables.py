@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from edgegen.cli.output import fmt_db, fmt_ms
+from edgegen.terminal import fmt_db, fmt_ms
 from edgegen.schema.pipeline import PipelineResult
 
 KEY_COLUMNS = (

@@ -212,7 +212,7 @@ def build_component(
     if name == "denoiser" and qat_dir is not None:
         from functools import cache
 
-        from edgegen.qat import fake_quant_denoiser, quantized_denoiser
+        from edgegen.exporting.qat import fake_quant_denoiser, quantized_denoiser
 
         # Rebuilt once (export + prepare + load): an int8 export needs it as reference and to convert.
         fake_quant = cache(lambda: fake_quant_denoiser(pipeline, qat_dir, batch_size))

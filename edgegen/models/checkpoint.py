@@ -47,7 +47,7 @@ def restore_student(pipeline: Any, folder: Path) -> StudentManifest | None:
     if manifest is None:
         return manifest
     if manifest.recipe.get("qat"):
-        pipeline._edgegen_qat_dir = Path(folder)  # edgegen.qat rebuilds the learned int8 denoiser from it
+        pipeline._edgegen_qat_dir = Path(folder)  # edgegen.exporting.qat rebuilds the learned int8 denoiser from it
     if manifest.scman is None:
         return manifest
     from edgegen.models.scman import SCMANConfig, install_scman

@@ -22,7 +22,7 @@ def quiet() -> None:
     warnings.filterwarnings("ignore")
     # Converters (coremltools, executorch) set their loggers to INFO on import.
     logging.disable(logging.WARNING)
-    from edgegen.teacher import quiet_toolchains
+    from edgegen.families.loading import quiet_toolchains
 
     quiet_toolchains()
     import torch._logging

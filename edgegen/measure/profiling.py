@@ -1,6 +1,6 @@
 """The profiling harness: warm-up, timed runs, load time and peak memory of one artifact.
 
-Everything is measured in a fresh subprocess (``python -m edgegen.profiling``) so that the
+Everything is measured in a fresh subprocess (``python -m edgegen.measure.profiling``) so that the
 peak resident memory belongs to this artifact alone. The baseline is taken after the runtime's
 libraries are imported and before the model is loaded; ``added_mb`` is what the model cost.
 """
@@ -160,7 +160,7 @@ def profile_artifact(artifact_dir: Path, warmup: int = DEFAULT_WARMUP, runs: int
     if reason:
         raise EdgegenError(f"cannot profile {artifact_dir} here: {reason}")
     command = [
-        sys.executable, "-m", "edgegen.profiling", str(artifact_dir),
+        sys.executable, "-m", "edgegen.measure.profiling", str(artifact_dir),
         "--warmup", str(warmup), "--runs", str(runs), "--threads", str(threads),
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
@@ -173,7 +173,7 @@ def profile_artifact(artifact_dir: Path, warmup: int = DEFAULT_WARMUP, runs: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgegen.profiling")
+    parser = argparse.ArgumentParser(prog="python -m edgegen.measure.profiling")
     parser.add_argument("artifact_dir", type=Path)
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
     parser.add_argument("--runs", type=int, default=DEFAULT_RUNS)

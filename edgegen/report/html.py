@@ -123,8 +123,8 @@ td.prompt{text-align:left;max-width:220px} td.missing{color:#b00;font-style:ital
 
 
 def build_report(paths: list[Path], title: str = "edgegen report") -> str:
-    from edgegen import plots
-    from edgegen.cli.tables import KEY_COLUMNS, key_row
+    from edgegen.report import plots
+    from edgegen.report.tables import KEY_COLUMNS, key_row
 
     cases = read_results(paths)
     results = [r for r, _ in cases]

@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from edgegen.artifact import Artifact, load_artifact
-from edgegen.components import build_component
+from edgegen.families.stable_diffusion import build_component
 from edgegen.errors import EdgegenError
-from edgegen.metrics import worst_fidelity
-from edgegen.profiling import host_info
+from edgegen.measure.metrics import worst_fidelity
+from edgegen.measure.profiling import host_info
 from edgegen.schema.results import Quality, Result
 from edgegen.session import open_artifact
-from edgegen.teacher import checkpoint_sha256, load_pipeline
+from edgegen.families.loading import checkpoint_sha256, load_pipeline
 
 
 def compare_with_pipeline(artifact: Artifact, pipeline: Any, pipeline_dir: Path, threads: int = 1) -> Result:

@@ -50,7 +50,7 @@ def load_pipeline(pipeline_dir: Path) -> Any:
         )
     except Exception as error:  # diffusers raises many types for broken folders
         raise EdgegenError(f"cannot load pipeline {pipeline_dir}: {first_line(error)}") from None
-    from edgegen.checkpoint import restore_student
+    from edgegen.models.checkpoint import restore_student
 
     restore_student(pipeline, pipeline_dir)  # a student's SCMAN, which diffusers does not save
     return pipeline

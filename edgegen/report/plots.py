@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from edgegen.pareto import pareto_front
+from edgegen.report.pareto import pareto_front
 from edgegen.schema.pipeline import PipelineResult
 
 

@@ -176,7 +176,7 @@ def export_feature_extractor(probe: Probe, path: Path) -> Path:
 
     import torch
 
-    from edgegen.metrics import psnr_db
+    from edgegen.measure.metrics import psnr_db
 
     class Features(torch.nn.Module):
         def __init__(self, network):

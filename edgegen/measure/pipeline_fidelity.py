@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from edgegen.errors import EdgegenError
-from edgegen.metrics import psnr_db
-from edgegen.pipeline import SUBFOLDERS, Generation, SamplingPlan, check_artifacts, initial_latents, load_case, pipeline_family, sampling_plan
+from edgegen.measure.metrics import psnr_db
+from edgegen.sampling.loop import SUBFOLDERS, Generation, SamplingPlan, check_artifacts, initial_latents, load_case, pipeline_family, sampling_plan
 from edgegen.schema.base import StrictModel
 from edgegen.schema.pipeline import (
     BudgetCheck,
@@ -190,7 +190,7 @@ def read_results(results_path: Path) -> list[PipelineResult]:
 
 
 def scman_summary_tokens(model_dir: Path) -> int | None:
-    from edgegen.checkpoint import read_student_manifest
+    from edgegen.models.checkpoint import read_student_manifest
 
     manifest = read_student_manifest(model_dir)
     return (manifest.scman or {}).get("summary_tokens") if manifest else None
@@ -233,10 +233,10 @@ def run_comparison(
     student_label: str = "student",
     on_step: Callable[[str], None] = lambda message: None,
 ) -> list[PipelineResult]:
-    from edgegen.profiling import host_info
-    from edgegen.quality import OnnxFeatures, clip_score, distribution_gap, image_psnr_db, image_ssim
+    from edgegen.measure.profiling import host_info
+    from edgegen.measure.quality import OnnxFeatures, clip_score, distribution_gap, image_psnr_db, image_ssim
     from edgegen.session import runtime_for
-    from edgegen.teacher import check_pipeline_dir, checkpoint_sha256
+    from edgegen.families.loading import check_pipeline_dir, checkpoint_sha256
 
     teacher_dir, student_dir = check_pipeline_dir(teacher_dir), check_pipeline_dir(student_dir)
     budgets.refuse_unmeasurable(probe_dir, feature_extractor, clip_dir)
@@ -245,7 +245,7 @@ def run_comparison(
         raise EdgegenError(f"{student_dir} does not share {teacher_dir}'s tokenizer and latent space; their images cannot be compared")
     probe = None
     if probe_dir is not None:
-        from edgegen.probe import load_probe
+        from edgegen.embedded.probe import load_probe
 
         probe = load_probe(probe_dir)
     extractor = OnnxFeatures(feature_extractor) if feature_extractor is not None else None
@@ -327,7 +327,7 @@ def run_comparison(
             )
         faithful = None
         if probe is not None:
-            from edgegen.probe import faithfulness
+            from edgegen.embedded.probe import faithfulness
 
             faithful = faithfulness(probe, outcome.images, prompts).fraction_all
             if case.role == "teacher":
@@ -353,7 +353,7 @@ def run_comparison(
         latency = memory = None
         if case.case_id not in done and runs > 0:
             on_step(f"profiling {case.case_id}")
-            from edgegen.pipeline_profile import profile_pipeline
+            from edgegen.measure.pipeline_profile import profile_pipeline
 
             latency, memory = profile_pipeline(role_dir, case.artifact_dirs, case.plan, warmup, runs, threads)
         result = PipelineResult(**base, images_dir=str(images_dir), latency=latency, memory=memory, export_fidelity=fidelity, distillation_gap=gap)

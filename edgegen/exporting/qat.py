@@ -34,7 +34,7 @@ def prepare_fake_quant(module: Any, example_args: tuple) -> Any:
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    from edgegen.pt2e import zero_uninitialised
+    from edgegen.exporting.pt2e import zero_uninitialised
 
     program = torch.export.export(module, example_args, strict=False)
     return prepare_qat_pt2e(zero_uninitialised(program.module()), qat_quantizer())
@@ -49,7 +49,7 @@ def fake_quant_denoiser(pipeline: Any, pipeline_dir: Path, batch_size: int = 1) 
     import torch
     from safetensors.torch import load_file
 
-    from edgegen.components import build_component
+    from edgegen.families.stable_diffusion import build_component
 
     path = qat_state_path(pipeline_dir)
     if not path.is_file():

@@ -55,7 +55,7 @@ class DemoOutcome:
 
 
 def ensure_default_pipeline(folder: Path) -> Path:
-    from edgegen.models.tiny import build_embedded_default
+    from edgegen.embedded.builders import build_embedded_default
 
     if not (folder / "model_index.json").is_file():
         with atomic_folder(folder, force=True) as staging:
@@ -64,7 +64,7 @@ def ensure_default_pipeline(folder: Path) -> Path:
 
 
 def ensure_default_student(folder: Path, teacher_dir: Path, kind: str) -> Path:
-    from edgegen.models.tiny import build_embedded_student
+    from edgegen.embedded.builders import build_embedded_student
 
     if not (folder / "model_index.json").is_file():
         build_embedded_student(teacher_dir, folder, kind)
@@ -96,7 +96,7 @@ def int8_scheme(target: str) -> str | None:
 
 def plan(targets: list[str], precisions: list[str]) -> list[tuple[str, str, str]]:
     """(component, target, quantization scheme) for every combination that exists."""
-    from edgegen.components import COMPONENT_NAMES
+    from edgegen.families.stable_diffusion import COMPONENT_NAMES
 
     cases = []
     for target in targets:
@@ -115,16 +115,16 @@ def run_demo(
     prompts: list[str] = list(DEMO_PROMPTS),
     on_step: Callable[[str], None] = lambda message: None,
 ) -> DemoOutcome:
-    from edgegen.compare import compare_with_pipeline
-    from edgegen.export import ExportOptions, export_component
-    from edgegen.models.tiny import PROBE_DIR
-    from edgegen.pipeline_compare import run_comparison
-    from edgegen.probe import export_feature_extractor, load_probe
-    from edgegen.profiling import profile_artifact
-    from edgegen.render import find_chromium, screenshot
-    from edgegen.report import write_report
+    from edgegen.measure.component_fidelity import compare_with_pipeline
+    from edgegen.exporting.orchestration import ExportOptions, export_component
+    from edgegen.embedded.builders import PROBE_DIR
+    from edgegen.measure.pipeline_fidelity import run_comparison
+    from edgegen.embedded.probe import export_feature_extractor, load_probe
+    from edgegen.measure.profiling import profile_artifact
+    from edgegen.report.render import find_chromium, screenshot
+    from edgegen.report.html import write_report
     from edgegen.session import runtime_for
-    from edgegen.teacher import load_pipeline
+    from edgegen.families.loading import load_pipeline
 
     workdir = Path(workdir)
     on_step("writing the trained embedded default teacher and students")

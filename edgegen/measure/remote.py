@@ -1,7 +1,7 @@
 """Profile an artifact on a remote device over ssh (a Jetson, a Linux phone or board).
 
 The device needs Python and edgegen with the artifact's runtime installed. The artifact folder
-is copied over with scp, ``python -m edgegen.profiling`` runs there, and its one-line result
+is copied over with scp, ``python -m edgegen.measure.profiling`` runs there, and its one-line result
 JSON (the same schema as local profiling) comes back. A device that does not answer within
 the timeout is one clear error, never a hang.
 """
@@ -58,7 +58,7 @@ def profile_on_device(artifact_dir: Path, address: str, warmup: int, runs: int, 
     remote = f"{REMOTE_DIR}/{artifact.folder.name}-{artifact.manifest.files[0].sha256[:12]}"
     _run(["ssh", *_ssh_options(), host, f"mkdir -p {shlex.quote(REMOTE_DIR)} && rm -rf {shlex.quote(remote)}"], f"preparing {host}", 60)
     _run(["scp", "-q", "-r", *_ssh_options(), str(artifact.folder), f"{host}:{remote}"], f"copying to {host}", timeout_s)
-    command = f"{shlex.quote(python)} -m edgegen.profiling {shlex.quote(remote)} --warmup {warmup} --runs {runs} --threads {threads}"
+    command = f"{shlex.quote(python)} -m edgegen.measure.profiling {shlex.quote(remote)} --warmup {warmup} --runs {runs} --threads {threads}"
     output = _run(["ssh", *_ssh_options(), host, command], f"profiling on {host}", timeout_s)
     lines = [line for line in output.strip().splitlines() if line.startswith("{")]
     if not lines:
