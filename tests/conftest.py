@@ -48,9 +48,3 @@ def exported(pipeline, pipeline_dir, artifact_root):
 
     return get
 
-
-def runnable_targets() -> list[str]:
-    """Targets this machine can both export to and run (the demo's own rule)."""
-    from edgegen.embedded.demo import usable_targets
-
-    return usable_targets()

@@ -5,16 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import runnable_targets
 from edgegen.families.stable_diffusion import COMPONENT_NAMES
 from edgegen.errors import EdgegenError
 from edgegen.exporting.orchestration import ExportOptions, export_component
 from edgegen.session import open_artifact
+from tests.helpers import require_runtime
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif("tflite" not in runnable_targets(), reason="litert-torch / ai-edge-litert not installed"),
-]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _tflite_runs_here():
+    require_runtime("tflite")  # pinned in pyproject's [tflite] extra: missing fails, never skips
 
 
 def test_int64_token_ids_are_recorded_as_int32_and_still_accepted(exported):
