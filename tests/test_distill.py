@@ -53,14 +53,23 @@ def test_distill_losses_fall_and_the_student_exports(pipeline, pipeline_dir, stu
 def test_conditioning_mismatch_is_refused_before_training(pipeline_dir, student_dir, tmp_path):
     import shutil
 
+    from diffusers import UNet2DConditionModel
+
+    from edgegen.families.loading import load_pipeline
+
+    # A student that loads (its UNet's weights fit its config) but cross-attends to 48-wide
+    # embeddings, where the teacher's text encoder makes wider ones.
     other = tmp_path / "other"
     shutil.copytree(student_dir, other)
-    config = json.loads((other / "unet" / "config.json").read_text())
-    config["cross_attention_dim"] = 48
-    (other / "unet" / "config.json").write_text(json.dumps(config))
+    config = UNet2DConditionModel.load_config(other / "unet")
+    assert config["cross_attention_dim"] != 48
+    shutil.rmtree(other / "unet")
+    UNet2DConditionModel.from_config({**config, "cross_attention_dim": 48}).save_pretrained(other / "unet")
+    assert load_pipeline(other).unet.config.cross_attention_dim == 48
+
     result = CliRunner().invoke(app, ["train", "distill", f"teacher={pipeline_dir}", f"student={other}", f"output={tmp_path / 'x'}", SMALL_DATA])
     assert result.exit_code == 2
-    assert "conditioning do not match" in result.stderr or "cannot load" in result.stderr
+    assert "conditioning do not match" in result.stderr and "cross_attention_dim" in result.stderr
     assert not (tmp_path / "x").exists()
 
 
