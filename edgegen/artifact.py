@@ -47,26 +47,48 @@ def describe_files(folder: Path, exclude: tuple[str, ...] = (MANIFEST_FILENAME,)
     return entries
 
 
+@dataclass
+class Staging:
+    """A hidden folder beside ``destination`` that becomes it on ``commit()``."""
+
+    folder: Path
+    destination: Path
+
+    def commit(self) -> None:
+        if self.destination.exists():
+            retired = self.destination.with_name(f".{self.destination.name}.replaced-{os.getpid()}")
+            os.replace(self.destination, retired)
+            os.replace(self.folder, self.destination)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(self.folder, self.destination)
+
+
 @contextlib.contextmanager
-def atomic_folder(destination: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder that becomes ``destination`` only if the block completes."""
+def staged_folder(destination: Path, force: bool = False) -> Iterator[Staging]:
+    """Yield a staging folder for ``destination``; whatever was not committed is removed on exit.
+
+    Several of these in one ``ExitStack``, committed together at the end, make a
+    multi-artifact write all-or-nothing.
+    """
     destination = destination.resolve()
     if destination.exists() and not force:
         raise EdgegenError(f"{destination} already exists; pass --force to replace it")
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
+    staging = Staging(Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent)), destination)
     try:
         yield staging
-        if destination.exists():
-            retired = destination.with_name(f".{destination.name}.replaced-{os.getpid()}")
-            os.replace(destination, retired)
-            os.replace(staging, destination)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, destination)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        if staging.folder.exists():
+            shutil.rmtree(staging.folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(destination: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder that becomes ``destination`` only if the block completes."""
+    with staged_folder(destination, force) as staging:
+        yield staging.folder
+        staging.commit()
 
 
 @dataclass(frozen=True)

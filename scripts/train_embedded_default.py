@@ -98,7 +98,7 @@ def package(work: Path, log: dict) -> None:
         if scman.exists():
             weights.update(load_file(str(scman)))
         save_file(weights, str(tiny.STUDENT_WEIGHTS[kind]))
-        students[kind] = {"preset": manifest.preset, "recipe": manifest.recipe}
+        students[kind] = manifest.model_dump(mode="json", include={"preset", "recipe", "sampling", "qat"})
     tiny.STUDENT_PROVENANCE.write_text(json.dumps(students, indent=2) + "\n")
     shutil.rmtree(tiny.PROBE_DIR, ignore_errors=True)
     shutil.copytree(work / "probe", tiny.PROBE_DIR)

@@ -94,16 +94,18 @@ def prepare(config: AdversarialConfig, context: Context) -> Trainee:
     from edgegen.trainers.distill import kd_batch, load_pair
     from edgegen.trainers.outputs import save_trained_pipeline
 
-    teacher, student = load_pair(config)
-    scheduler = teacher.scheduler
+    pair = load_pair(config)
+    student = pair.student
+    teacher_unet, student_unet = pair.teacher_nets.denoiser, pair.student_nets.denoiser
+    scheduler = pair.teacher.scheduler
     schedule = sampling_timesteps(config.sampling_steps, scheduler.config.num_train_timesteps)
-    size = teacher.unet.config.sample_size
+    size = teacher_unet.config.sample_size
     example = (
-        torch.zeros(1, teacher.unet.config.in_channels, size, size),
+        torch.zeros(1, teacher_unet.config.in_channels, size, size),
         torch.tensor([0]),
-        torch.zeros(1, teacher.tokenizer.model_max_length, teacher.unet.config.cross_attention_dim),
+        torch.zeros(1, pair.teacher_nets.tokenizer.model_max_length, teacher_unet.config.cross_attention_dim),
     )
-    discriminator = Discriminator(teacher.unet, teacher.text_encoder.config.hidden_size, example)
+    discriminator = Discriminator(teacher_unet, pair.teacher_nets.encoder.config.hidden_size, example)
 
     if config.qat:
         from edgegen.trainers.qat import prepare_qat_denoiser
@@ -113,22 +115,22 @@ def prepare(config: AdversarialConfig, context: Context) -> Trainee:
         def student_predict(x, t, e):
             return network(x, t.float(), e)
     else:
-        network = student.unet
+        network = student_unet
 
         def student_predict(x, t, e):
-            return predict(student.unet, x, t, e)
+            return predict(student_unet, x, t, e)
 
     generator_optimizer = make_optimizer([p for p in network.parameters() if p.requires_grad], config, betas=(0.0, 0.99))
     discriminator_optimizer = make_optimizer(list(discriminator.heads.parameters()), config, config.discriminator_learning_rate, betas=(0.0, 0.99))
     generator_schedule = warmup_cosine(generator_optimizer, config)
 
     def step(batch: dict[str, Any], index: int, ctx: Context) -> dict[str, float]:
-        shared = kd_batch(teacher, batch, index, ctx, config.caption_dropout)
+        shared = kd_batch(pair, batch, index, ctx, config.caption_dropout)
         draw = ctx.generator(index, stream=1)
         real, embeddings = shared["latents"], shared["embeddings"]
         batch_size = real.shape[0]
         start = torch.randn(real.shape, generator=draw)
-        target = teacher_sample(teacher.unet, scheduler.config, start, embeddings, config.teacher_steps)
+        target = teacher_sample(teacher_unet, scheduler.config, start, embeddings, config.teacher_steps)
         estimates = few_step_estimates(student_predict, scheduler, start, embeddings, schedule)
         fake = estimates[-1]
 

@@ -1,7 +1,7 @@
 """The denoising objective of a diffusers text-to-image pipeline, as plain functions.
 
 Images are VAE-encoded (frozen), noised at random timesteps with the pipeline's scheduler, and
-the UNet predicts the noise (or v, per ``prediction_type``) conditioned on the caption's text
+the denoiser predicts the noise (or v, per ``prediction_type``) conditioned on the caption's text
 embeddings. Every random draw takes a generator so that runs resume exactly.
 """
 
@@ -29,10 +29,10 @@ def drop_captions(captions: list[str], probability: float, generator: Any) -> li
     return [caption if kept else "" for caption, kept in zip(captions, keep.tolist())]
 
 
-def encode_text(pipeline: Any, text_encoder: Any, captions: list[str]) -> Any:
-    from edgegen.families.stable_diffusion import tokenize
+def encode_text(tokenizer: Any, text_encoder: Any, captions: list[str]) -> Any:
+    from edgegen.families.base import tokenize
 
-    return text_encoder(tokenize(pipeline, captions), return_dict=False)[0]
+    return text_encoder(tokenize(tokenizer, captions).input_ids, return_dict=False)[0]
 
 
 def noisy_latents(scheduler: Any, latents: Any, generator: Any, timesteps: Any = None) -> tuple[Any, Any, Any]:

@@ -15,6 +15,7 @@ the learned int8 scales (see ``edgegen.trainers.qat``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,37 +36,52 @@ class DistillConfig(TrainConfig):
     qat: bool = False
 
 
-def load_pair(config: Any) -> tuple[Any, Any]:
+@dataclass
+class Pair:
+    """Teacher and student pipelines with their networks by role (edgegen.families.Networks)."""
+
+    teacher: Any
+    student: Any
+    teacher_nets: Any
+    student_nets: Any
+
+
+def load_pair(config: Any) -> Pair:
     """Teacher and student pipelines, checked for matching conditioning before any training."""
-    from edgegen.models.checkpoint import read_student_manifest
     from edgegen.errors import EdgegenError
+    from edgegen.families import networks_of
     from edgegen.families.loading import load_pipeline
+    from edgegen.models.checkpoint import read_student_manifest
     from edgegen.trainers.kd import check_compatible
 
     teacher = load_pipeline(config.teacher)
     student = load_pipeline(config.student)
     if read_student_manifest(config.student) is None:
         raise EdgegenError(f"{config.student} is not a student folder (no edgegen_student.json); make one with `edgegen student init`")
-    check_compatible(teacher, student)
-    for module in (teacher.unet, teacher.text_encoder, teacher.vae):
+    teacher_nets, student_nets = networks_of(config.teacher, teacher), networks_of(config.student, student)
+    check_compatible(teacher_nets, student_nets)
+    for module in teacher_nets.all():
         module.requires_grad_(False).eval()
-    # One conditioning for both: the student ships with the teacher's text encoder and VAE.
-    student.text_encoder, student.vae, student.tokenizer = teacher.text_encoder, teacher.vae, teacher.tokenizer
-    student.register_modules(text_encoder=teacher.text_encoder, vae=teacher.vae, tokenizer=teacher.tokenizer)
-    return teacher, student
+    # One conditioning for both: the student ships with the teacher's encoder, tokenizer and VAE.
+    shared = {teacher_nets.subfolders[role]: getattr(teacher_nets, role) for role in ("encoder", "decoder", "tokenizer")}
+    for name, module in shared.items():
+        setattr(student, name, module)
+    student.register_modules(**shared)
+    return Pair(teacher, student, teacher_nets, networks_of(config.student, student))
 
 
-def kd_batch(teacher: Any, batch: dict[str, Any], step: int, context: Context, caption_dropout: float) -> dict[str, Any]:
+def kd_batch(pair: Pair, batch: dict[str, Any], step: int, context: Context, caption_dropout: float) -> dict[str, Any]:
     """Noisy latents, timesteps, embeddings and targets shared by teacher and student."""
     import torch
 
     from edgegen.trainers.denoising import drop_captions, encode_images, encode_text, noisy_latents, prediction_target
 
+    teacher, nets = pair.teacher, pair.teacher_nets
     generator = context.generator(step)
-    latents = encode_images(teacher.vae, batch["pixel_values"], generator)
+    latents = encode_images(nets.decoder, batch["pixel_values"], generator)
     captions = drop_captions(batch["caption"], caption_dropout, generator)
     with torch.no_grad():
-        embeddings = encode_text(teacher, teacher.text_encoder, captions)
+        embeddings = encode_text(nets.tokenizer, nets.encoder, captions)
     noisy, timesteps, noise = noisy_latents(teacher.scheduler, latents, generator)
     return {
         "latents": latents,
@@ -84,23 +100,25 @@ def prepare(config: DistillConfig, context: Context) -> Trainee:
     from edgegen.trainers.kd import FeatureTap, feature_loss, matching_blocks, projection_heads
     from edgegen.trainers.outputs import save_trained_pipeline
 
-    teacher, student = load_pair(config)
-    size = student.unet.config.sample_size
+    pair = load_pair(config)
+    student = pair.student
+    teacher_unet, student_unet = pair.teacher_nets.denoiser, pair.student_nets.denoiser
+    size = student_unet.config.sample_size
     example = (
-        torch.zeros(1, student.unet.config.in_channels, size, size),
+        torch.zeros(1, student_unet.config.in_channels, size, size),
         torch.tensor([500]),
-        torch.zeros(1, student.tokenizer.model_max_length, student.unet.config.cross_attention_dim),
+        torch.zeros(1, pair.student_nets.tokenizer.model_max_length, student_unet.config.cross_attention_dim),
     )
     use_features = config.feature_weight > 0 and not config.qat
-    channels = matching_blocks(teacher.unet, student.unet, example) if use_features else {}
+    channels = matching_blocks(teacher_unet, student_unet, example) if use_features else {}
     if config.feature_blocks is not None and use_features:
         unknown = [name for name in config.feature_blocks if name not in channels]
         if unknown:
             raise EdgegenError(f"feature_blocks {', '.join(unknown)} are not blocks of both networks at the same resolution; choose from {', '.join(channels)}")
         channels = {name: channels[name] for name in config.feature_blocks}
     heads = projection_heads(channels)
-    teacher_tap = FeatureTap(teacher.unet, list(channels)) if channels else None
-    student_tap = FeatureTap(student.unet, list(channels)) if channels else None
+    teacher_tap = FeatureTap(teacher_unet, list(channels)) if channels else None
+    student_tap = FeatureTap(student_unet, list(channels)) if channels else None
 
     if config.qat:
         from edgegen.trainers.qat import prepare_qat_denoiser
@@ -111,20 +129,20 @@ def prepare(config: DistillConfig, context: Context) -> Trainee:
         def student_predict(noisy, timesteps, embeddings):
             return denoiser(noisy, timesteps.float(), embeddings)
     else:
-        modules = {"student": student.unet}
+        modules = {"student": student_unet}
         if channels:
             modules["heads"] = heads
 
         def student_predict(noisy, timesteps, embeddings):
-            return predict(student.unet, noisy, timesteps, embeddings)
+            return predict(student_unet, noisy, timesteps, embeddings)
 
     optimizer = make_optimizer([p for m in modules.values() for p in m.parameters() if p.requires_grad], config)
     schedule = warmup_cosine(optimizer, config)
 
     def step(batch: dict[str, Any], index: int, ctx: Context) -> dict[str, float]:
-        shared = kd_batch(teacher, batch, index, ctx, config.caption_dropout)
+        shared = kd_batch(pair, batch, index, ctx, config.caption_dropout)
         with torch.no_grad():
-            teacher_prediction = predict(teacher.unet, shared["noisy"], shared["timesteps"], shared["embeddings"])
+            teacher_prediction = predict(teacher_unet, shared["noisy"], shared["timesteps"], shared["embeddings"])
         prediction = student_predict(shared["noisy"], shared["timesteps"], shared["embeddings"])
         terms = {
             "denoise": torch.nn.functional.mse_loss(prediction, shared["target"]),
@@ -146,14 +164,14 @@ def prepare(config: DistillConfig, context: Context) -> Trainee:
             return
         save_trained_pipeline(student, config.student, folder, summary, details)
 
-    trainable = sum(p.numel() for p in student.unet.parameters())
+    trainable = sum(p.numel() for p in student_unet.parameters())
     return Trainee(
         modules=modules,
         optimizers={"student": optimizer},
         schedulers={"student": schedule},
         step=step,
         save=save,
-        summary={"student_parameters": trainable, "teacher_parameters": sum(p.numel() for p in teacher.unet.parameters())},
+        summary={"student_parameters": trainable, "teacher_parameters": sum(p.numel() for p in teacher_unet.parameters())},
     )
 
 

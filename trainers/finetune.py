@@ -24,33 +24,35 @@ class FinetuneConfig(TrainConfig):
     text_encoder_learning_rate: float | None = Field(None, gt=0)
 
 
-def denoising_step(pipeline: Any, unet: Any, text_encoder: Any, batch: dict[str, Any], step: int, context: Context, caption_dropout: float) -> Any:
-    """The denoising loss of one batch (not yet backpropagated)."""
+def denoising_step(pipeline: Any, nets: Any, batch: dict[str, Any], step: int, context: Context, caption_dropout: float) -> Any:
+    """The denoising loss of one batch (not yet backpropagated); ``nets``: the pipeline's networks by role."""
     import torch
 
     from edgegen.trainers.denoising import drop_captions, encode_images, encode_text, noisy_latents, predict, prediction_target
 
     generator = context.generator(step)
-    latents = encode_images(pipeline.vae, batch["pixel_values"], generator)
+    latents = encode_images(nets.decoder, batch["pixel_values"], generator)
     captions = drop_captions(batch["caption"], caption_dropout, generator)
-    embeddings = encode_text(pipeline, text_encoder, captions)
+    embeddings = encode_text(nets.tokenizer, nets.encoder, captions)
     noisy, timesteps, noise = noisy_latents(pipeline.scheduler, latents, generator)
-    prediction = predict(unet, noisy, timesteps, embeddings)
+    prediction = predict(nets.denoiser, noisy, timesteps, embeddings)
     return torch.nn.functional.mse_loss(prediction, prediction_target(pipeline.scheduler, latents, noise, timesteps))
 
 
 def prepare(config: FinetuneConfig, context: Context) -> Trainee:
+    from edgegen.families import networks_of
     from edgegen.families.loading import load_pipeline
     from edgegen.trainers.outputs import save_trained_pipeline
 
     pipeline = load_pipeline(config.teacher)
-    unet, text_encoder = pipeline.unet, pipeline.text_encoder
-    pipeline.vae.requires_grad_(False).eval()
+    nets = networks_of(config.teacher, pipeline)
+    denoiser, text_encoder = nets.denoiser, nets.encoder
+    nets.decoder.requires_grad_(False).eval()
     text_encoder.requires_grad_(config.train_text_encoder)
-    modules = {"unet": unet}
-    groups = [{"params": [p for p in unet.parameters() if p.requires_grad]}]
+    modules = {nets.subfolders["denoiser"]: denoiser}
+    groups = [{"params": [p for p in denoiser.parameters() if p.requires_grad]}]
     if config.train_text_encoder:
-        modules["text_encoder"] = text_encoder
+        modules[nets.subfolders["encoder"]] = text_encoder
         groups.append({"params": list(text_encoder.parameters()), "lr": config.text_encoder_learning_rate or config.learning_rate})
     else:
         text_encoder.eval()
@@ -58,12 +60,12 @@ def prepare(config: FinetuneConfig, context: Context) -> Trainee:
     schedule = warmup_cosine(optimizer, config)
 
     def step(batch: dict[str, Any], index: int, ctx: Context) -> dict[str, float]:
-        loss = denoising_step(pipeline, unet, text_encoder, batch, index, ctx, config.caption_dropout)
+        loss = denoising_step(pipeline, nets, batch, index, ctx, config.caption_dropout)
         optimise(optimizer, loss, list(modules.values()), ctx)
         return {"loss": loss.item()}
 
     trainable = sum(p.numel() for m in modules.values() for p in m.parameters() if p.requires_grad)
-    total = sum(p.numel() for m in (unet, text_encoder, pipeline.vae) for p in m.parameters())
+    total = sum(p.numel() for m in nets.all() for p in m.parameters())
     return Trainee(
         modules=modules,
         optimizers={"model": optimizer},

@@ -85,21 +85,21 @@ def feature_loss(heads: Any, student_features: dict[str, Any], teacher_features:
 
 
 def check_compatible(teacher: Any, student: Any) -> None:
-    """Teacher and student must share the conditioning and the latent space; one line if not."""
+    """Teacher and student (edgegen.families.Networks) must share the conditioning and the latent space."""
     problems = []
-    t, s = teacher.unet.config, student.unet.config
+    t, s = teacher.denoiser.config, student.denoiser.config
     if t.cross_attention_dim != s.cross_attention_dim:
         problems.append(f"cross_attention_dim {t.cross_attention_dim} vs {s.cross_attention_dim}")
     if t.in_channels != s.in_channels or t.out_channels != s.out_channels:
         problems.append(f"latent channels {t.in_channels} vs {s.in_channels}")
     if t.sample_size != s.sample_size:
         problems.append(f"latent size {t.sample_size} vs {s.sample_size}")
-    hidden = teacher.text_encoder.config.hidden_size
+    hidden = teacher.encoder.config.hidden_size
     if hidden != s.cross_attention_dim:
         problems.append(f"the teacher's text embeddings are {hidden} wide, the student's cross-attention takes {s.cross_attention_dim}")
     if teacher.tokenizer.model_max_length != student.tokenizer.model_max_length:
         problems.append(f"prompt length {teacher.tokenizer.model_max_length} vs {student.tokenizer.model_max_length}")
-    if teacher.vae.config.latent_channels != student.vae.config.latent_channels:
+    if teacher.decoder.config.latent_channels != student.decoder.config.latent_channels:
         problems.append("the VAEs' latent channels differ")
     if problems:
         raise EdgegenError("teacher and student conditioning do not match: " + "; ".join(problems))

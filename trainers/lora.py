@@ -67,13 +67,15 @@ def merged_pipeline(teacher_dir: Path, adapter_dir: Path) -> Any:
 def prepare(config: LoraConfig, context: Context) -> Trainee:
     from peft import LoraConfig as PeftLoraConfig
 
+    from edgegen.families import networks_of
     from edgegen.families.loading import load_pipeline
     from edgegen.trainers.finetune import denoising_step
     from edgegen.trainers.outputs import save_trained_pipeline
 
     pipeline = load_pipeline(config.teacher)
-    unet, text_encoder = pipeline.unet, pipeline.text_encoder
-    for module in (unet, text_encoder, pipeline.vae):
+    nets = networks_of(config.teacher, pipeline)
+    unet = nets.denoiser
+    for module in nets.all():
         module.requires_grad_(False).eval()
     unet.add_adapter(
         PeftLoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, init_lora_weights="gaussian", target_modules=target_modules(config))
@@ -85,7 +87,7 @@ def prepare(config: LoraConfig, context: Context) -> Trainee:
 
     def step(batch: dict[str, Any], index: int, ctx: Context) -> dict[str, float]:
         unet.train()
-        loss = denoising_step(pipeline, unet, text_encoder, batch, index, ctx, config.caption_dropout)
+        loss = denoising_step(pipeline, nets, batch, index, ctx, config.caption_dropout)
         optimise(optimizer, loss, [adapters], ctx)
         return {"loss": loss.item()}
 
@@ -100,7 +102,7 @@ def prepare(config: LoraConfig, context: Context) -> Trainee:
         save_trained_pipeline(merged_pipeline(config.teacher, adapter_dir), config.teacher, folder, summary, {**details, "merged": True})
 
     trainable = sum(p.numel() for p in adapters.parameters())
-    base = sum(p.numel() for m in (unet, text_encoder, pipeline.vae) for p in m.parameters()) - trainable
+    base = sum(p.numel() for m in nets.all() for p in m.parameters()) - trainable
     unet_base = sum(p.numel() for p in unet.parameters()) - trainable
     return Trainee(
         modules={"adapters": adapters},

@@ -15,23 +15,30 @@ def save_trained_pipeline(pipeline: Any, parent_dir: Path, folder: Path, summary
     A student keeps its ``edgegen_student.json`` (SCMAN's config lives there) with ``recipe`` set
     to what this run did, so the exporters and the pipeline runner rebuild it exactly.
     """
-    from edgegen.models.checkpoint import read_student_manifest, write_student
+    import torch
+
+    from edgegen.families import components_with_role, family_of
     from edgegen.families.loading import checkpoint_sha256
+    from edgegen.models.checkpoint import read_student_manifest, write_student
+    from edgegen.schema.checkpoint import StudentManifest, lift_v1
     from edgegen.versions import versions_of
 
-    for module in (pipeline.unet, pipeline.text_encoder, pipeline.vae):
-        module.eval()
+    for module in pipeline.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()
     details = dict(details or {})
     student = read_student_manifest(parent_dir)
     if student is not None:
+        # This run's schedule and QAT state (if any) become the typed fields; the parent's go.
         recipe = {"name": summary["recipe"], "config": summary["config"], "config_sha256": summary["config_sha256"], **details}
-        write_student(pipeline, student.model_copy(update={"recipe": recipe}), folder)
+        fields = {**student.model_dump(exclude={"sampling", "qat"}), "recipe": recipe}
+        write_student(pipeline, StudentManifest.model_validate(lift_v1(fields)), folder)
     else:
         pipeline.save_pretrained(folder, safe_serialization=True)
     known = {"recipe", "config", "config_sha256", "data", "steps", "resumed_from_step", "world_size", "ranks_in_sync", "final_losses", "seconds", "finished_at"}
     manifest = TrainingManifest(
         parent_dir=str(Path(parent_dir).resolve()),
-        parent_unet_sha256=checkpoint_sha256(parent_dir, "unet"),
+        parent_unet_sha256=checkpoint_sha256(parent_dir, components_with_role(family_of(parent_dir), "denoiser")[0].subfolder),
         details={**{k: v for k, v in summary.items() if k not in known}, **details},
         versions=versions_of(("torch", "diffusers", "transformers", "peft", "torchao")),
         **{k: summary[k] for k in known},

@@ -174,8 +174,9 @@ def build_embedded_student(teacher_dir: Path, output_dir: Path, kind: str = "dis
 
     from edgegen.artifact import atomic_folder
     from edgegen.models.checkpoint import read_student_manifest, write_student
-    from edgegen.models.student import make_student
     from edgegen.families.loading import load_pipeline
+    from edgegen.models.student import make_student
+    from edgegen.schema.checkpoint import StudentManifest, lift_v1
 
     if kind not in STUDENT_WEIGHTS:
         raise EdgegenError(f"unknown student '{kind}'; choose one of: {', '.join(STUDENT_WEIGHTS)}")
@@ -186,7 +187,10 @@ def build_embedded_student(teacher_dir: Path, output_dir: Path, kind: str = "dis
     make_student(teacher_dir, provenance["preset"], output_dir, force=True)
     pipeline = load_pipeline(output_dir)
     pipeline.unet.load_state_dict(load_file(str(STUDENT_WEIGHTS[kind])), strict=True)
-    manifest = read_student_manifest(output_dir).model_copy(update={"recipe": provenance["recipe"]})
+    # students.json may carry the few-step schedule inside "recipe" (schema 1): lifted to its field.
+    fields = {**read_student_manifest(output_dir).model_dump(exclude={"sampling", "qat"}), "recipe": provenance["recipe"]}
+    fields.update({key: provenance[key] for key in ("sampling", "qat") if provenance.get(key) is not None})
+    manifest = StudentManifest.model_validate(lift_v1(fields))
     with atomic_folder(output_dir, force=True) as staging:
         write_student(pipeline, manifest, staging)
     return output_dir

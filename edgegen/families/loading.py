@@ -38,8 +38,14 @@ def check_pipeline_dir(pipeline_dir: Path) -> Path:
 
 
 def load_pipeline(pipeline_dir: Path) -> Any:
-    """``DiffusionPipeline.from_pretrained`` on a local folder, in float32 on the CPU."""
+    """``DiffusionPipeline.from_pretrained`` on a local folder, in float32 on the CPU.
+
+    An unsupported pipeline class is refused (one line) before any weights are read.
+    """
+    from edgegen.families import family_of
+
     pipeline_dir = check_pipeline_dir(pipeline_dir)
+    family_of(pipeline_dir)
     quiet_toolchains()
     import torch
     from diffusers import DiffusionPipeline

@@ -1,101 +1,55 @@
-"""Split a diffusers pipeline into exportable components with declared inputs and outputs.
+"""Stable Diffusion 1.x/2.x: a UNet2DConditionModel denoiser, one CLIP text encoder, an AutoencoderKL.
 
 Components: ``text_encoder`` (token ids -> embeddings), ``denoiser`` (latents, timestep,
 embeddings -> noise prediction) and ``vae_decoder`` (latents -> image). Shapes are static and
 taken from the pipeline's configs; the timestep is float32 because NPUs and converters handle
 it better than int64. Reference inputs are realistic (a tokenized prompt, that prompt's
 embeddings) so they can double as calibration data.
+
+Refused, before anything is written: UNets with added conditioning (SDXL's text-time
+embeddings, class embeddings) or a guidance-embedding input (LCM's ``time_cond_proj_dim``):
+exporting them as plain SD would drop an input.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import hashlib
+import json
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgegen.errors import EdgegenError
-from edgegen.schema.manifest import TensorSpec
-
-COMPONENT_NAMES = ("text_encoder", "denoiser", "vae_decoder")
-DEFAULT_PROMPT = "a red circle at the top left"
-# Calibration for post-training quantization: varied prompts, seeds and timesteps, so the
-# observed ranges cover what the sampling loop will feed the component.
-CALIBRATION_PROMPTS = (
-    "a red circle at the top left",
-    "a blue square in the middle",
-    "a green triangle at the bottom right",
-    "a yellow star on a black background",
-    "two purple dots, one small and one large",
-    "an orange ring at the top right",
-    "a white cross on grey",
-    "a cyan stripe across the bottom",
+from edgegen.families.base import (
+    Component,
+    ComponentSpec,
+    ConditioningEncoder,
+    component_spec,
+    read_config,
+    spatial_size,
+    tensor_spec,
+    text_encoder_wrapper,
+    tokenizer_digest,
+    use_plain_attention,
 )
+from edgegen.families.base import tokenize as tokenize_prompts
+from edgegen.families.prompts import CALIBRATION_PROMPTS, DEFAULT_PROMPT
 
-
-@dataclass
-class Component:
-    name: str
-    module: Any  # torch.nn.Module taking the inputs positionally, in declared order
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    reference_inputs: dict[str, Any]  # name -> torch.Tensor
-    source_subfolder: str
-    source_class: str
-    graph_rewrites: list[str] = field(default_factory=list)
-    calibration: list[dict[str, Any]] = field(default_factory=list)  # filled only when quantizing
-    # For a quantization-aware-trained student: builds the denoiser with its learned int8 scales
-    # (a converted PT2E graph), which exporters that lower PT2E graphs take instead of calibrating.
-    learned_int8_module: Callable[[], Any] | None = None
-    # The same student as the fake-quant graph it was trained as: what its int8 exports answer to.
-    fake_quant_module: Callable[[], Any] | None = None
-
-    def example_args(self) -> tuple:
-        return tuple(self.reference_inputs[spec.name] for spec in self.inputs)
-
-    def run_eager(self, inputs: dict[str, Any] | None = None, module: Any = None) -> dict[str, Any]:
-        """``module`` (default: this component's) on ``inputs`` (default: the reference inputs)."""
-        import torch
-
-        inputs = inputs or self.reference_inputs
-        module = module if module is not None else self.module
-        with torch.no_grad():
-            result = module(*(inputs[spec.name] for spec in self.inputs))
-        results = result if isinstance(result, tuple) else (result,)
-        return {spec.name: tensor for spec, tensor in zip(self.outputs, results, strict=True)}
-
-
-def _spec(name: str, tensor: Any) -> TensorSpec:
-    return TensorSpec(name=name, shape=list(tensor.shape), dtype=str(tensor.dtype).replace("torch.", ""))
-
-
-def _use_plain_attention(model: Any) -> list[str]:
-    # diffusers' default SDPA processor decomposes into where/eq/any ops that XNNPACK does not
-    # take; the plain processor computes the same attention with delegable matmuls and softmax.
-    # SCMAN processors (a student's sparse attention) are already delegable and stay.
-    if not hasattr(model, "set_attn_processor"):
-        return []
-    from diffusers.models.attention_processor import AttnProcessor
-
-    from edgegen.models.scman import SCMANProcessor
-
-    current = model.attn_processors
-    replaced = {name: AttnProcessor() for name, proc in current.items() if not isinstance(proc, SCMANProcessor)}
-    if not replaced:
-        return []
-    model.set_attn_processor({name: replaced.get(name, proc) for name, proc in current.items()})
-    return [f"{type(model).__name__}: {len(replaced)} attention processor(s) -> AttnProcessor"]
+COMPONENTS = (
+    ComponentSpec("text_encoder", "text_encoder", "encoder"),
+    ComponentSpec("denoiser", "unet", "denoiser"),
+    ComponentSpec("vae_decoder", "vae", "decoder"),
+)
+COMPONENT_NAMES = tuple(spec.name for spec in COMPONENTS)
+ENCODER = ConditioningEncoder(component="text_encoder", tokenizer_subfolder="tokenizer")
+PIPELINE_CLASSES = ("StableDiffusionPipeline",)
+# UNet config keys that add conditioning inputs this family's denoiser does not declare.
+_ADDED_CONDITIONING = ("addition_embed_type", "class_embed_type", "time_cond_proj_dim")
 
 
 def _wrappers():
     import torch
-
-    class TextEncoder(torch.nn.Module):
-        def __init__(self, encoder):
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(self, input_ids):
-            return self.encoder(input_ids, return_dict=False)[0]
 
     class Denoiser(torch.nn.Module):
         def __init__(self, unet):
@@ -106,36 +60,42 @@ def _wrappers():
             return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
     class VaeDecoder(torch.nn.Module):
-        # The latent scaling is folded in so that the sampling loop hands over raw latents.
-        def __init__(self, vae, scaling_factor: float):
+        # The latent scaling (and shift) is folded in so that the sampling loop hands over raw latents.
+        def __init__(self, vae, scaling_factor: float, shift_factor: float):
             super().__init__()
             self.vae = vae
             self.scaling_factor = scaling_factor
+            self.shift_factor = shift_factor
 
         def forward(self, latents):
-            return self.vae.decode(latents / self.scaling_factor, return_dict=False)[0]
+            if self.shift_factor:
+                latents = latents / self.scaling_factor + self.shift_factor
+            else:
+                latents = latents / self.scaling_factor
+            return self.vae.decode(latents, return_dict=False)[0]
 
-    return TextEncoder, Denoiser, VaeDecoder
+    return Denoiser, VaeDecoder
 
 
 def tokenize(pipeline: Any, prompts: list[str]) -> Any:
-    tokenizer = pipeline.tokenizer
-    return tokenizer(
-        prompts,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
+    return tokenize_prompts(pipeline.tokenizer, prompts).input_ids
 
 
 def _require(pipeline: Any, attribute: str, component: str) -> Any:
     value = getattr(pipeline, attribute, None)
     if value is None:
-        raise EdgegenError(
-            f"{type(pipeline).__name__} has no '{attribute}', so it has no {component} component"
-        )
+        raise EdgegenError(f"{type(pipeline).__name__} has no '{attribute}', so it has no {component} component")
     return value
+
+
+def _check_unet(config: Any, where: str) -> None:
+    get = config.get if isinstance(config, dict) else (lambda key: getattr(config, key, None))
+    added = [key for key in _ADDED_CONDITIONING if get(key)]
+    if added:
+        raise EdgegenError(
+            f"{where}: a UNet with {', '.join(f'{key}={get(key)!r}' for key in added)} takes inputs a "
+            "Stable Diffusion 1.x/2.x denoiser does not (SDXL, LCM and class-conditioned UNets are not supported yet)"
+        )
 
 
 def build_component(
@@ -149,79 +109,60 @@ def build_component(
     """Wrap one part of ``pipeline`` as a static-shape module with reference inputs."""
     import torch
 
-    if name not in COMPONENT_NAMES:
-        raise EdgegenError(f"unknown component '{name}'; choose one of: {', '.join(COMPONENT_NAMES)}")
-    TextEncoder, Denoiser, VaeDecoder = _wrappers()
+    spec = component_spec(FAMILY, name)
+    Denoiser, VaeDecoder = _wrappers()
     generator = torch.Generator().manual_seed(seed)
     text_model = _require(pipeline, "text_encoder", "text_encoder")
     _require(pipeline, "tokenizer", "text_encoder")
     input_ids = tokenize(pipeline, [prompt] * batch_size)
-    text_encoder = TextEncoder(text_model).eval()
+    text_encoder = text_encoder_wrapper(text_model, ENCODER)
 
     if name == "text_encoder":
-        module, rewrites, subfolder, source = text_encoder, [], "text_encoder", text_model
+        module, rewrites, source = text_encoder, [], text_model
         inputs = {"input_ids": input_ids}
         output_names = ["text_embeddings"]
     elif name == "denoiser":
-        if getattr(pipeline, "unet", None) is None:
-            raise EdgegenError(
-                f"{type(pipeline).__name__} has no UNet denoiser; transformer denoisers are not supported yet"
-            )
-        unet = pipeline.unet
-        if getattr(unet.config, "addition_embed_type", None):
-            raise EdgegenError(
-                f"UNet with addition_embed_type '{unet.config.addition_embed_type}' (SDXL-style) is not supported yet"
-            )
+        unet = _require(pipeline, "unet", "denoiser")
+        _check_unet(unet.config, type(pipeline).__name__)
         with torch.no_grad():
             embeddings = text_encoder(input_ids)
-        size = unet.config.sample_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
+        size = spatial_size(unet.config.sample_size)
         sample = torch.randn((batch_size, unet.config.in_channels, *size), generator=generator)
         if timestep is None:
             timestep = pipeline.scheduler.config.num_train_timesteps // 2
         timesteps = torch.full((batch_size,), float(timestep), dtype=torch.float32)
-        module, rewrites, subfolder, source = Denoiser(unet).eval(), _use_plain_attention(unet), "unet", unet
+        module, rewrites, source = Denoiser(unet).eval(), use_plain_attention(unet), unet
         inputs = {"sample": sample, "timestep": timesteps, "encoder_hidden_states": embeddings}
         output_names = ["noise_pred"]
     else:
         vae = _require(pipeline, "vae", "vae_decoder")
         unet = getattr(pipeline, "unet", None)
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
         if unet is not None:
-            size = unet.config.sample_size
-            size = (size, size) if isinstance(size, int) else tuple(size)
+            size = spatial_size(unet.config.sample_size)
         else:
+            factor = 2 ** (len(vae.config.block_out_channels) - 1)
             size = (vae.config.sample_size // factor,) * 2
         latents = torch.randn((batch_size, vae.config.latent_channels, *size), generator=generator)
-        module = VaeDecoder(vae, float(vae.config.scaling_factor)).eval()
-        rewrites, subfolder, source = _use_plain_attention(vae), "vae", vae
+        scaling, shift = float(vae.config.scaling_factor), float(getattr(vae.config, "shift_factor", None) or 0.0)
+        module = VaeDecoder(vae, scaling, shift).eval()
+        rewrites, source = use_plain_attention(vae), vae
         inputs = {"latents": latents}
         output_names = ["image"]
 
     component = Component(
         name=name,
         module=module,
-        inputs=[_spec(key, value) for key, value in inputs.items()],
+        inputs=[tensor_spec(key, value) for key, value in inputs.items()],
         outputs=[],
         reference_inputs=inputs,
-        source_subfolder=subfolder,
+        source_subfolder=spec.subfolder,
         source_class=type(source).__name__,
         graph_rewrites=rewrites,
     )
-    qat_dir = getattr(pipeline, "_edgegen_qat_dir", None)
-    if name == "denoiser" and qat_dir is not None:
-        from functools import cache
-
-        from edgegen.exporting.qat import fake_quant_denoiser, quantized_denoiser
-
-        # Rebuilt once (export + prepare + load): an int8 export needs it as reference and to convert.
-        fake_quant = cache(lambda: fake_quant_denoiser(pipeline, qat_dir, batch_size))
-        component.fake_quant_module = fake_quant
-        component.learned_int8_module = lambda: quantized_denoiser(pipeline, qat_dir, batch_size, fake_quant())
     with torch.no_grad():
         result = module(*component.example_args())
     results = result if isinstance(result, tuple) else (result,)
-    component.outputs = [_spec(n, t) for n, t in zip(output_names, results, strict=True)]
+    component.outputs = [tensor_spec(n, t) for n, t in zip(output_names, results, strict=True)]
     return component
 
 
@@ -238,7 +179,7 @@ def calibration_inputs(pipeline: Any, name: str, batch_size: int = 1, count: int
 
 
 def pipeline_components(pipeline: Any) -> list[str]:
-    """The component names this pipeline can provide."""
+    """The component names this loaded pipeline can provide."""
     names = []
     if getattr(pipeline, "text_encoder", None) is not None and getattr(pipeline, "tokenizer", None) is not None:
         names.append("text_encoder")
@@ -248,3 +189,61 @@ def pipeline_components(pipeline: Any) -> list[str]:
         names.append("vae_decoder")
     return names
 
+
+class StableDiffusionFamily:
+    name = "stable-diffusion"
+    description = "Stable Diffusion 1.x/2.x (StableDiffusionPipeline: UNet, one CLIP text encoder, AutoencoderKL)"
+    pipeline_classes = PIPELINE_CLASSES
+    components = COMPONENTS
+    encoders = (ENCODER,)
+    guidance_modes = ("classifier-free",)
+    denoiser_output = "noise_pred"
+    decoder_output = "image"
+
+    def claims(self, folder: Path, index: dict[str, Any]) -> bool:
+        if index.get("_class_name") not in self.pipeline_classes:
+            return False
+        unet_config = Path(folder) / "unet" / "config.json"
+        if unet_config.is_file():
+            _check_unet(read_config(folder, "unet"), f"{folder} ({index['_class_name']})")
+        return True
+
+    build_component = staticmethod(build_component)
+    calibration_inputs = staticmethod(calibration_inputs)
+
+    def latent_shape(self, folder: Path) -> tuple[int, ...]:
+        unet = read_config(folder, "unet")
+        return (1, unet["in_channels"], *spatial_size(unet["sample_size"]))
+
+    def vae_factors(self, folder: Path) -> tuple[float, float]:
+        vae = read_config(folder, "vae")
+        return float(vae.get("scaling_factor", 0.18215)), float(vae.get("shift_factor") or 0.0)
+
+    def encode_prompt(self, tokenizers: dict[str, Any], run: Any, prompt: str) -> dict[str, np.ndarray]:
+        ids = tokenize_prompts(tokenizers[ENCODER.tokenizer_subfolder], [prompt], ENCODER.max_length, tensors="np").input_ids
+        return {"encoder_hidden_states": run(ENCODER.component, {"input_ids": ids.astype(np.int64)})["text_embeddings"]}
+
+    def denoiser_inputs(self, latents: np.ndarray, timestep: float, conditioning: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t = np.full((latents.shape[0],), timestep, dtype=np.float32)
+        return {"sample": latents, "timestep": t, "encoder_hidden_states": conditioning["encoder_hidden_states"]}
+
+    def decoder_inputs(self, latents: np.ndarray) -> dict[str, np.ndarray]:
+        return {"latents": latents.astype(np.float32)}
+
+    def fingerprint(self, folder: Path) -> str:
+        digest = hashlib.sha256(tokenizer_digest(folder, ENCODER.tokenizer_subfolder).encode())
+        unet, vae = read_config(folder, "unet"), read_config(folder, "vae")
+        configs = {
+            "unet": {key: unet.get(key) for key in ("in_channels", "sample_size", "cross_attention_dim")},
+            "vae": {key: vae.get(key) for key in ("latent_channels", "scaling_factor", "shift_factor")},
+        }
+        digest.update(json.dumps(configs, sort_keys=True).encode())
+        return digest.hexdigest()[:16]
+
+    def make_student(self, teacher_dir: Path, output_dir: Path, preset: str, force: bool = False, seed: int = 0) -> Path:
+        from edgegen.models.student import make_student
+
+        return make_student(teacher_dir, preset, output_dir, force=force, seed=seed)
+
+
+FAMILY = StableDiffusionFamily()

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from edgegen.artifact import Artifact, load_artifact
-from edgegen.families.stable_diffusion import build_component
+from edgegen.families import family_of
 from edgegen.errors import EdgegenError
 from edgegen.measure.metrics import worst_fidelity
 from edgegen.measure.profiling import host_info
@@ -18,7 +18,7 @@ from edgegen.families.loading import checkpoint_sha256, load_pipeline
 def compare_with_pipeline(artifact: Artifact, pipeline: Any, pipeline_dir: Path, threads: int = 1) -> Result:
     manifest = artifact.manifest
     batch_size = manifest.eager_inputs[0].shape[0] if manifest.eager_inputs and manifest.eager_inputs[0].shape else 1
-    component = build_component(pipeline, manifest.component, batch_size=batch_size)
+    component = family_of(pipeline_dir).build_component(pipeline, manifest.component, batch_size=batch_size)
     declared = [(s.name, s.shape) for s in component.inputs]
     recorded = [(s.name, s.shape) for s in manifest.eager_inputs]
     if declared != recorded:

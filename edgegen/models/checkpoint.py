@@ -1,8 +1,9 @@
 """Read and write student checkpoint folders: a diffusers pipeline plus edgegen_student.json.
 
-diffusers saves the UNet's config and weights but not its attention processors, so SCMAN's
+diffusers saves the denoiser's config and weights but not its attention processors, so SCMAN's
 configuration lives in the manifest and its learned parameters (if any) in
-``unet/scman.safetensors``; ``restore_student`` puts both back after ``from_pretrained``.
+``<denoiser subfolder>/scman.safetensors``; ``restore_student`` puts both back after
+``from_pretrained``. Which sub-model is the denoiser is the family's knowledge.
 """
 
 from __future__ import annotations
@@ -17,48 +18,68 @@ from edgegen.schema.checkpoint import (
     SCMAN_WEIGHTS_FILENAME,
     STUDENT_MANIFEST_FILENAME,
     StudentManifest,
+    lift_v1,
 )
 
 
-def _scman_state(unet: Any) -> dict[str, Any]:
-    return {name: tensor for name, tensor in unet.state_dict().items() if ".processor." in name}
+def _scman_state(denoiser: Any) -> dict[str, Any]:
+    return {name: tensor for name, tensor in denoiser.state_dict().items() if ".processor." in name}
+
+
+def _denoiser(pipeline: Any, folder: Path) -> tuple[Any, str]:
+    from edgegen.families import denoiser_model, family_of
+
+    family = family_of(folder)
+    return denoiser_model(family, pipeline)
 
 
 def write_student(pipeline: Any, manifest: StudentManifest, folder: Path) -> None:
     from safetensors.torch import save_file
 
     pipeline.save_pretrained(folder, safe_serialization=True)
-    extra = _scman_state(pipeline.unet)
+    denoiser, subfolder = _denoiser(pipeline, folder)
+    extra = _scman_state(denoiser)
     if extra:
-        save_file({k: v.contiguous() for k, v in extra.items()}, str(folder / "unet" / SCMAN_WEIGHTS_FILENAME))
-    write_json(folder / STUDENT_MANIFEST_FILENAME, manifest)
+        save_file({k: v.contiguous() for k, v in extra.items()}, str(Path(folder) / subfolder / SCMAN_WEIGHTS_FILENAME))
+    write_json(Path(folder) / STUDENT_MANIFEST_FILENAME, manifest)
 
 
 def read_student_manifest(folder: Path) -> StudentManifest | None:
     path = Path(folder) / STUDENT_MANIFEST_FILENAME
     if not path.exists():
         return None
-    return load_strict_json(path, StudentManifest, CHECKPOINT_SCHEMA_VERSION, "student manifest")
+    return load_strict_json(path, StudentManifest, CHECKPOINT_SCHEMA_VERSION, "student manifest", migrations={1: lift_v1})
 
 
 def restore_student(pipeline: Any, folder: Path) -> StudentManifest | None:
     """Re-install SCMAN (and its learned weights) on a student loaded with from_pretrained."""
     manifest = read_student_manifest(folder)
-    if manifest is None:
-        return manifest
-    if manifest.recipe.get("qat"):
-        pipeline._edgegen_qat_dir = Path(folder)  # edgegen.exporting.qat rebuilds the learned int8 denoiser from it
-    if manifest.scman is None:
+    if manifest is None or manifest.scman is None:
         return manifest
     from edgegen.models.scman import SCMANConfig, install_scman
 
-    install_scman(pipeline.unet, SCMANConfig(**manifest.scman))
-    weights = Path(folder) / "unet" / SCMAN_WEIGHTS_FILENAME
+    denoiser, subfolder = _denoiser(pipeline, folder)
+    install_scman(denoiser, SCMANConfig(**manifest.scman.model_dump()))
+    weights = Path(folder) / subfolder / SCMAN_WEIGHTS_FILENAME
     if weights.exists():
         from safetensors.torch import load_file
 
-        missing = set(_scman_state(pipeline.unet)) - set(load_file(str(weights)))
+        try:
+            state = load_file(str(weights))
+        except Exception as error:  # safetensors raises several types for corrupt files
+            raise EdgegenError(f"cannot read {weights}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        missing = set(_scman_state(denoiser)) - set(state)
         if missing:
             raise EdgegenError(f"{weights} lacks SCMAN parameters: {', '.join(sorted(missing)[:3])}")
-        pipeline.unet.load_state_dict(load_file(str(weights)), strict=False)
+        denoiser.load_state_dict(state, strict=False)
     return manifest
+
+
+def learned_scales(folder: Path, component: str) -> Any:
+    """The declared quantization source of a QAT student's ``component`` (None if it has none)."""
+    manifest = read_student_manifest(folder)
+    if manifest is None or manifest.qat is None or manifest.qat.component != component:
+        return None
+    from edgegen.exporting.quantize import LearnedScales
+
+    return LearnedScales(scheme=manifest.qat.scheme, state_path=Path(folder) / manifest.qat.state_file)

@@ -1,21 +1,20 @@
 """The sampling loop, written once against runtime-neutral component runners.
 
-A case is a pipeline folder (its tokenizer and scheduler config, and the eager weights) plus,
+A case is a pipeline folder (its tokenizers and scheduler config, and the eager weights) plus,
 optionally, exported artifacts of one target for its components. The same loop runs the eager
-teacher, the eager float student and a student on any runtime: text conditioning -> N
+teacher, the eager float student and a student on any runtime: prompt conditioning -> N
 denoising steps (classifier-free guidance as two batch-1 denoiser calls per step) -> decoder.
-The scheduler is diffusers' own, on CPU tensors; the initial latents are injected by the caller
-so that every case starts from the same noise.
+The model family says how a prompt becomes conditioning, what the denoiser and decoder take and
+the latent shape; the scheduler is diffusers' own, on CPU tensors; the initial latents are
+injected by the caller so that every case starts from the same noise.
 
 Few-step students (``edgegen train adversarial``) carry their schedule in
-``edgegen_student.json`` (``recipe.sampling``): x0 is predicted at each of its timesteps and
-moved to the next by DDIM with eta 0, so the output is a function of the initial latents alone.
+``edgegen_student.json`` (``sampling``): x0 is predicted at each of its timesteps and moved to
+the next by DDIM with eta 0, so the output is a function of the initial latents alone.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from edgegen.errors import EdgegenError
+from edgegen.families import Family, components_with_role, family_of
 
-SUBFOLDERS = {"text_encoder": "text_encoder", "denoiser": "unet", "vae_decoder": "vae"}
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
@@ -51,8 +50,9 @@ class Generation:
 
 @dataclass
 class EdgePipeline:
+    family: Family
     runners: dict[str, Runner]
-    tokenizer: Any
+    tokenizers: dict[str, Any]
     scheduler: Any
     plan: SamplingPlan
     latent_shape: tuple[int, ...]
@@ -65,25 +65,25 @@ class EdgePipeline:
         self.call_ms.setdefault(name, []).append((time.perf_counter() - start) * 1000.0)
         return outputs
 
-    def _embed(self, prompt: str) -> np.ndarray:
-        ids = self.tokenizer([prompt], padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="np").input_ids
-        return self._timed("text_encoder", {"input_ids": ids.astype(np.int64)})["text_embeddings"]
-
-    def _denoise(self, latents: np.ndarray, timestep: float, conditional: np.ndarray, unconditional: np.ndarray | None) -> np.ndarray:
-        t = np.full((latents.shape[0],), timestep, dtype=np.float32)
-        prediction = self._timed("denoiser", {"sample": latents, "timestep": t, "encoder_hidden_states": conditional})["noise_pred"]
+    def _denoise(self, latents: np.ndarray, timestep: float, conditional: dict[str, np.ndarray], unconditional: dict[str, np.ndarray] | None) -> np.ndarray:
+        family, denoiser = self.family, self._denoiser
+        prediction = self._timed(denoiser, family.denoiser_inputs(latents, timestep, conditional))[family.denoiser_output]
         if unconditional is None:
             return prediction
-        plain = self._timed("denoiser", {"sample": latents, "timestep": t, "encoder_hidden_states": unconditional})["noise_pred"]
+        plain = self._timed(denoiser, family.denoiser_inputs(latents, timestep, unconditional))[family.denoiser_output]
         return plain + self.plan.guidance_scale * (prediction - plain)
+
+    @property
+    def _denoiser(self) -> str:
+        return components_with_role(self.family, "denoiser")[0].name
 
     def generate(self, prompt: str, latents: np.ndarray, seed: int) -> Generation:
         import torch
 
         self.call_ms = {}
         start = time.perf_counter()
-        conditional = self._embed(prompt)
-        unconditional = self._embed("") if self.plan.guidance_scale > 1.0 else None
+        conditional = self.family.encode_prompt(self.tokenizers, self._timed, prompt)
+        unconditional = self.family.encode_prompt(self.tokenizers, self._timed, "") if self.plan.guidance_scale > 1.0 else None
         x = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))
         step_latents = []
         if self.plan.few_step_timesteps:
@@ -96,45 +96,56 @@ class EdgePipeline:
                 x = few_step_update(self.scheduler, x, clean, t, steps[index + 1]) if index + 1 < len(steps) else clean
                 step_latents.append(x.numpy().copy())
         else:
+            # Schedulers that add noise while stepping (Euler ancestral, LCM) draw it from this
+            # seeded generator, so a case is reproducible and every case draws the same noise.
+            generator = torch.Generator().manual_seed(seed)
             self.scheduler.set_timesteps(self.plan.steps)
             x = x * self.scheduler.init_noise_sigma
             for t in self.scheduler.timesteps:
                 model_input = self.scheduler.scale_model_input(x, t)
                 prediction = torch.from_numpy(self._denoise(model_input.numpy(), float(t), conditional, unconditional))
-                x = self.scheduler.step(prediction, t, x).prev_sample
+                x = _step(self.scheduler, prediction, t, x, generator)
                 step_latents.append(x.numpy().copy())
-        image = self._timed("vae_decoder", {"latents": x.numpy().astype(np.float32)})["image"]
+        decoder = components_with_role(self.family, "decoder")[0].name
+        image = self._timed(decoder, self.family.decoder_inputs(x.numpy()))[self.family.decoder_output]
         total = (time.perf_counter() - start) * 1000.0
         return Generation(image=np.clip(image[0], -1, 1), step_latents=step_latents, call_ms=self.call_ms, total_ms=total)
+
+
+def _step(scheduler: Any, prediction: Any, t: Any, x: Any, generator: Any) -> Any:
+    import inspect
+
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        return scheduler.step(prediction, t, x, generator=generator).prev_sample
+    return scheduler.step(prediction, t, x).prev_sample
 
 
 # ---------------------------------------------------------------------------------------------
 # loading
 
 
-def _model_index(model_dir: Path) -> dict[str, Any]:
-    from edgegen.families.loading import check_pipeline_dir
-
-    return json.loads((check_pipeline_dir(model_dir) / "model_index.json").read_text(encoding="utf-8"))
-
-
-def load_tokenizer_and_scheduler(model_dir: Path) -> tuple[Any, Any]:
-    """The tokenizer and scheduler of a pipeline folder, without loading any network."""
+def load_tokenizers_and_scheduler(model_dir: Path, family: Family | None = None) -> tuple[dict[str, Any], Any]:
+    """The family's tokenizers (by subfolder) and the folder's scheduler, without loading any network."""
     import diffusers
     import transformers
 
+    from edgegen.families import read_model_index
     from edgegen.families.loading import quiet_toolchains
 
     quiet_toolchains()
-    index = _model_index(model_dir)
+    family = family or family_of(model_dir)
+    index = read_model_index(model_dir)
+    tokenizers = {}
     try:
-        tokenizer_class = getattr(transformers, index["tokenizer"][1])
+        for encoder in family.encoders:
+            sub = encoder.tokenizer_subfolder
+            tokenizer_class = getattr(transformers, index[sub][1])
+            tokenizers[sub] = tokenizer_class.from_pretrained(str(Path(model_dir) / sub), local_files_only=True)
         scheduler_class = getattr(diffusers, index["scheduler"][1])
-        tokenizer = tokenizer_class.from_pretrained(str(Path(model_dir) / "tokenizer"), local_files_only=True)
         scheduler = scheduler_class.from_pretrained(str(Path(model_dir) / "scheduler"), local_files_only=True)
     except (KeyError, TypeError, AttributeError, OSError, ValueError) as error:
         raise EdgegenError(f"cannot read the tokenizer and scheduler of {model_dir}: {str(error).splitlines()[0]}") from None
-    return tokenizer, scheduler
+    return tokenizers, scheduler
 
 
 def sampling_plan(model_dir: Path, steps: int, guidance_scale: float, use_student_schedule: bool = True) -> SamplingPlan:
@@ -144,44 +155,35 @@ def sampling_plan(model_dir: Path, steps: int, guidance_scale: float, use_studen
     if steps < 1:
         raise EdgegenError("--steps must be at least 1")
     manifest = read_student_manifest(model_dir)
-    sampling = (manifest.recipe.get("sampling") if manifest else None) if use_student_schedule else None
+    sampling = (manifest.sampling if manifest else None) if use_student_schedule else None
     if sampling:
-        timesteps = tuple(int(t) for t in sampling["timesteps"])
+        timesteps = tuple(int(t) for t in sampling.timesteps)
         return SamplingPlan(len(timesteps), guidance_scale, timesteps)
     return SamplingPlan(steps, guidance_scale)
 
 
 def pipeline_family(model_dir: Path) -> str:
-    """What must agree for two pipelines' images to be comparable: tokenizer, conditioning, latent space."""
-    tokenizer_dir = Path(model_dir) / "tokenizer"
-    digest = hashlib.sha256()
-    for path in sorted(tokenizer_dir.glob("*.json")) + sorted(tokenizer_dir.glob("*.txt")):
-        if path.name in ("vocab.json", "merges.txt"):
-            digest.update(path.read_bytes())
-    configs = {}
-    for sub, keys in (("unet", ("in_channels", "sample_size", "cross_attention_dim")), ("vae", ("latent_channels", "scaling_factor"))):
-        config = json.loads((Path(model_dir) / sub / "config.json").read_text(encoding="utf-8"))
-        configs[sub] = {key: config.get(key) for key in keys}
-    digest.update(json.dumps(configs, sort_keys=True).encode())
-    return digest.hexdigest()[:16]
+    """What must agree for two pipelines' images to be comparable: family, tokenizers, latent space."""
+    family = family_of(model_dir)
+    return f"{family.name}:{family.fingerprint(model_dir)}"
 
 
 def eager_runners(model_dir: Path) -> tuple[dict[str, Runner], Any]:
     import torch
 
-    from edgegen.families.stable_diffusion import COMPONENT_NAMES, build_component
     from edgegen.families.loading import load_pipeline
 
+    family = family_of(model_dir)
     pipeline = load_pipeline(model_dir)
     runners = {}
-    for name in COMPONENT_NAMES:
-        component = build_component(pipeline, name)
+    for spec in family.components:
+        component = family.build_component(pipeline, spec.name)
 
         def run(inputs: dict[str, np.ndarray], component=component) -> dict[str, np.ndarray]:
             tensors = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in inputs.items()}
             return {key: value.numpy() for key, value in component.run_eager(tensors).items()}
 
-        runners[name] = run
+        runners[spec.name] = run
     return runners, pipeline
 
 
@@ -190,17 +192,20 @@ def check_artifacts(model_dir: Path, artifact_dirs: dict[str, Path]) -> dict[str
     from edgegen.artifact import load_artifact
     from edgegen.families.loading import checkpoint_sha256
 
-    missing = [name for name in SUBFOLDERS if name not in artifact_dirs]
+    family = family_of(model_dir)
+    names = [spec.name for spec in family.components]
+    missing = [name for name in names if name not in artifact_dirs]
     if missing:
-        raise EdgegenError(f"a pipeline needs text_encoder, denoiser and vae_decoder artifacts; missing: {', '.join(missing)}")
+        raise EdgegenError(f"a {family.name} pipeline needs {', '.join(names)} artifacts; missing: {', '.join(missing)}")
     artifacts = {name: load_artifact(Path(folder)) for name, folder in artifact_dirs.items()}
     targets = {(a.manifest.target, a.manifest.backend) for a in artifacts.values()}
     if len(targets) > 1:
         raise EdgegenError(f"artifacts of one pipeline must share a target; got {sorted(map(str, targets))}")
-    for name, artifact in artifacts.items():
-        if artifact.manifest.component != name:
-            raise EdgegenError(f"{artifact.folder} is a {artifact.manifest.component} artifact, not {name}")
-        expected = checkpoint_sha256(model_dir, SUBFOLDERS[name])
+    for spec in family.components:
+        artifact = artifacts[spec.name]
+        if artifact.manifest.component != spec.name:
+            raise EdgegenError(f"{artifact.folder} is a {artifact.manifest.component} artifact, not {spec.name}")
+        expected = checkpoint_sha256(model_dir, spec.subfolder)
         if artifact.manifest.source.checkpoint_sha256 != expected:
             raise EdgegenError(
                 f"artifacts of different pipelines mixed: {artifact.folder} was exported from "
@@ -217,10 +222,8 @@ def artifact_runners(artifacts: dict[str, Any], threads: int = 1) -> dict[str, R
 
 def load_case(model_dir: Path, artifact_dirs: dict[str, Path] | None, plan: SamplingPlan, threads: int = 1) -> EdgePipeline:
     model_dir = Path(model_dir)
-    tokenizer, scheduler = load_tokenizer_and_scheduler(model_dir)
-    unet_config = json.loads((model_dir / "unet" / "config.json").read_text(encoding="utf-8"))
-    size = unet_config["sample_size"]
-    latent_shape = (1, unet_config["in_channels"], *((size, size) if isinstance(size, int) else size))
+    family = family_of(model_dir)
+    tokenizers, scheduler = load_tokenizers_and_scheduler(model_dir, family)
     if artifact_dirs:
         artifacts = check_artifacts(model_dir, artifact_dirs)
         runners = artifact_runners(artifacts, threads)
@@ -229,7 +232,7 @@ def load_case(model_dir: Path, artifact_dirs: dict[str, Path] | None, plan: Samp
     else:
         runners, _ = eager_runners(model_dir)
         description = "eager float32"
-    return EdgePipeline(runners, tokenizer, scheduler, plan, latent_shape, description)
+    return EdgePipeline(family, runners, tokenizers, scheduler, plan, family.latent_shape(model_dir), description)
 
 
 def initial_latents(shape: tuple[int, ...], seed: int) -> np.ndarray:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -19,8 +20,17 @@ class StrictModel(BaseModel):
 Model = TypeVar("Model", bound=StrictModel)
 
 
-def load_strict_json(path: Path, model: type[Model], supported_version: int, what: str) -> Model:
-    """Read ``path`` as ``model``; every failure is one EdgegenError line naming the file."""
+def load_strict_json(
+    path: Path,
+    model: type[Model],
+    supported_version: int,
+    what: str,
+    migrations: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] | None = None,
+) -> Model:
+    """Read ``path`` as ``model``; every failure is one EdgegenError line naming the file.
+
+    ``migrations`` maps an older schema version to the function that lifts it to the current one.
+    """
     if not path.is_file():
         raise EdgegenError(f"{what} not found: {path}")
     try:
@@ -37,6 +47,8 @@ def load_strict_json(path: Path, model: type[Model], supported_version: int, wha
             f"{what} {path} has schema version {version}, newer than this edgegen reads "
             f"({supported_version}); upgrade edgegen"
         )
+    if version < supported_version and migrations and version in migrations:
+        data = migrations[version](data)
     try:
         return model.model_validate(data)
     except ValidationError as error:

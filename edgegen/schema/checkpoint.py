@@ -11,7 +11,9 @@ from typing import Any, Literal
 
 from edgegen.schema.base import StrictModel
 
-CHECKPOINT_SCHEMA_VERSION = 1
+# 2: the few-step schedule, the QAT state and SCMAN's config are typed fields (v1 kept the first
+# two inside the free-form ``recipe`` and SCMAN as a dict); v1 files are read and lifted.
+CHECKPOINT_SCHEMA_VERSION = 2
 STUDENT_MANIFEST_FILENAME = "edgegen_student.json"
 SCMAN_WEIGHTS_FILENAME = "scman.safetensors"  # learned SCMAN parameters, inside unet/
 
@@ -20,6 +22,50 @@ class Initialisation(StrictModel):
     copied: int  # tensors copied whole from the teacher
     sliced: int  # tensors copied from a slice of a wider teacher tensor
     random: int  # tensors with no teacher counterpart
+
+
+class SCMANSettings(StrictModel):
+    """edgegen.models.scman.SCMANConfig as saved (diffusers does not save attention processors)."""
+
+    mode: str = "sparse"
+    window: int = 4
+    global_tokens: int = 1
+    summary_tokens: int = 4
+    summary: str = "pooled"
+    context_length: int | None = None
+    self_attention: bool = False
+    layout: str = "bhld"
+
+
+class FewStepSchedule(StrictModel):
+    """A few-step student's own sampler (``edgegen train adversarial``): what the runner follows."""
+
+    steps: int
+    timesteps: list[int]
+    prediction: str = "x0 from the model output, moved to the next timestep by DDIM (eta 0)"
+
+
+class QatState(StrictModel):
+    """Where a quantization-aware-trained component keeps its fake-quant state (learned scales)."""
+
+    scheme: Literal["pt2e-xnnpack-int8-qat"] = "pt2e-xnnpack-int8-qat"
+    component: str = "denoiser"
+    state_file: str = "unet/qat.safetensors"  # relative to the student folder
+
+
+def lift_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A v1 manifest (or a v1-style ``recipe``) with the schedule and QAT flag as typed fields."""
+    data = dict(data)
+    recipe = dict(data.get("recipe") or {})
+    if "sampling" in recipe and "sampling" not in data:
+        sampling = recipe.pop("sampling")
+        data["sampling"] = {key: sampling[key] for key in ("steps", "timesteps", "prediction") if key in sampling}
+    qat = recipe.pop("qat", False)
+    if qat and "qat" not in data:
+        data["qat"] = {"state_file": qat["state"]} if isinstance(qat, dict) and "state" in qat else {}
+    data["recipe"] = recipe
+    data["schema_version"] = CHECKPOINT_SCHEMA_VERSION
+    return data
 
 
 class StudentManifest(StrictModel):
@@ -33,6 +79,8 @@ class StudentManifest(StrictModel):
     teacher_parameters: int
     student_parameters: int
     architecture: dict[str, Any]  # what changed from the teacher's UNet config
-    scman: dict[str, Any] | None  # SCMANConfig fields, or None for standard attention
+    scman: SCMANSettings | None  # None: standard attention
     initialisation: Initialisation
-    recipe: dict[str, Any] = {}  # the trainer's resolved config, once a trainer has run
+    recipe: dict[str, Any] = {}  # the trainer's name and resolved config, once a trainer has run
+    sampling: FewStepSchedule | None = None  # a few-step student's schedule; None: any scheduler steps
+    qat: QatState | None = None  # a quantization-aware-trained student's learned int8 scales

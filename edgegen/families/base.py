@@ -1,0 +1,281 @@
+"""What every model family provides, and the pieces families share.
+
+A model family is what diffusers calls a pipeline class (Stable Diffusion 1.x/2.x, SDXL, PixArt,
+an audio pipeline, ...). Its file knows the pipeline's sub-model names (``unet``, ``transformer``,
+``text_encoder_2``, ``vae``); everything else in edgegen iterates over ``family.components`` and
+asks the family for the family-specific pieces: how a component is wrapped with static shapes,
+how a prompt becomes conditioning, the latent shape, the VAE factors, how the sampling loop calls
+the denoiser, and which subfolders fingerprint a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import numpy as np
+
+from edgegen.errors import EdgegenError
+from edgegen.schema.manifest import TensorSpec
+
+if TYPE_CHECKING:
+    from edgegen.exporting.quantize import LearnedScales
+
+Role = Literal["encoder", "denoiser", "decoder"]
+Guidance = Literal["classifier-free"]
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One exportable part of a pipeline: its artifact name and where its weights live."""
+
+    name: str  # the artifact's component name: text_encoder, denoiser, vae_decoder, ...
+    subfolder: str  # the pipeline subfolder holding its config and weights (fingerprinted)
+    role: Role
+
+
+@dataclass(frozen=True)
+class ConditioningEncoder:
+    """A prompt encoder: its component, its tokenizer, and what the denoiser takes from it."""
+
+    component: str
+    tokenizer_subfolder: str
+    max_length: int | None = None  # None: the tokenizer's model_max_length
+    attention_mask: bool = False  # T5-style encoders need the padding mask
+    pooled_output: bool = False  # SDXL/SD3 also condition on a pooled embedding
+    hidden_layer: int = -1  # -1: the last hidden state; -2: the penultimate (SDXL, SD3)
+
+
+@dataclass
+class Component:
+    """A static-shape module with declared inputs and outputs and realistic reference inputs."""
+
+    name: str
+    module: Any  # torch.nn.Module taking the inputs positionally, in declared order
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    reference_inputs: dict[str, Any]  # name -> torch.Tensor
+    source_subfolder: str
+    source_class: str
+    graph_rewrites: list[str] = field(default_factory=list)
+    calibration: list[dict[str, Any]] = field(default_factory=list)  # filled only when quantizing
+    # A quantization-aware-trained checkpoint's learned int8 scales, which exporters that lower
+    # PT2E graphs take instead of calibrating (edgegen.exporting.quantize).
+    quantization_source: LearnedScales | None = None
+
+    def example_args(self) -> tuple:
+        return tuple(self.reference_inputs[spec.name] for spec in self.inputs)
+
+    def run_eager(self, inputs: dict[str, Any] | None = None, module: Any = None) -> dict[str, Any]:
+        """``module`` (default: this component's) on ``inputs`` (default: the reference inputs)."""
+        import torch
+
+        inputs = inputs or self.reference_inputs
+        module = module if module is not None else self.module
+        with torch.no_grad():
+            result = module(*(inputs[spec.name] for spec in self.inputs))
+        results = result if isinstance(result, tuple) else (result,)
+        return {spec.name: tensor for spec, tensor in zip(self.outputs, results, strict=True)}
+
+
+# A runner takes named numpy inputs and returns named numpy outputs: an eager component or a
+# runtime Session, so the sampling loop never knows which.
+Runner = Any
+
+
+class Family(Protocol):
+    name: str  # registry name
+    description: str  # one line for refusals and `edgegen targets`
+    pipeline_classes: tuple[str, ...]  # model_index.json _class_name values it takes
+    components: tuple[ComponentSpec, ...]
+    encoders: tuple[ConditioningEncoder, ...]
+    guidance_modes: tuple[Guidance, ...]
+
+    def claims(self, folder: Path, index: dict[str, Any]) -> bool:
+        """True if ``folder`` is this family's; raises EdgegenError for an unsupported variant."""
+
+    def build_component(
+        self, pipeline: Any, name: str, batch_size: int = 1, prompt: str = ..., seed: int = 0, timestep: float | None = None
+    ) -> Component: ...
+
+    def calibration_inputs(self, pipeline: Any, name: str, batch_size: int = 1, count: int = ...) -> list[dict[str, Any]]: ...
+
+    def latent_shape(self, folder: Path) -> tuple[int, ...]: ...
+
+    def vae_factors(self, folder: Path) -> tuple[float, float]:
+        """(scaling_factor, shift_factor): decoder input is latents / scaling + shift."""
+
+    def encode_prompt(self, tokenizers: dict[str, Any], run: Any, prompt: str) -> dict[str, np.ndarray]:
+        """Conditioning tensors for one prompt; ``run(component, inputs)`` runs an encoder."""
+
+    def denoiser_inputs(self, latents: np.ndarray, timestep: float, conditioning: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    denoiser_output: str
+    decoder_output: str
+
+    def decoder_inputs(self, latents: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def fingerprint(self, folder: Path) -> str:
+        """What must agree for two folders' images to be comparable (tokenizer, latent space)."""
+
+    def make_student(self, teacher_dir: Path, output_dir: Path, preset: str, scman: Any = None) -> Path: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers every family uses
+
+
+def component_names(family: Family) -> tuple[str, ...]:
+    return tuple(spec.name for spec in family.components)
+
+
+def component_spec(family: Family, name: str) -> ComponentSpec:
+    for spec in family.components:
+        if spec.name == name:
+            return spec
+    raise EdgegenError(f"unknown component '{name}'; choose one of: {', '.join(component_names(family))}")
+
+
+def components_with_role(family: Family, role: Role) -> tuple[ComponentSpec, ...]:
+    return tuple(spec for spec in family.components if spec.role == role)
+
+
+def tensor_spec(name: str, tensor: Any) -> TensorSpec:
+    return TensorSpec(name=name, shape=list(tensor.shape), dtype=str(tensor.dtype).replace("torch.", ""))
+
+
+def read_config(folder: Path, subfolder: str) -> dict[str, Any]:
+    path = Path(folder) / subfolder / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EdgegenError(f"{folder} has no {subfolder}/config.json") from None
+    except (OSError, ValueError) as error:
+        raise EdgegenError(f"cannot read {path}: {error}") from None
+
+
+def spatial_size(size: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+# Tokenizer files that decide how a prompt becomes token ids; transformers 5 saves the fast
+# tokenizer's tokenizer.json and tokenizer_config.json, older folders vocab.json/merges.txt.
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
+# Keys transformers writes into tokenizer_config.json about how it was loaded, not how it tokenizes:
+# a folder re-saved after from_pretrained gains them, with the same tokens.
+_LOADER_STATE_KEYS = ("is_local", "local_files_only", "name_or_path", "_name_or_path", "_commit_hash", "cache_dir", "revision", "token", "subfolder")
+
+
+def tokenizer_digest(folder: Path, subfolder: str) -> str:
+    digest = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        path = Path(folder) / subfolder / name
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        if name == "tokenizer_config.json":
+            try:
+                config = {k: v for k, v in json.loads(data).items() if k not in _LOADER_STATE_KEYS}
+                data = json.dumps(config, sort_keys=True).encode()
+            except (ValueError, AttributeError):
+                pass  # not a JSON object: hash it as it is
+        digest.update(name.encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def use_plain_attention(model: Any) -> list[str]:
+    """Swap diffusers' SDPA processors for the plain one; return the rewrite it records.
+
+    diffusers' default SDPA processor decomposes into where/eq/any ops that XNNPACK does not
+    take; the plain processor computes the same attention with delegable matmuls and softmax.
+    SCMAN processors (a student's sparse attention) are already delegable and stay.
+    """
+    if not hasattr(model, "set_attn_processor"):
+        return []
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from edgegen.models.scman import SCMANProcessor
+
+    current = model.attn_processors
+    replaced = {name: AttnProcessor() for name, proc in current.items() if not isinstance(proc, SCMANProcessor)}
+    if not replaced:
+        return []
+    model.set_attn_processor({name: replaced.get(name, proc) for name, proc in current.items()})
+    return [f"{type(model).__name__}: {len(replaced)} attention processor(s) -> AttnProcessor"]
+
+
+def text_encoder_wrapper(encoder: Any, spec: ConditioningEncoder) -> Any:
+    """The encoder as ``(input_ids[, attention_mask]) -> hidden states[, pooled]``, as the spec asks."""
+    import torch
+
+    def select(outputs):
+        hidden = outputs.hidden_states[spec.hidden_layer] if spec.hidden_layer != -1 else outputs[0]
+        if not spec.pooled_output:
+            return hidden
+        pooled = getattr(outputs, "text_embeds", None)
+        return hidden, (pooled if pooled is not None else outputs.pooler_output)
+
+    wants_hidden = spec.hidden_layer != -1
+
+    class TextEncoder(torch.nn.Module):
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids):
+            if not wants_hidden and not spec.pooled_output:
+                return self.encoder(input_ids, return_dict=False)[0]
+            return select(self.encoder(input_ids, output_hidden_states=wants_hidden, return_dict=True))
+
+    class MaskedTextEncoder(TextEncoder):
+        def forward(self, input_ids, attention_mask):
+            return select(self.encoder(input_ids, attention_mask=attention_mask, output_hidden_states=wants_hidden, return_dict=True))
+
+    return (MaskedTextEncoder if spec.attention_mask else TextEncoder)(encoder).eval()
+
+
+def tokenize(tokenizer: Any, prompts: list[str], max_length: int | None = None, tensors: str = "pt") -> Any:
+    """Token ids (and attention mask) padded to the encoder's fixed length, as the artifact takes them."""
+    return tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=max_length or tokenizer.model_max_length,
+        truncation=True,
+        return_tensors=tensors,
+    )
+
+
+@dataclass
+class Networks:
+    """A loaded pipeline's networks by role: what trainers train, freeze and share."""
+
+    denoiser: Any
+    encoder: Any  # the family's first conditioning encoder
+    tokenizer: Any
+    decoder: Any  # the autoencoder whose decoder is the decoder component
+    subfolders: dict[str, str]  # role -> pipeline attribute (= subfolder) of that network
+
+    def all(self) -> list[Any]:
+        return [self.denoiser, self.encoder, self.decoder]
+
+
+def networks(family: Family, pipeline: Any) -> Networks:
+    def first(role: Role) -> str:
+        return next(spec.subfolder for spec in family.components if spec.role == role)
+
+    subfolders = {"denoiser": first("denoiser"), "encoder": first("encoder"), "decoder": first("decoder")}
+    missing = [name for name in subfolders.values() if getattr(pipeline, name, None) is None]
+    if missing:
+        raise EdgegenError(f"{type(pipeline).__name__} has no {', '.join(missing)}")
+    encoder = family.encoders[0]
+    return Networks(
+        denoiser=getattr(pipeline, subfolders["denoiser"]),
+        encoder=getattr(pipeline, subfolders["encoder"]),
+        tokenizer=getattr(pipeline, encoder.tokenizer_subfolder),
+        decoder=getattr(pipeline, subfolders["decoder"]),
+        subfolders={**subfolders, "tokenizer": encoder.tokenizer_subfolder},
+    )
