@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 from pathlib import Path
+
+from _common import emit  # the benchmarks' shared helper, beside this script
 
 
 
@@ -97,19 +98,13 @@ def main() -> int:
                 }
             )
     header = ("component", "variant", "delegated / total", "subgraphs", "p50 ms", "max err vs eager", "left outside")
-    print(" | ".join(header))
-    print(" | ".join("---" for _ in header))
-    for r in rows:
-        outside = ", ".join(f"{op} x{count}" for op, count in r["fallback_ops"].items()) or "-"
-        print(
-            f"{r['component']} | {r['variant']} | {r['delegated_nodes']}/{r['total_nodes']} "
-            f"({r['delegated_fraction']:.1%}) | {r['delegate_subgraphs']} | {r['executorch_p50_ms']:.3f} | "
-            f"{r['max_abs_error_vs_eager']:.1e} | {outside}"
-        )
+    table = [
+        [r["component"], r["variant"], f"{r['delegated_nodes']}/{r['total_nodes']} ({r['delegated_fraction']:.1%})", r["delegate_subgraphs"],
+         f"{r['executorch_p50_ms']:.3f}", f"{r['max_abs_error_vs_eager']:.1e}", ", ".join(f"{op} x{count}" for op, count in r["fallback_ops"].items()) or "-"]
+        for r in rows
+    ]
     payload = {"benchmark": "delegation_rewrites", "backend": "xnnpack", "threads": 1, "runs": args.runs, "rows": rows}
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "delegation_rewrites.json").write_text(json.dumps(payload, indent=2) + "\n")
-    print(json.dumps(payload, indent=2))
+    emit("XNNPACK delegation before and after make_delegable", header, table, payload, args.output / "delegation_rewrites.json")
     return 0
 
 

@@ -15,8 +15,9 @@ table, then the JSON (also written to --output/faithfulness.json).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from _common import emit  # the benchmarks' shared helper, beside this script
 
 
 def main() -> int:
@@ -49,14 +50,13 @@ def main() -> int:
         for name, (folder, steps) in cases.items()
     }
 
-    print("| model | steps | all three | colour | shape | position | PSNR vs teacher dB | eager ms/image |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, r in results.items():
-        psnr = f"{r['psnr_vs_teacher_db']:.1f}" if "psnr_vs_teacher_db" in r else "reference"
-        print(f"| {name} | {r['steps']} | {r['all']:.0%} | {r['colour']:.0%} | {r['shape']:.0%} | {r['position']:.0%} | {psnr} | {r['ms_per_image_p50']:.1f} |")
-    text = json.dumps(results, indent=2)
-    print(text)
-    (args.output / "faithfulness.json").write_text(text + "\n")
+    header = ("model", "steps", "all three", "colour", "shape", "position", "PSNR vs teacher dB", "eager ms/image")
+    table = [
+        [name, r["steps"], f"{r['all']:.0%}", f"{r['colour']:.0%}", f"{r['shape']:.0%}", f"{r['position']:.0%}",
+         f"{r['psnr_vs_teacher_db']:.1f}" if "psnr_vs_teacher_db" in r else "reference", f"{r['ms_per_image_p50']:.1f}"]
+        for name, r in results.items()
+    ]
+    emit("caption faithfulness of the embedded default", header, table, results, args.output / "faithfulness.json")
     return 0
 
 

@@ -14,9 +14,10 @@ get size and delegation only. Prints a table, then the JSON (also written to
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from _common import emit  # the benchmarks' shared helper, beside this script
 
 
 
@@ -77,23 +78,19 @@ def main() -> int:
             )
         rows.append(row)
     header = ("component", "target", "quant", "eager ms", "artifact ms", "speedup", "peak +MiB", "KiB", "PSNR vs float", "delegated", "subgraphs")
-    print(" | ".join(header))
-    print(" | ".join("---" for _ in header))
+    table = []
     for r in rows:
-        delegated = "-" if r["delegated_fraction"] is None else f"{r['delegated_fraction']:.0%}"
-        psnr = "not run" if r["psnr_vs_float_db"] is None else f"{r['psnr_vs_float_db']:.1f}"
         if r["not_run_reason"]:
-            timing = f"not run here ({r['not_run_reason']}) | - | - | -"
+            timing = [f"not run here ({r['not_run_reason']})", "-", "-", "-"]
         else:
-            timing = f"{r['eager_p50_ms']:.2f} | {r['artifact_p50_ms']:.2f} | {r['speedup_vs_eager']:.2f}x | {r['peak_memory_added_mb']:.1f}"
-        print(
-            f"{r['component']} | {r['target']}{'/' + r['backend'] if r['backend'] else ''} | {r['quantization']} | {timing} | "
-            f"{r['size_kb']:.0f} | {psnr} | {delegated} | {r['delegate_subgraphs'] or '-'}"
-        )
+            timing = [f"{r['eager_p50_ms']:.2f}", f"{r['artifact_p50_ms']:.2f}", f"{r['speedup_vs_eager']:.2f}x", f"{r['peak_memory_added_mb']:.1f}"]
+        table.append([
+            r["component"], r["target"] + ("/" + r["backend"] if r["backend"] else ""), r["quantization"], *timing, f"{r['size_kb']:.0f}",
+            "not run" if r["psnr_vs_float_db"] is None else f"{r['psnr_vs_float_db']:.1f}",
+            "-" if r["delegated_fraction"] is None else f"{r['delegated_fraction']:.0%}", r["delegate_subgraphs"] or "-",
+        ])
     payload = {"benchmark": "export_vs_eager", "threads": 1, "runs": args.runs, "rows": rows}
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "bench.json").write_text(json.dumps(payload, indent=2) + "\n")
-    print(json.dumps(payload, indent=2))
+    emit("exported components vs eager", header, table, payload, args.output / "bench.json")
     return 0
 
 

@@ -14,25 +14,26 @@ components' post-training int8. Prints a table, then the JSON rows.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-COMPONENTS = ("text_encoder", "denoiser", "vae_decoder")
+from _common import emit, fmt, train_qat_student  # the benchmarks' shared helper, beside this script
 
 
 def artifact_sets(pipeline_dir: Path, target: str, root: Path, sets: dict[str, set[str]]) -> Path:
     """Export each needed (component, precision) once; lay out one pipeline per label under ``root / 'sets'``."""
     from edgegen.exporting.orchestration import ExportOptions, export_component
+    from edgegen.families import component_names, family_of
     from edgegen.families.loading import load_pipeline
 
     pipeline = load_pipeline(pipeline_dir)
+    components = component_names(family_of(pipeline_dir))
     exported: dict[tuple[str, str], Path] = {}
     layout = root / "sets"
     for label, quantized in sets.items():
-        for component in COMPONENTS:
+        for component in components:
             precision = "int8" if component in quantized else "none"
             if (component, precision) not in exported:
                 options = ExportOptions(quantize=precision)
@@ -68,8 +69,8 @@ def main() -> int:
     from edgegen.embedded.demo import ensure_default_pipeline, ensure_default_student
     from edgegen.embedded.evaluation import grid_prompts
     from edgegen.embedded.builders import PROBE_DIR
+    from edgegen.families import component_names, family_of
     from edgegen.measure.pipeline_fidelity import run_comparison
-    from qat_parity import train_qat_student  # beside this script
 
     quiet()
     prompts = grid_prompts()
@@ -80,7 +81,8 @@ def main() -> int:
         student = ensure_default_student(root / "student", teacher, "distilled")
         common = dict(steps=20, probe_dir=PROBE_DIR, runs=0)
 
-        post_training = {"te8": {"text_encoder"}, "den8": {"denoiser"}, "vae8": {"vae_decoder"}, "all8": set(COMPONENTS)}
+        every = set(component_names(family_of(student)))
+        post_training = {"te8": {"text_encoder"}, "den8": {"denoiser"}, "vae8": {"vae_decoder"}, "all8": every}
         describe = {"te8": "text encoder", "den8": "denoiser", "vae8": "VAE decoder", "all8": "all three"}
         sets = artifact_sets(student, args.target, root / "ptq", post_training)
         results = run_comparison(prompts, teacher, student, [sets], root / "ptq.jsonl", **common)
@@ -88,21 +90,14 @@ def main() -> int:
 
         data = "builtin:shapes?count=20000&seed=7"
         qat_student = train_qat_student(teacher, student, root / "qat", args.qat_steps, args.batch_size, data)
-        learned = {"den8": {"denoiser"}, "all8": set(COMPONENTS)}
+        learned = {"den8": {"denoiser"}, "all8": every}
         sets = artifact_sets(qat_student, args.target, root / "qat-artifacts", learned)
         results = run_comparison(prompts, teacher, qat_student, [sets], root / "qat.jsonl", **common)
         describe_qat = {"den8": "denoiser, learned (QAT)", "all8": "denoiser learned, others post-training"}
         rows += rows_of(results, f"QAT ({args.qat_steps} steps)", describe_qat)
 
-    def fmt(value: float | None, pattern: str) -> str:
-        return "-" if value is None else pattern.format(value)
-
-    print(f"{len(prompts)} grid captions, 20 steps, {args.target} artifacts")
-    print(f"{'student':16} {'int8 components':40} {'faithful':>9} {'dB vs teacher':>14} {'KiB':>6}")
-    for row in rows:
-        print(f"{row['student']:16} {row['int8']:40} {fmt(row['faithfulness'], '{:.0%}'):>9} "
-              f"{fmt(row['image_psnr_db_vs_teacher'], '{:.1f}'):>14} {row['bytes'] // 1024:>6}")
-    print(json.dumps(rows, indent=2))
+    table = [[r["student"], r["int8"], fmt(r["faithfulness"], "{:.0%}"), fmt(r["image_psnr_db_vs_teacher"], "{:.1f}"), r["bytes"] // 1024] for r in rows]
+    emit(f"{len(prompts)} grid captions, 20 steps, {args.target} artifacts", ["student", "int8 components", "faithful", "dB vs teacher", "KiB"], table, rows)
     return 0
 
 

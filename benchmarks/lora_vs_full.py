@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _common import emit  # the benchmarks' shared helper, beside this script
+
 PEAK_PROBE = (
     "import resource, runpy, sys\n"
     "sys.argv = ['edgegen'] + sys.argv[1:]\n"
@@ -71,11 +73,10 @@ def main() -> int:
         teacher = args.teacher or ensure_default_pipeline(Path(scratch) / "teacher")
         rows = [run(method, teacher, Path(scratch) / method, args.steps, args.batch_size, args.rank) for method in ("finetune", "lora")]
     full, lora = rows
-    print(f"{'method':10} {'trainable':>12} {'fraction':>9} {'step ms':>9} {'peak MiB':>9}")
-    for row in rows:
-        print(f"{row['method']:10} {row['trainable_parameters']:>12,} {row['trainable_fraction']:>9.2%} {row['step_ms_median']:>9.1f} {row['peak_rss_mb']:>9.0f}")
-    print(f"lora / full: step time {lora['step_ms_median'] / full['step_ms_median']:.2f}x, peak memory {lora['peak_rss_mb'] / full['peak_rss_mb']:.2f}x, trainable {lora['trainable_parameters'] / full['trainable_parameters']:.3f}x")
-    print(json.dumps(rows, indent=2))
+    table = [[r["method"], f"{r['trainable_parameters']:,}", f"{r['trainable_fraction']:.2%}", f"{r['step_ms_median']:.1f}", f"{r['peak_rss_mb']:.0f}"] for r in rows]
+    title = (f"lora / full: step time {lora['step_ms_median'] / full['step_ms_median']:.2f}x, peak memory {lora['peak_rss_mb'] / full['peak_rss_mb']:.2f}x, "
+             f"trainable {lora['trainable_parameters'] / full['trainable_parameters']:.3f}x")
+    emit(title, ["method", "trainable", "fraction", "step ms", "peak MiB"], table, rows)
     return 0
 
 

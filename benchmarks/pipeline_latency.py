@@ -13,9 +13,10 @@ listed as not run. Prints a table, then the JSON (also written to --output/pipel
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from _common import emit, fmt  # the benchmarks' shared helper, beside this script
 
 
 def main() -> int:
@@ -63,24 +64,22 @@ def main() -> int:
         latency, memory = profile_pipeline(folder, artifact_dirs, plan, warmup=1, runs=args.runs)
         rows.append({"case": label, "latency": latency.model_dump(mode="json"), "memory": memory.model_dump(mode="json")})
 
-    header = f"{'case':<20} {'image p50':>10} {'p90':>8} {'denoiser/call':>14} {'per step':>9} {'text enc':>9} {'decoder':>8} {'host':>7} {'cold load':>10} {'warm load':>10} {'peak +MiB':>10}"
-    print(f"steps {args.steps}, guidance {args.guidance_scale} ({plan.calls_per_step} denoiser calls per step), ms unless noted")
-    print(header)
+    components = list(dict.fromkeys(c["component"] for row in rows if "latency" in row for c in row["latency"]["per_component"]))
+    header = ["case", "image p50", "p90", *(f"{name} /call" for name in components), "per step", "host", "cold load", "warm load", "peak +MiB"]
+    table = []
     for row in rows:
         if "not_run_reason" in row:
-            print(f"{row['case']:<20} not run: {row['not_run_reason']}")
+            table.append([row["case"], f"not run: {row['not_run_reason']}"] + [""] * (len(header) - 2))
             continue
         lat, mem = row["latency"], row["memory"]
         parts = {c["component"]: c["p50_ms"] for c in lat["per_component"]}
-        print(
-            f"{row['case']:<20} {lat['total_p50_ms']:>10.2f} {lat['total_p90_ms']:>8.2f} {parts['denoiser']:>14.2f} "
-            f"{lat['per_step_p50_ms']:>9.2f} {parts['text_encoder']:>9.2f} {parts['vae_decoder']:>8.2f} "
-            f"{lat['host_overhead_p50_ms']:>7.2f} {lat['cold_load_ms']:>10.1f} {lat['warm_load_ms']:>10.1f} {mem['added_mb']:>10.1f}"
-        )
+        table.append([
+            row["case"], f"{lat['total_p50_ms']:.2f}", f"{lat['total_p90_ms']:.2f}", *(fmt(parts.get(name), "{:.2f}") for name in components),
+            f"{lat['per_step_p50_ms']:.2f}", f"{lat['host_overhead_p50_ms']:.2f}", f"{lat['cold_load_ms']:.1f}", f"{lat['warm_load_ms']:.1f}", f"{mem['added_mb']:.1f}",
+        ])
     payload = {"steps": args.steps, "guidance_scale": args.guidance_scale, "runs": args.runs, "preset": args.preset, "cases": rows}
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "pipeline_latency.json").write_text(json.dumps(payload, indent=2) + "\n")
-    print(json.dumps(payload, indent=2))
+    title = f"steps {args.steps}, guidance {args.guidance_scale} ({plan.calls_per_step} denoiser calls per step), ms unless noted"
+    emit(title, header, table, payload, args.output / "pipeline_latency.json")
     return 0
 
 

@@ -13,10 +13,11 @@ student (no QAT) is measured beside it against its own float model. Prints a tab
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
+
+from _common import emit, fmt, train_qat_student  # the benchmarks' shared helper, beside this script
 
 
 def export_row(pipeline_dir: Path, target: str, output: Path, kind: str) -> dict:
@@ -36,21 +37,6 @@ def export_row(pipeline_dir: Path, target: str, output: Path, kind: str) -> dict
         "psnr_db_vs_float": manifest.parity.psnr_db,
         "bytes": artifact.size_bytes,
     }
-
-
-def train_qat_student(teacher: Path, student: Path, output: Path, steps: int, batch_size: int, data: str) -> Path:
-    """Quantization-aware KD-MMG from ``student`` (``edgegen train distill qat=true``); its pipeline folder."""
-    from typer.testing import CliRunner
-
-    from edgegen.cli import app
-
-    result = CliRunner().invoke(app, [
-        "train", "distill", f"teacher={teacher}", f"student={student}", f"output={output}", f"steps={steps}",
-        f"batch_size={batch_size}", "learning_rate=1e-4", "qat=true", f"checkpoint_every={steps + 1}", f"data={data}",
-    ])
-    if result.exit_code != 0:
-        raise SystemExit(f"QAT training failed: {result.output.strip().splitlines()[-1:]}")
-    return output / "pipeline"
 
 
 def main() -> int:
@@ -74,13 +60,8 @@ def main() -> int:
             rows.append(export_row(student, target, root / "ptq", "distilled (post-training int8)"))
             rows.append(export_row(qat_student, target, root / "qat-artifacts", f"QAT ({args.steps} steps)"))
 
-    def db(value: float | None) -> str:
-        return "-" if value is None else f"{value:.1f}"
-
-    print(f"{'target':11} {'student':32} {'scales':14} {'dB vs fake-quant':>17} {'dB vs float':>12}")
-    for row in rows:
-        print(f"{row['target']:11} {row['student']:32} {row['scales']:14} {db(row['psnr_db_vs_fake_quant']):>17} {db(row['psnr_db_vs_float']):>12}")
-    print(json.dumps(rows, indent=2))
+    table = [[r["target"], r["student"], r["scales"], fmt(r["psnr_db_vs_fake_quant"], "{:.1f}"), fmt(r["psnr_db_vs_float"], "{:.1f}")] for r in rows]
+    emit("QAT vs post-training int8 denoiser exports", ["target", "student", "scales", "dB vs fake-quant", "dB vs float"], table, rows)
     return 0
 
 

@@ -17,9 +17,10 @@ Prints a table, then the JSON (also written to --output/scman_sweep.json when gi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from _common import emit  # the benchmarks' shared helper, beside this script
 
 GRIDS = ((16, 16), (32, 32), (64, 64))
 CONTEXT_LENGTHS = (64, 256, 1024)
@@ -111,20 +112,14 @@ def main() -> int:
                 file=sys.stderr,
             )
 
-    header = (
-        f"{'image':>6} {'ctx':>5} {'S':>3} {'dense MFLOP':>12} {'SCMAN MFLOP':>12} {'ratio':>7} "
-        f"{'dense ms':>9} {'SCMAN ms':>9} {'speedup':>8} {'ONNX dense':>10} {'ONNX SCMAN':>10} {'speedup':>8} "
-        f"{'dense MiB':>10} {'SCMAN MiB':>10}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r['image_tokens']:>6} {r['context_tokens']:>5} {r['summary_tokens']:>3} {r['dense_mflops']:>12.1f} "
-            f"{r['sparse_mflops']:>12.1f} {r['flop_ratio']:>6.1f}x {r['dense_ms']:>9.2f} {r['sparse_ms']:>9.2f} "
-            f"{r['speedup']:>7.1f}x {r['dense_onnx_ms']:>10.2f} {r['sparse_onnx_ms']:>10.2f} {r['onnx_speedup']:>7.1f}x "
-            f"{r['dense_attention_mib']:>10.2f} {r['sparse_attention_mib']:>10.3f}"
-        )
+    header = ("image", "ctx", "S", "dense MFLOP", "SCMAN MFLOP", "ratio", "dense ms", "SCMAN ms", "speedup",
+              "ONNX dense", "ONNX SCMAN", "speedup", "dense MiB", "SCMAN MiB")
+    table = [
+        [r["image_tokens"], r["context_tokens"], r["summary_tokens"], f"{r['dense_mflops']:.1f}", f"{r['sparse_mflops']:.1f}",
+         f"{r['flop_ratio']:.1f}x", f"{r['dense_ms']:.2f}", f"{r['sparse_ms']:.2f}", f"{r['speedup']:.1f}x", f"{r['dense_onnx_ms']:.2f}",
+         f"{r['sparse_onnx_ms']:.2f}", f"{r['onnx_speedup']:.1f}x", f"{r['dense_attention_mib']:.2f}", f"{r['sparse_attention_mib']:.3f}"]
+        for r in rows
+    ]
     result = {
         "benchmark": "scman_sweep",
         "layer": {"kind": "cross-attention", "heads": args.heads, "channels": args.channels,
@@ -132,11 +127,7 @@ def main() -> int:
         "torch": torch.__version__,
         "rows": rows,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        args.output.mkdir(parents=True, exist_ok=True)
-        (args.output / "scman_sweep.json").write_text(text + "\n")
+    emit("SCMAN vs dense cross-attention", header, table, result, args.output / "scman_sweep.json" if args.output else None)
     return 0
 
 

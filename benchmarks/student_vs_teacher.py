@@ -12,9 +12,10 @@ delegation only. Prints a table, then the JSON (also written to --output/student
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from _common import emit  # the benchmarks' shared helper, beside this script
 
 
 def denoiser_flops(pipeline) -> int:
@@ -78,18 +79,13 @@ def main() -> int:
                 }
             )
     header = ("model", "target", "params", "MFLOPs", "KiB", "p50 ms", "delegated", "subgraphs")
-    print(" | ".join(header))
-    print(" | ".join("---" for _ in header))
-    for r in rows:
-        p50 = "not run here" if r["p50_ms"] is None else f"{r['p50_ms']:.2f}"
-        print(
-            f"{r['model']} | {r['target']} | {r['parameters']:,} | {r['mflops_per_call']:.1f} | {r['size_kb']:.0f} | "
-            f"{p50} | {r['delegated_fraction']:.0%} | {r['delegate_subgraphs']}"
-        )
+    table = [
+        [r["model"], r["target"], f"{r['parameters']:,}", f"{r['mflops_per_call']:.1f}", f"{r['size_kb']:.0f}",
+         "not run here" if r["p50_ms"] is None else f"{r['p50_ms']:.2f}", f"{r['delegated_fraction']:.0%}", r["delegate_subgraphs"]]
+        for r in rows
+    ]
     payload = {"benchmark": "student_vs_teacher", "threads": 1, "runs": args.runs, "rows": rows}
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "student_bench.json").write_text(json.dumps(payload, indent=2) + "\n")
-    print(json.dumps(payload, indent=2))
+    emit("student vs teacher denoiser, per target", header, table, payload, args.output / "student_bench.json")
     return 0
 
 

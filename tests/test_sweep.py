@@ -9,7 +9,8 @@ import pytest
 
 def _result(case_id, latency_ms, memory_mb, size, psnr, role="student", fid=None):
     from edgegen.measure.profiling import host_info
-    from edgegen.schema.pipeline import ComponentTiming, DistillationGap, PipelineLatency, PipelineMemory, PipelineResult
+    from edgegen.schema.pipeline import ComponentTiming, DistillationGap, PipelineLatency, PipelineResult
+    from edgegen.schema.results import Memory
 
     latency = None
     if latency_ms is not None:
@@ -21,13 +22,13 @@ def _result(case_id, latency_ms, memory_mb, size, psnr, role="student", fid=None
     return PipelineResult(
         case_id=case_id, role=role, model_dir="m", model_sha256="0", pipeline_family="f", runtime="onnx",
         size_bytes=size, steps=1, guidance_scale=1.0, image_size=32, prompts=["p"], seeds=[0], host=host_info(1),
-        latency=latency, memory=PipelineMemory(baseline_rss_mb=0, peak_rss_mb=memory_mb, added_mb=memory_mb),
+        latency=latency, memory=Memory(baseline_rss_mb=0, peak_rss_mb=memory_mb, added_mb=memory_mb),
         distillation_gap=None if role == "teacher" else DistillationGap(reference="t", image_psnr_db=psnr, image_ssim=0.5, fid=fid),
     )
 
 
 def test_pareto_front_keeps_the_cases_nothing_beats_on_every_axis():
-    from edgegen.report.sweep import pareto_of
+    from edgegen.report.pareto import pareto_of
 
     results = [
         _result("fast-rough", 2.0, 10, 100, 20.0, fid=9.0),
@@ -73,10 +74,10 @@ def test_summary_token_variants_only_where_the_student_allows(pipeline_dir, stud
     from edgegen.schema.checkpoint import STUDENT_MANIFEST_FILENAME
     from edgegen.report.sweep import summary_token_variant
 
-    own = read_student_manifest(student_dir).scman["summary_tokens"]
+    own = read_student_manifest(student_dir).scman.summary_tokens
     assert summary_token_variant(student_dir, own, tmp_path) == student_dir  # its own budget: no copy
     variant = summary_token_variant(student_dir, 2, tmp_path)
-    assert read_student_manifest(variant).scman["summary_tokens"] == 2
+    assert read_student_manifest(variant).scman.summary_tokens == 2
     assert (variant / "unet" / "config.json").read_bytes() == (student_dir / "unet" / "config.json").read_bytes()
     with pytest.raises(EdgegenError, match="divide"):
         summary_token_variant(student_dir, 3, tmp_path)  # 3 does not divide the 16-token context

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from edgegen.measure.metric_registry import BUDGETS
 from edgegen.terminal import console, fmt_db, print_json, quiet
 
 
@@ -29,13 +30,13 @@ def compare_command(
     feature_extractor: Annotated[Path | None, typer.Option(help="ONNX feature extractor for FID/KID (images [N,3,H,W] in [-1,1] -> features).", show_default=False)] = None,
     clip: Annotated[Path | None, typer.Option(help="Local transformers CLIP folder for the CLIP score.", show_default=False)] = None,
     runs: Annotated[int, typer.Option(help="Timed images per case for latency (0 skips profiling).")] = 5,
-    min_psnr: Annotated[float | None, typer.Option(help="Budget: exported vs float student image PSNR (dB).", show_default=False)] = None,
-    min_ssim: Annotated[float | None, typer.Option(help="Budget: exported vs float student image SSIM.", show_default=False)] = None,
-    min_faithfulness: Annotated[float | None, typer.Option(help="Budget: fraction of images that match their caption.", show_default=False)] = None,
-    max_fid_gap: Annotated[float | None, typer.Option(help="Budget: FID of a student's images against the teacher's.", show_default=False)] = None,
-    max_kid_gap: Annotated[float | None, typer.Option(help="Budget: KID of a student's images against the teacher's.", show_default=False)] = None,
-    min_clip_score: Annotated[float | None, typer.Option(help="Budget: CLIP score of a student's images against their prompts.", show_default=False)] = None,
-    min_teacher_psnr: Annotated[float | None, typer.Option(help="Budget: student vs teacher image PSNR (dB).", show_default=False)] = None,
+    min_psnr: Annotated[float | None, typer.Option(help=BUDGETS["min_psnr"].budget_help, show_default=False)] = None,
+    min_ssim: Annotated[float | None, typer.Option(help=BUDGETS["min_ssim"].budget_help, show_default=False)] = None,
+    min_faithfulness: Annotated[float | None, typer.Option(help=BUDGETS["min_faithfulness"].budget_help, show_default=False)] = None,
+    max_fid_gap: Annotated[float | None, typer.Option(help=BUDGETS["max_fid_gap"].budget_help, show_default=False)] = None,
+    max_kid_gap: Annotated[float | None, typer.Option(help=BUDGETS["max_kid_gap"].budget_help, show_default=False)] = None,
+    min_clip_score: Annotated[float | None, typer.Option(help=BUDGETS["min_clip_score"].budget_help, show_default=False)] = None,
+    min_teacher_psnr: Annotated[float | None, typer.Option(help=BUDGETS["min_teacher_psnr"].budget_help, show_default=False)] = None,
     threads: Annotated[int, typer.Option(help="CPU threads for the runtimes.")] = 1,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result(s) as JSON.")] = False,
 ) -> None:
@@ -55,8 +56,8 @@ def compare_command(
     from edgegen.measure.pipeline_fidelity import Budgets, read_prompts, run_comparison
 
     budgets = Budgets(
-        min_psnr=min_psnr, min_faithfulness=min_faithfulness, max_fid_gap=max_fid_gap, min_ssim=min_ssim,
-        max_kid_gap=max_kid_gap, min_clip_score=min_clip_score, min_teacher_psnr=min_teacher_psnr,
+        min_psnr=min_psnr, min_ssim=min_ssim, min_teacher_psnr=min_teacher_psnr, min_faithfulness=min_faithfulness,
+        max_fid_gap=max_fid_gap, max_kid_gap=max_kid_gap, min_clip_score=min_clip_score,
     )
     results = run_comparison(
         read_prompts(prompts), teacher, student, list(artifacts or []), output, steps=steps, guidance_scale=guidance_scale,

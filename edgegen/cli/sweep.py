@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from edgegen.measure.metric_registry import SWEEP_QUALITIES
 from edgegen.terminal import console, print_json, quiet
 
 
@@ -23,7 +24,7 @@ def sweep_command(
     teacher_steps: Annotated[int, typer.Option(help="The teacher's steps (the reference images).")] = 20,
     guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale; 1 turns it off.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt's initial latents (prompt i uses seed+i).")] = 0,
-    quality: Annotated[str, typer.Option(help="Quality axis of the front: psnr, ssim (vs teacher), faithfulness, fid, kid, clip.")] = "psnr",
+    quality: Annotated[str, typer.Option(help=f"Quality axis of the front: {', '.join(SWEEP_QUALITIES)} (vs the teacher).")] = "psnr",
     runs: Annotated[int, typer.Option(help="Timed images per case (latency and memory; the front needs at least 1).")] = 3,
     probe: Annotated[Path | None, typer.Option(help="Caption-faithfulness probe folder.", show_default=False)] = None,
     feature_extractor: Annotated[Path | None, typer.Option(help="ONNX feature extractor for FID/KID.", show_default=False)] = None,
@@ -33,10 +34,9 @@ def sweep_command(
 ) -> None:
     """Sweep the student over targets x precision x steps and print the Pareto front."""
     quiet()
-    from edgegen.embedded.demo import exportable_targets
     from edgegen.errors import EdgegenError
     from edgegen.measure.pipeline_fidelity import read_prompts
-    from edgegen.report.sweep import SweepAxes, parse_list, run_sweep
+    from edgegen.report.sweep import SweepAxes, exportable_targets, parse_list, run_sweep
 
     if runs < 1:
         raise EdgegenError("--runs must be at least 1: the Pareto front needs latency and memory")

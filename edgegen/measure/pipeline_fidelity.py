@@ -12,7 +12,6 @@ interrupted run keeps what it finished; a rerun skips the cases already there.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgegen.errors import EdgegenError
+from edgegen.measure.metric_registry import BUDGETS, unmeasured
 from edgegen.measure.metrics import psnr_db
 from edgegen.sampling.loop import SUBFOLDERS, Generation, SamplingPlan, check_artifacts, initial_latents, load_case, pipeline_family, sampling_plan
 from edgegen.schema.base import StrictModel
@@ -31,47 +31,35 @@ from edgegen.schema.pipeline import (
     ExportFidelity,
     PipelineResult,
 )
+    read_results_file,
 
 
-@dataclass
 class Budgets:
-    min_psnr: float | None = None  # export fidelity, image PSNR dB
-    min_faithfulness: float | None = None
-    max_fid_gap: float | None = None
-    min_ssim: float | None = None
-    max_kid_gap: float | None = None
-    min_clip_score: float | None = None
-    min_teacher_psnr: float | None = None  # distillation gap, image PSNR dB vs the teacher
+    """Limits by budget name (``min_psnr``, ``max_fid_gap``, ...: the metric registry's budgets)."""
+
+    def __init__(self, **limits: float | None) -> None:
+        unknown = sorted(set(limits) - set(BUDGETS))
+        if unknown:
+            raise TypeError(f"unknown budget '{unknown[0]}'; budgets: {', '.join(BUDGETS)}")
+        self.limits = {name: limit for name, limit in limits.items() if limit is not None}
 
     def refuse_unmeasurable(self, probe_dir: Path | None, feature_extractor: Path | None, clip_dir: Path | None) -> None:
         """A budget on a metric nobody asked to measure would fail every case: say so up front."""
-        for name, needed, flag in (
-            ("min_faithfulness", probe_dir, "--probe"),
-            ("max_fid_gap", feature_extractor, "--feature-extractor"),
-            ("max_kid_gap", feature_extractor, "--feature-extractor"),
-            ("min_clip_score", clip_dir, "--clip"),
-        ):
-            if getattr(self, name) is not None and needed is None:
-                raise EdgegenError(f"--{name.replace('_', '-')} needs {flag}")
+        for name, metric in BUDGETS.items():
+            needed = unmeasured(metric, probe_dir, feature_extractor, clip_dir) if name in self.limits else None
+            if needed:
+                raise EdgegenError(f"{metric.budget_flag} needs {needed}")
 
     def check(self, result: PipelineResult) -> list[BudgetCheck]:
         checks = []
-        fidelity, gap = result.export_fidelity, result.distillation_gap
-        for name, limit, value, higher in (
-            ("min_psnr", self.min_psnr, fidelity.image_psnr_db if fidelity else None, True),
-            ("min_ssim", self.min_ssim, fidelity.image_ssim if fidelity else None, True),
-            ("min_faithfulness", self.min_faithfulness, gap.faithfulness if gap else None, True),
-            ("max_fid_gap", self.max_fid_gap, gap.fid if gap else None, False),
-            ("max_kid_gap", self.max_kid_gap, gap.kid if gap else None, False),
-            ("min_clip_score", self.min_clip_score, gap.clip_score if gap else None, True),
-            ("min_teacher_psnr", self.min_teacher_psnr, gap.image_psnr_db if gap and result.role != "teacher" else None, True),
-        ):
+        for name, metric in BUDGETS.items():
+            limit = self.limits.get(name)
+            value = metric.read(result)
             if limit is None or (value is None and result.role == "teacher"):
                 continue
-            if value is None and name in ("min_psnr", "min_ssim") and result.runtime == "eager":
+            if value is None and metric.exported_only and result.runtime == "eager":
                 continue  # export budgets apply to exported cases
-            passed = value is not None and (value >= limit if higher else value <= limit)
-            checks.append(BudgetCheck(name=name, limit=limit, value=value, passed=passed))
+            checks.append(BudgetCheck(name=name, limit=limit, value=value, passed=value is not None and metric.passes(value, limit)))
         return checks
 
 
@@ -157,15 +145,8 @@ def _save_images(images: np.ndarray, folder: Path) -> None:
 
 
 def existing_case_ids(results_path: Path) -> set[str]:
-    if not results_path.exists():
-        return set()
-    ids = set()
-    for line in results_path.read_text(encoding="utf-8").splitlines():
-        try:
-            ids.add(json.loads(line)["case_id"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line cut short by an interruption: that case runs again
-    return ids
+    """Case ids already in a results file (after ``drop_partial_last_line``): those cases are skipped."""
+    return {result.case_id for result in read_results(results_path)}
 
 
 def drop_partial_last_line(results_path: Path) -> None:
@@ -178,15 +159,8 @@ def drop_partial_last_line(results_path: Path) -> None:
 
 
 def read_results(results_path: Path) -> list[PipelineResult]:
-    """Every complete result in a results file (lines of other kinds or versions are left out)."""
-    results = []
-    if results_path.is_file():
-        for line in results_path.read_text(encoding="utf-8").splitlines():
-            try:
-                results.append(PipelineResult.model_validate_json(line))
-            except ValueError:
-                continue
-    return results
+    """Every result in a results file (none if there is no file yet); a bad line is refused in one line."""
+    return read_results_file(results_path) if Path(results_path).is_file() else []
 
 
 def scman_summary_tokens(model_dir: Path) -> int | None:

@@ -3,7 +3,8 @@
 Cold load is the first load of every component in that process (files read, graphs built);
 warm load is a second load right after it. Then warm-up images and timed images of one prompt:
 per component per call, per denoising step, end to end, and the host overhead (end to end minus
-the time inside components: tokenizing, the scheduler, copies). Peak memory is the process's
+the time inside components: tokenizing, the scheduler, copies). Components are whichever the
+pipeline's family calls, named as it names them. Peak memory is the process's
 high-water mark over its baseline after importing the runtimes, with every component resident.
 """
 
@@ -11,31 +12,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from edgegen.errors import EdgegenError
+from edgegen.measure.profiling import check_counts, measuring_main, memory_since, run_fresh_process, spread, start_peak_window
 from edgegen.sampling.loop import SamplingPlan
-from edgegen.schema.pipeline import ComponentTiming, PipelineLatency, PipelineMemory
+from edgegen.schema.pipeline import ComponentTiming, PipelineLatency
+from edgegen.schema.results import Memory
 
 PROFILE_PROMPT = "a red circle at the top left"
 
 
-def _percentiles(values: list[float]) -> tuple[float, float, float]:
-    array = np.asarray(values, dtype=np.float64)
-    return float(np.percentile(array, 50)), float(np.percentile(array, 90)), float(array.mean())
-
-
-def profile_in_this_process(model_dir: Path, artifact_dirs: dict[str, Path] | None, plan: SamplingPlan, warmup: int, runs: int, threads: int) -> tuple[PipelineLatency, PipelineMemory]:
+def profile_in_this_process(model_dir: Path, artifact_dirs: dict[str, Path] | None, plan: SamplingPlan, warmup: int, runs: int, threads: int) -> tuple[PipelineLatency, Memory]:
     import torch
 
-    from edgegen.sampling.loop import check_artifacts, initial_latents, load_case, load_tokenizer_and_scheduler
-    from edgegen.measure.profiling import peak_rss_mb, start_peak_window
+    from edgegen.families import components_with_role, family_of
+    from edgegen.sampling.loop import check_artifacts, initial_latents, load_case, load_tokenizers_and_scheduler
     from edgegen.session import runtime_for
 
     torch.set_num_threads(threads)
@@ -43,7 +36,7 @@ def profile_in_this_process(model_dir: Path, artifact_dirs: dict[str, Path] | No
         for artifact in check_artifacts(model_dir, artifact_dirs).values():
             runtime_for(artifact.manifest).import_toolchain()
     # The tokenizer's and scheduler's libraries load once per process: the baseline, not the models.
-    load_tokenizer_and_scheduler(model_dir)
+    load_tokenizers_and_scheduler(model_dir)
 
     baseline = start_peak_window()
     start = time.perf_counter()
@@ -57,49 +50,44 @@ def profile_in_this_process(model_dir: Path, artifact_dirs: dict[str, Path] | No
     for _ in range(warmup):
         case.generate(PROFILE_PROMPT, latents, 0)
     generations = [case.generate(PROFILE_PROMPT, latents, 0) for _ in range(runs)]
-    peak = peak_rss_mb()
+    memory = memory_since(baseline)
 
     per_component = []
-    for name in ("text_encoder", "denoiser", "vae_decoder"):
-        calls = [ms for g in generations for ms in g.call_ms.get(name, [])]
-        p50, p90, mean = _percentiles(calls)
-        per_component.append(ComponentTiming(component=name, calls_per_image=len(generations[0].call_ms.get(name, [])), p50_ms=p50, p90_ms=p90, mean_ms=mean))
+    for name in generations[0].call_ms:  # every component the pipeline called, in call order
+        timing = spread([ms for g in generations for ms in g.call_ms.get(name, [])])
+        per_component.append(ComponentTiming(component=name, calls_per_image=len(generations[0].call_ms.get(name, [])), p50_ms=timing.p50, p90_ms=timing.p90, mean_ms=timing.mean))
     totals = [g.total_ms for g in generations]
     inside = [sum(sum(v) for v in g.call_ms.values()) for g in generations]
-    steps_ms = [(g.total_ms - sum(g.call_ms["text_encoder"]) - sum(g.call_ms["vae_decoder"])) / plan.steps for g in generations]
-    total_p50, total_p90, _ = _percentiles(totals)
+    denoisers = {spec.name for spec in components_with_role(family_of(model_dir), "denoiser")}
+    # A step: the denoiser calls and the scheduler update, i.e. everything but the encoders and decoder.
+    steps_ms = [(g.total_ms - sum(sum(ms) for name, ms in g.call_ms.items() if name not in denoisers)) / plan.steps for g in generations]
+    total = spread(totals)
     latency = PipelineLatency(
         warmup_runs=warmup,
         timed_runs=runs,
         steps=plan.steps,
         calls_per_step=plan.calls_per_step,
         per_component=per_component,
-        per_step_p50_ms=_percentiles(steps_ms)[0],
-        host_overhead_p50_ms=_percentiles([t - i for t, i in zip(totals, inside)])[0],
-        total_p50_ms=total_p50,
-        total_p90_ms=total_p90,
+        per_step_p50_ms=spread(steps_ms).p50,
+        host_overhead_p50_ms=spread([t - i for t, i in zip(totals, inside)]).p50,
+        total_p50_ms=total.p50,
+        total_p90_ms=total.p90,
         cold_load_ms=cold_ms,
         warm_load_ms=warm_ms,
     )
-    return latency, PipelineMemory(baseline_rss_mb=baseline, peak_rss_mb=peak, added_mb=max(0.0, peak - baseline))
+    return latency, memory
 
 
-def profile_pipeline(model_dir: Path, artifact_dirs: dict[str, Path] | None, plan: SamplingPlan, warmup: int = 1, runs: int = 5, threads: int = 1) -> tuple[PipelineLatency, PipelineMemory]:
+def profile_pipeline(model_dir: Path, artifact_dirs: dict[str, Path] | None, plan: SamplingPlan, warmup: int = 1, runs: int = 5, threads: int = 1) -> tuple[PipelineLatency, Memory]:
     """Profile one case in a fresh subprocess; its one-line error becomes ours."""
-    if runs < 1 or warmup < 0:
-        raise EdgegenError("--runs must be at least 1 and --warmup at least 0")
-    command = [sys.executable, "-m", "edgegen.measure.pipeline_profile", str(model_dir), "--steps", str(plan.steps), "--guidance-scale", str(plan.guidance_scale), "--warmup", str(warmup), "--runs", str(runs), "--threads", str(threads)]
+    check_counts(warmup, runs)
+    arguments = [str(model_dir), "--steps", str(plan.steps), "--guidance-scale", str(plan.guidance_scale), "--warmup", str(warmup), "--runs", str(runs), "--threads", str(threads)]
     if plan.few_step_timesteps:
-        command += ["--few-step", ",".join(map(str, plan.few_step_timesteps))]
+        arguments += ["--few-step", ",".join(map(str, plan.few_step_timesteps))]
     for name, folder in (artifact_dirs or {}).items():
-        command += ["--artifact", f"{name}={folder}"]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore", TQDM_DISABLE="1")
-    completed = subprocess.run(command, capture_output=True, text=True, env=env)
-    if completed.returncode != 0:
-        lines = [line for line in completed.stderr.strip().splitlines() if line.startswith("error: ")]
-        raise EdgegenError(lines[-1][len("error: "):] if lines else f"pipeline profiling exited {completed.returncode}: {completed.stderr.strip().splitlines()[-1:] }")
-    data = json.loads(completed.stdout.strip().splitlines()[-1])
-    return PipelineLatency.model_validate(data["latency"]), PipelineMemory.model_validate(data["memory"])
+        arguments += ["--artifact", f"{name}={folder}"]
+    data = json.loads(run_fresh_process("edgegen.measure.pipeline_profile", arguments, threads))
+    return PipelineLatency.model_validate(data["latency"]), Memory.model_validate(data["memory"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,13 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     artifacts = dict(item.split("=", 1) for item in args.artifact) or None
     few = tuple(int(t) for t in args.few_step.split(",")) if args.few_step else None
     plan = SamplingPlan(args.steps, args.guidance_scale, few)
-    try:
+
+    def measure() -> str:
         latency, memory = profile_in_this_process(args.model_dir, {k: Path(v) for k, v in artifacts.items()} if artifacts else None, plan, args.warmup, args.runs, args.threads)
-    except EdgegenError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps({"latency": latency.model_dump(mode="json"), "memory": memory.model_dump(mode="json")}))
-    return 0
+        return json.dumps({"latency": latency.model_dump(mode="json"), "memory": memory.model_dump(mode="json")})
+
+    return measuring_main(measure)
 
 
 if __name__ == "__main__":

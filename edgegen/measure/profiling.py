@@ -1,7 +1,9 @@
-"""The profiling harness: warm-up, timed runs, load time and peak memory of one artifact.
+"""The profiling harness: warm-up, timed runs, load time and peak memory, in a fresh process.
 
-Everything is measured in a fresh subprocess (``python -m edgegen.measure.profiling``) so that the
-peak resident memory belongs to this artifact alone. The baseline is taken after the runtime's
+One artifact is profiled by ``python -m edgegen.measure.profiling``; a whole pipeline by
+``python -m edgegen.measure.pipeline_profile``, on the same pieces kept here: the fresh process
+(so the peak resident memory belongs to what it measures alone, and its one-line error becomes
+ours), the peak-memory window and the percentiles. The baseline is taken after the runtime's
 libraries are imported and before the model is loaded; ``added_mb`` is what the model cost.
 """
 
@@ -15,7 +17,8 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,18 +73,88 @@ def peak_rss_mb() -> float:
     return maxrss / (1 << 20) if sys.platform == "darwin" else maxrss / 1024  # bytes on macOS, KiB elsewhere
 
 
+def memory_since(baseline_mb: float) -> Memory:
+    """The peak-memory window opened by ``start_peak_window``, closed now."""
+    peak = peak_rss_mb()
+    return Memory(baseline_rss_mb=baseline_mb, peak_rss_mb=peak, added_mb=max(0.0, peak - baseline_mb))
+
+
+@dataclass(frozen=True)
+class Spread:
+    p50: float
+    p90: float
+    mean: float
+    min: float
+    max: float
+
+
+def spread(values: Sequence[float]) -> Spread:
+    """Percentiles of timings (ms); every latency figure in a result comes through here."""
+    array = np.asarray(values, dtype=np.float64)
+    return Spread(
+        p50=float(np.percentile(array, 50)),
+        p90=float(np.percentile(array, 90)),
+        mean=float(array.mean()),
+        min=float(array.min()),
+        max=float(array.max()),
+    )
+
+
 def summarize(times_ms: list[float], warmup: int, load_ms: float) -> Latency:
-    values = np.asarray(times_ms)
+    timing = spread(times_ms)
     return Latency(
         warmup_runs=warmup,
         timed_runs=len(times_ms),
         load_ms=load_ms,
-        p50_ms=float(np.percentile(values, 50)),
-        p90_ms=float(np.percentile(values, 90)),
-        mean_ms=float(values.mean()),
-        min_ms=float(values.min()),
-        max_ms=float(values.max()),
+        p50_ms=timing.p50,
+        p90_ms=timing.p90,
+        mean_ms=timing.mean,
+        min_ms=timing.min,
+        max_ms=timing.max,
     )
+
+
+def check_counts(warmup: int, runs: int) -> None:
+    if runs < 1 or warmup < 0:
+        raise EdgegenError("--runs must be at least 1 and --warmup at least 0")
+
+
+def result_line(stdout: str, what: str) -> str:
+    """The last JSON line a measuring process printed (toolchains may print before it)."""
+    lines = [line for line in stdout.strip().splitlines() if line.startswith("{")]
+    if not lines:
+        raise EdgegenError(f"{what} printed no result")
+    return lines[-1]
+
+
+def run_fresh_process(module: str, arguments: list[str], threads: int) -> str:
+    """Run ``python -m module arguments`` and return its result line; its one-line error becomes ours."""
+    command = [sys.executable, "-m", module, *arguments]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore", TQDM_DISABLE="1")
+    completed = subprocess.run(command, capture_output=True, text=True, env=env)
+    if completed.returncode != 0:
+        lines = [line for line in completed.stderr.strip().splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith("error: ")]
+        if errors:
+            raise EdgegenError(errors[-1][len("error: "):])
+        raise EdgegenError(f"{module} exited {completed.returncode}" + (f": {lines[-1]}" if lines else ""))
+    return result_line(completed.stdout, module)
+
+
+def measuring_main(measure: Callable[[], str]) -> int:
+    """The measuring process's side of ``run_fresh_process``: a result line, or one error line."""
+    try:
+        line = measure()
+    except EdgegenError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(line)
+    return 0
+
+
+def profiling_arguments(artifact_dir: str, warmup: int, runs: int, threads: int) -> list[str]:
+    """The arguments of ``python -m edgegen.measure.profiling``, here or on a remote device."""
+    return [artifact_dir, "--warmup", str(warmup), "--runs", str(runs), "--threads", str(threads)]
 
 
 def time_calls(call, warmup: int, runs: int) -> list[float]:
@@ -132,7 +205,7 @@ def profile_in_this_process(artifact_dir: Path, warmup: int, runs: int, threads:
     load_ms = (time.perf_counter() - start) * 1000.0
     prepared = session.prepare(inputs)
     times = time_calls(lambda: session.run_prepared(prepared), warmup, runs)
-    peak = peak_rss_mb()
+    memory = memory_since(baseline)
     manifest = artifact.manifest
     return Result(
         kind="profile",
@@ -144,7 +217,7 @@ def profile_in_this_process(artifact_dir: Path, warmup: int, runs: int, threads:
         runtime=session.runtime_name,
         host=host_info(threads),
         latency=summarize(times, warmup, load_ms),
-        memory=Memory(baseline_rss_mb=baseline, peak_rss_mb=peak, added_mb=max(0.0, peak - baseline)),
+        memory=memory,
     )
 
 
@@ -153,23 +226,13 @@ def profile_artifact(artifact_dir: Path, warmup: int = DEFAULT_WARMUP, runs: int
     from edgegen.artifact import load_artifact
     from edgegen.session import runtime_for
 
-    if runs < 1 or warmup < 0:
-        raise EdgegenError("--runs must be at least 1 and --warmup at least 0")
+    check_counts(warmup, runs)
     artifact = load_artifact(artifact_dir)  # fail fast, in this process, on a bad folder
     reason = runtime_for(artifact.manifest).unavailable_reason(artifact.manifest)
     if reason:
         raise EdgegenError(f"cannot profile {artifact_dir} here: {reason}")
-    command = [
-        sys.executable, "-m", "edgegen.measure.profiling", str(artifact_dir),
-        "--warmup", str(warmup), "--runs", str(runs), "--threads", str(threads),
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
-    completed = subprocess.run(command, capture_output=True, text=True, env=env)
-    if completed.returncode != 0:
-        lines = [line for line in completed.stderr.strip().splitlines() if line.startswith("error: ")]
-        message = lines[-1][len("error: "):] if lines else f"profiling subprocess exited {completed.returncode}"
-        raise EdgegenError(message)
-    return Result.model_validate_json(completed.stdout.strip().splitlines()[-1])
+    line = run_fresh_process("edgegen.measure.profiling", profiling_arguments(str(artifact_dir), warmup, runs, threads), threads)
+    return Result.model_validate_json(line)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,13 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=DEFAULT_RUNS)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    try:
-        result = profile_in_this_process(args.artifact_dir, args.warmup, args.runs, args.threads)
-    except EdgegenError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(result.model_dump_json())
-    return 0
+    return measuring_main(lambda: profile_in_this_process(args.artifact_dir, args.warmup, args.runs, args.threads).model_dump_json())
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edgegen.artifact import load_artifact
 from edgegen.errors import EdgegenError
+from edgegen.measure.profiling import profiling_arguments, result_line
 from edgegen.schema.results import Result
 
 CONNECT_TIMEOUT_S = 10
@@ -58,9 +59,6 @@ def profile_on_device(artifact_dir: Path, address: str, warmup: int, runs: int, 
     remote = f"{REMOTE_DIR}/{artifact.folder.name}-{artifact.manifest.files[0].sha256[:12]}"
     _run(["ssh", *_ssh_options(), host, f"mkdir -p {shlex.quote(REMOTE_DIR)} && rm -rf {shlex.quote(remote)}"], f"preparing {host}", 60)
     _run(["scp", "-q", "-r", *_ssh_options(), str(artifact.folder), f"{host}:{remote}"], f"copying to {host}", timeout_s)
-    command = f"{shlex.quote(python)} -m edgegen.measure.profiling {shlex.quote(remote)} --warmup {warmup} --runs {runs} --threads {threads}"
+    command = shlex.join([python, "-m", "edgegen.measure.profiling", *profiling_arguments(remote, warmup, runs, threads)])
     output = _run(["ssh", *_ssh_options(), host, command], f"profiling on {host}", timeout_s)
-    lines = [line for line in output.strip().splitlines() if line.startswith("{")]
-    if not lines:
-        raise EdgegenError(f"profiling on {host} printed no result")
-    return Result.model_validate_json(lines[-1])
+    return Result.model_validate_json(result_line(output, f"profiling on {host}"))

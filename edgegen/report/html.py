@@ -12,14 +12,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
-import json
 import os
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from edgegen.errors import EdgegenError
-from edgegen.schema.pipeline import PIPELINE_RESULTS_SCHEMA_VERSION, PipelineResult
+from edgegen.schema.pipeline import PipelineResult, read_results_file
 
 
 def read_results(paths: list[Path]) -> list[tuple[PipelineResult, Path]]:
@@ -28,26 +25,7 @@ def read_results(paths: list[Path]) -> list[tuple[PipelineResult, Path]]:
         raise EdgegenError("give at least one results file")
     found: dict[str, tuple[PipelineResult, Path]] = {}
     for path in map(Path, paths):
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise EdgegenError(f"results file not found: {path}") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise EdgegenError(f"cannot read results file {path}: {error}") from None
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-                if isinstance(data, dict) and isinstance(data.get("schema_version"), int) and data["schema_version"] > PIPELINE_RESULTS_SCHEMA_VERSION:
-                    raise EdgegenError(f"{path}:{number} has results schema {data['schema_version']}, newer than this edgegen reads; upgrade edgegen")
-                result = PipelineResult.model_validate(data)
-            except json.JSONDecodeError:
-                raise EdgegenError(f"{path}:{number} is not JSON (a pipeline results file has one JSON object per line)") from None
-            except ValidationError as error:
-                problem = error.errors()[0]
-                where = ".".join(map(str, problem["loc"])) or "(root)"
-                raise EdgegenError(f"{path}:{number} is not a pipeline result: {where}: {problem['msg']}") from None
+        for result in read_results_file(path):
             found[result.case_id] = (result, path.parent)
     if not found:
         raise EdgegenError(f"no results in {', '.join(map(str, paths))}")
@@ -92,21 +70,42 @@ def _image_grid(cases: list[tuple[PipelineResult, Path]]) -> str:
     return f"<table class='grid'>{header}{''.join(rows)}</table>"
 
 
-def _latency_rows(cases: list[PipelineResult]) -> list[list[str]]:
+def _latency_table(cases: list[PipelineResult]) -> str:
+    """Per-component time per image, for whichever components the cases' family has."""
+    components = list(dict.fromkeys(t.component for r in cases if r.latency for t in r.latency.per_component))
+    header = ["case", *(f"{name.replace('_', ' ')} ms/call x calls" for name in components), "calls/step x steps", "per step ms",
+              "host overhead ms", "total p50 / p90 ms", "cold / warm load ms", "peak +MiB", "size KiB"]
     rows = []
     for r in cases:
         if r.not_run_reason or r.latency is None:
-            rows.append([r.case_id, f"not run: {r.not_run_reason}" if r.not_run_reason else "not profiled"] + [""] * 9)
+            rows.append([r.case_id, f"not run: {r.not_run_reason}" if r.not_run_reason else "not profiled"] + [""] * (len(header) - 2))
             continue
         lat, timing = r.latency, {t.component: t for t in r.latency.per_component}
-        fmt = lambda t: f"{t.p50_ms:.2f} x{t.calls_per_image}" if t else "-"  # noqa: E731
         rows.append([
-            r.case_id, fmt(timing.get("text_encoder")), fmt(timing.get("denoiser")), f"{lat.calls_per_step} x {lat.steps}",
-            fmt(timing.get("vae_decoder")), f"{lat.per_step_p50_ms:.2f}", f"{lat.host_overhead_p50_ms:.2f}",
+            r.case_id, *(f"{timing[name].p50_ms:.2f} x{timing[name].calls_per_image}" if name in timing else "-" for name in components),
+            f"{lat.calls_per_step} x {lat.steps}", f"{lat.per_step_p50_ms:.2f}", f"{lat.host_overhead_p50_ms:.2f}",
             f"{lat.total_p50_ms:.1f} / {lat.total_p90_ms:.1f}", f"{lat.cold_load_ms:.0f} / {lat.warm_load_ms:.0f}",
             f"{r.memory.added_mb:.1f}" if r.memory else "-", f"{r.size_bytes / 1024:.0f}",
         ])
-    return rows
+    return _table(header, rows)
+
+
+def _pareto_section(results: list[PipelineResult]) -> str:
+    """The student cases no other beats on latency, memory, size and the plotted quality at once."""
+    from edgegen.measure.metric_registry import COSTS, plotted_quality
+    from edgegen.report.pareto import pareto_of
+
+    quality = plotted_quality(results)
+    front = pareto_of(results, quality.quality)
+    if not front.considered:
+        return "<p>No timed student cases: no Pareto front.</p>"
+    costs = ", ".join(cost.label for cost in COSTS)
+    items = "".join(f"<li>{html.escape(case)}</li>" for case in front.front)
+    return (
+        f"<p>{len(front.front)} of {len(front.considered)} timed student cases are on the Pareto front of {html.escape(costs)} "
+        f"against {html.escape(quality.label)}: no other case is at least as good on every axis and better on one.</p>"
+        f"<ul class='pareto'>{items}</ul>"
+    )
 
 
 STYLE = """
@@ -123,18 +122,19 @@ td.prompt{text-align:left;max-width:220px} td.missing{color:#b00;font-style:ital
 
 
 def build_report(paths: list[Path], title: str = "edgegen report") -> str:
+    from edgegen.measure.metric_registry import METRICS
     from edgegen.report import plots
-    from edgegen.report.tables import KEY_COLUMNS, key_row
+    from edgegen.report.tables import key_header, key_metrics, key_row
 
     cases = read_results(paths)
     results = [r for r, _ in cases]
     first = results[0]
     host = first.host
-    key_rows = [key_row(r) for r in results]
+    metrics = key_metrics(results)
     figures = [
-        ("quality vs latency", plots.tradeoff(results, "ms per image (p50)", lambda r: r.latency.total_p50_ms if r.latency else None)),
-        ("quality vs size", plots.tradeoff(results, "model files (KiB)", lambda r: r.size_bytes / 1024 if not r.not_run_reason else None)),
-        ("quality vs peak memory", plots.tradeoff(results, "peak memory added (MiB)", lambda r: r.memory.added_mb if r.memory else None)),
+        ("quality vs latency", plots.tradeoff(results, METRICS["latency_p50_ms"])),
+        ("quality vs size", plots.tradeoff(results, METRICS["size_bytes"])),
+        ("quality vs peak memory", plots.tradeoff(results, METRICS["peak_added_mb"])),
         ("latent fidelity per step", plots.latent_psnr_per_step(results)),
         ("where the time goes", plots.latency_breakdown(results)),
     ]
@@ -145,7 +145,7 @@ def build_report(paths: list[Path], title: str = "edgegen report") -> str:
         else ("<p>All budgets passed.</p>" if any(r.budgets for r in results) else "")
     )
     generated = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    latency_header = ["case", "text encoder ms x calls", "denoiser ms/call x calls", "calls/step x steps", "decoder ms", "per step ms", "host overhead ms", "total p50 / p90 ms", "cold / warm load ms", "peak +MiB", "size KiB"]
+    numbers = " &nbsp; ".join(f"<b>{index}</b> {html.escape(r.case_id)}" for index, r in enumerate(results, 1))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
 <body>
@@ -154,13 +154,16 @@ def build_report(paths: list[Path], title: str = "edgegen report") -> str:
 <p class="note">Export fidelity compares an exported student with the same student in eager float32; the distillation gap compares any case with the eager teacher. Faithfulness is the fraction of images whose colour, shape and position (read by the probe) match the caption.</p>
 {budget_html}
 <h2>Key results</h2>
-{_table(list(KEY_COLUMNS), key_rows)}
+{_table(key_header(metrics), [key_row(r, metrics) for r in results])}
 <h2>Images</h2>
 {_image_grid(cases)}
 <h2>Latency and memory</h2>
-{_table(latency_header, _latency_rows(results))}
+{_latency_table(results)}
 <p class="note">Per-call p50 over timed images after warm-up; peak memory of a fresh process holding every component while generating.</p>
+<h2>Pareto front</h2>
+{_pareto_section(results)}
 <h2>Trade-offs</h2>
+<p class="note">Points are numbered by case: {numbers}. Red points and the step line: the Pareto front of that plot's two axes.</p>
 <div class="plots">{plot_html or '<p>No timed cases to plot.</p>'}</div>
 </body></html>
 """

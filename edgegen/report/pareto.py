@@ -6,6 +6,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from edgegen.measure.metric_registry import COSTS, sweep_quality
+from edgegen.schema.pipeline import ParetoFront, PipelineResult
+
 
 def _usable(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
@@ -32,3 +35,24 @@ def pareto_front(points: Sequence[dict[str, Any]], minimize: Sequence[str] = (),
         if not dominated:
             front.append(i)
     return front
+
+
+def pareto_of(results: list[PipelineResult], quality: str = "psnr") -> ParetoFront:
+    """The student cases no other student case beats on latency, memory, size and quality at once."""
+    metric = sweep_quality(quality)
+    candidates = [r for r in results if r.role == "student" and r.not_run_reason is None]
+    points = [{**{cost.name: cost.read(r) for cost in COSTS}, "quality": metric.read(r)} for r in candidates]
+    costs = tuple(cost.name for cost in COSTS)
+    front = pareto_front(
+        points,
+        minimize=costs + (() if metric.higher_is_better else ("quality",)),
+        maximize=("quality",) if metric.higher_is_better else (),
+    )
+    considered = [r.case_id for r, p in zip(candidates, points) if all(_usable(value) for value in p.values())]
+    return ParetoFront(
+        quality_metric=quality,
+        quality_higher_is_better=metric.higher_is_better,
+        cost_axes=list(costs),
+        considered=considered,
+        front=[candidates[i].case_id for i in front],
+    )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
+from edgegen.measure.metric_registry import Metric, plotted_quality
 from edgegen.report.pareto import pareto_front
 from edgegen.schema.pipeline import PipelineResult
 
@@ -19,26 +21,28 @@ def _figure(width: float = 6.4, height: float = 4.0):
     return plt, figure, axes
 
 
-def _png(plt: Any, figure: Any) -> bytes:
+def _png(plt: Any, figure: Any, layout: bool = True) -> bytes:
     buffer = io.BytesIO()
-    figure.tight_layout()
+    if layout:
+        figure.tight_layout()
     figure.savefig(buffer, format="png")
     plt.close(figure)
     return buffer.getvalue()
 
 
-def quality_axis(results: list[PipelineResult]) -> tuple[str, Any]:
-    """Faithfulness where the probe ran, else image PSNR against the teacher."""
-    if any(r.distillation_gap and r.distillation_gap.faithfulness is not None for r in results):
-        return "caption faithfulness", lambda r: r.distillation_gap.faithfulness if r.distillation_gap else None
-    return "image PSNR vs teacher (dB)", lambda r: (r.distillation_gap.image_psnr_db if r.distillation_gap and r.role != "teacher" else None)
+def tradeoff_figure(results: list[PipelineResult], cost: Metric) -> tuple[Any, Any, list[Any]] | None:
+    """Quality against a cost axis, the 2-D Pareto front drawn as a step line.
 
-
-def tradeoff(results: list[PipelineResult], x_name: str, x_of: Any) -> bytes | None:
-    """Quality against a cost axis, the Pareto front drawn as a step line."""
-    label, quality_of = quality_axis(results)
-    points = [{"case": r.case_id, "x": x_of(r), "y": quality_of(r)} for r in results]
-    points = [p for p in points if p["x"] is not None and p["y"] is not None]
+    Points carry their case's number (its place in ``results``, 1-based; the report prints the key)
+    rather than its id, and each number is placed where it overlaps no other, so clustered cases
+    stay readable. Returns (pyplot, figure, the number labels), or None with nothing to plot.
+    """
+    quality = plotted_quality(results)
+    points = [
+        {"number": index, "x": x * cost.plot_scale, "y": y}
+        for index, r in enumerate(results, 1)
+        if (x := cost.read(r)) is not None and (y := quality.read(r)) is not None
+    ]
     if not points:
         return None
     front = set(pareto_front(points, minimize=("x",), maximize=("y",)))
@@ -46,15 +50,50 @@ def tradeoff(results: list[PipelineResult], x_name: str, x_of: Any) -> bytes | N
     for index, point in enumerate(points):
         on_front = index in front
         axes.scatter(point["x"], point["y"], s=60 if on_front else 30, color="#d62728" if on_front else "#1f77b4", zorder=3)
-        axes.annotate(point["case"], (point["x"], point["y"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ordered = sorted((points[i] for i in front), key=lambda p: p["x"])
     if len(ordered) > 1:
         axes.step([p["x"] for p in ordered], [p["y"] for p in ordered], where="post", color="#d62728", linewidth=1, label="Pareto front")
         axes.legend(fontsize=8)
-    axes.set_xlabel(x_name)
-    axes.set_ylabel(label)
+    axes.set_xlabel(cost.label)
+    axes.set_ylabel(quality.label)
     axes.grid(True, alpha=0.3)
-    return _png(plt, figure)
+    axes.margins(0.15)
+    figure.tight_layout()  # before placing: a later layout change would move the points under the labels
+    return plt, figure, _place_labels(figure, axes, points)
+
+
+# Offsets (points) tried in turn for a label: rings of twelve directions, nearest ring first.
+_OFFSETS = [
+    (radius * math.cos(math.radians(angle)) - 3, radius * math.sin(math.radians(angle)) - 3)
+    for radius in range(7, 120, 7)
+    for angle in range(45, 405, 30)
+]
+
+
+def _place_labels(figure: Any, axes: Any, points: list[dict]) -> list[Any]:
+    """Each point's number at the nearest offset where it overlaps no number placed before it."""
+    figure.canvas.draw()  # settle the axis limits the labels are measured against
+    renderer = figure.canvas.get_renderer()
+    placed: list[Any] = []
+    boxes: list[Any] = []
+    for point in points:
+        for offset in _OFFSETS:
+            label = axes.annotate(str(point["number"]), (point["x"], point["y"]), fontsize=8, xytext=offset, textcoords="offset points")
+            extent = label.get_window_extent(renderer)
+            if not any(extent.overlaps(other) for other in boxes) or offset == _OFFSETS[-1]:
+                break
+            label.remove()
+        placed.append(label)
+        boxes.append(extent)
+    return placed
+
+
+def tradeoff(results: list[PipelineResult], cost: Metric) -> bytes | None:
+    drawn = tradeoff_figure(results, cost)
+    if drawn is None:
+        return None
+    plt, figure, _ = drawn
+    return _png(plt, figure, layout=False)
 
 
 def latent_psnr_per_step(results: list[PipelineResult]) -> bytes | None:
@@ -79,8 +118,9 @@ def latency_breakdown(results: list[PipelineResult]) -> bytes | None:
     plt, figure, axes = _figure(6.4, 0.5 + 0.45 * len(timed))
     names = [r.case_id for r in timed]
     left = [0.0] * len(timed)
-    colours = {"text_encoder": "#2ca02c", "denoiser": "#1f77b4", "vae_decoder": "#ff7f0e"}
-    for component, colour in colours.items():
+    components = list(dict.fromkeys(t.component for r in timed for t in r.latency.per_component))
+    palette = plt.get_cmap("tab10").colors  # one colour per component present, in call order
+    for component, colour in zip(components, palette * (len(components) // len(palette) + 1)):
         widths = []
         for r in timed:
             timing = next((t for t in r.latency.per_component if t.component == component), None)

@@ -20,19 +20,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgegen.errors import EdgegenError
+from edgegen.report.pareto import pareto_of
 from edgegen.schema.pipeline import ParetoFront, PipelineResult
 
 PRECISIONS = ("float", "int8")
-# quality metric -> (how to read it from a result, larger is better)
-QUALITY_METRICS = {
-    "psnr": (lambda r: r.distillation_gap.image_psnr_db if r.distillation_gap else None, True),
-    "ssim": (lambda r: r.distillation_gap.image_ssim if r.distillation_gap else None, True),
-    "faithfulness": (lambda r: r.distillation_gap.faithfulness if r.distillation_gap else None, True),
-    "fid": (lambda r: r.distillation_gap.fid if r.distillation_gap else None, False),
-    "kid": (lambda r: r.distillation_gap.kid if r.distillation_gap else None, False),
-    "clip": (lambda r: r.distillation_gap.clip_score if r.distillation_gap else None, True),
-}
-COST_AXES = ("latency_p50_ms", "peak_added_mb", "size_bytes")
+
+
+def exportable_targets() -> list[str]:
+    """Targets this machine can export to (the sweep's default)."""
+    from edgegen.registry import EXPORTERS
+
+    return [name for name in EXPORTERS.names() if EXPORTERS.get(name).unavailable_reason() is None]
+
+
+def int8_scheme(target: str) -> str | None:
+    """The target's full int8 scheme, else its first int8 variant (e.g. weight-only)."""
+    from edgegen.registry import EXPORTERS
+
+    schemes = EXPORTERS.get(target).quantizations
+    if "int8" in schemes:
+        return "int8"
+    return next((s for s in schemes if s.startswith("int8")), None)
 
 
 @dataclass(frozen=True)
@@ -84,24 +92,24 @@ def summary_token_variant(student_dir: Path, tokens: int, workdir: Path) -> Path
     manifest = read_student_manifest(student_dir)
     if manifest is None or manifest.scman is None:
         raise EdgegenError(f"{student_dir} has no SCMAN attention; --summary-tokens needs a SCMAN student")
-    if manifest.scman.get("summary", "pooled") != "pooled":
-        raise EdgegenError(f"{student_dir} learned its SCMAN summary ({manifest.scman['summary']}); its token budget is fixed")
-    if manifest.scman.get("summary_tokens") == tokens:
+    scman = manifest.scman
+    if scman.summary != "pooled":
+        raise EdgegenError(f"{student_dir} learned its SCMAN summary ({scman.summary}); its token budget is fixed")
+    if scman.summary_tokens == tokens:
         return Path(student_dir)
-    SCMANConfig(**{**manifest.scman, "summary_tokens": tokens})  # refuse an impossible budget before copying
+    resized = scman.model_copy(update={"summary_tokens": tokens})
+    SCMANConfig(**resized.model_dump())  # refuse an impossible budget before copying
     folder = Path(workdir) / f"summary-{tokens}"
     if not (folder / STUDENT_MANIFEST_FILENAME).is_file():
         with atomic_folder(folder, force=True) as staging:
             shutil.copytree(student_dir, staging, dirs_exist_ok=True)
-            scman = {**manifest.scman, "summary_tokens": tokens}
-            write_json(staging / STUDENT_MANIFEST_FILENAME, manifest.model_copy(update={"scman": scman}))
+            write_json(staging / STUDENT_MANIFEST_FILENAME, manifest.model_copy(update={"scman": resized}))
     return folder
 
 
 def export_cell(student_dir: Path, target: str, precision: str, root: Path, on_step: Callable[[str], None]) -> Path | None:
-    """Export the student's three components for one cell into their own folder (reused if there)."""
-    from edgegen.families.stable_diffusion import COMPONENT_NAMES
-    from edgegen.embedded.demo import int8_scheme
+    """Export every component of the student for one cell into their own folder (reused if there)."""
+    from edgegen.families import component_names, family_of
     from edgegen.exporting.orchestration import ExportOptions, artifact_name, check_options, export_pipeline, get_exporter
     from edgegen.schema.manifest import MANIFEST_FILENAME
 
@@ -111,46 +119,12 @@ def export_cell(student_dir: Path, target: str, precision: str, root: Path, on_s
         return None
     options = check_options(get_exporter(target), ExportOptions(quantize=scheme))
     folder = Path(root) / f"{target}-{precision}"
-    names = [artifact_name(component, target, options) for component in COMPONENT_NAMES]
+    names = [artifact_name(component, target, options) for component in component_names(family_of(student_dir))]
     if all((folder / name / MANIFEST_FILENAME).is_file() for name in names):
         return folder
     on_step(f"exporting {student_dir.name} to {target} {precision}")
     export_pipeline(student_dir, target, folder, options=options, force=True)
     return folder
-
-
-def _cost_point(result: PipelineResult, quality: str) -> dict:
-    read, _ = QUALITY_METRICS[quality]
-    return {
-        "latency_p50_ms": result.latency.total_p50_ms if result.latency else None,
-        "peak_added_mb": result.memory.added_mb if result.memory else None,
-        "size_bytes": float(result.size_bytes),
-        "quality": read(result),
-    }
-
-
-def pareto_of(results: list[PipelineResult], quality: str = "psnr") -> ParetoFront:
-    """The student cases no other student case beats on latency, memory, size and quality at once."""
-    from edgegen.report.pareto import pareto_front
-
-    if quality not in QUALITY_METRICS:
-        raise EdgegenError(f"unknown quality metric '{quality}'; choose from: {', '.join(QUALITY_METRICS)}")
-    candidates = [r for r in results if r.role == "student" and r.not_run_reason is None]
-    points = [_cost_point(r, quality) for r in candidates]
-    larger_is_better = QUALITY_METRICS[quality][1]
-    front = pareto_front(
-        points,
-        minimize=COST_AXES + (() if larger_is_better else ("quality",)),
-        maximize=("quality",) if larger_is_better else (),
-    )
-    considered = [r.case_id for r, p in zip(candidates, points) if all(p[k] is not None for k in (*COST_AXES, "quality"))]
-    return ParetoFront(
-        quality_metric=quality,
-        quality_higher_is_better=larger_is_better,
-        cost_axes=list(COST_AXES),
-        considered=considered,
-        front=[candidates[i].case_id for i in front],
-    )
 
 
 def run_sweep(
@@ -170,16 +144,14 @@ def run_sweep(
     clip_dir: Path | None = None,
     on_step: Callable[[str], None] = lambda message: None,
 ) -> SweepOutcome:
-    from edgegen.measure.pipeline_fidelity import run_comparison
     from edgegen.families.loading import check_pipeline_dir
+    from edgegen.measure.metric_registry import sweep_quality, unmeasured
+    from edgegen.measure.pipeline_fidelity import run_comparison
 
     axes.check()
-    if quality not in QUALITY_METRICS:
-        raise EdgegenError(f"unknown quality metric '{quality}'; choose from: {', '.join(QUALITY_METRICS)}")
-    needs = {"faithfulness": probe_dir, "fid": feature_extractor, "kid": feature_extractor, "clip": clip_dir}
-    if quality in needs and needs[quality] is None:
-        flag = {"faithfulness": "--probe", "fid": "--feature-extractor", "kid": "--feature-extractor", "clip": "--clip"}[quality]
-        raise EdgegenError(f"--quality {quality} needs {flag}")
+    needed = unmeasured(sweep_quality(quality), probe_dir, feature_extractor, clip_dir)
+    if needed:
+        raise EdgegenError(f"--quality {quality} needs {needed}")
     teacher_dir, student_dir = check_pipeline_dir(teacher_dir), check_pipeline_dir(student_dir)
     results_path = Path(results_path)
     workdir = results_path.parent / (results_path.stem + "-work")

@@ -12,16 +12,21 @@ same student in eager float32, same prompts, seeds and initial latents) and ``di
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Literal
 
+from pydantic import ValidationError
+
+from edgegen.errors import EdgegenError
 from edgegen.schema.base import StrictModel
-from edgegen.schema.results import Host
+from edgegen.schema.results import Host, Memory
 
 PIPELINE_RESULTS_SCHEMA_VERSION = 1
 
 
 class ComponentTiming(StrictModel):
-    component: str  # text_encoder | denoiser | vae_decoder
+    component: str  # as the pipeline's family names it: text_encoder, denoiser, vae_decoder, transformer, ...
     calls_per_image: int  # the denoiser: steps * calls_per_step
     p50_ms: float  # per call
     p90_ms: float
@@ -40,14 +45,6 @@ class PipelineLatency(StrictModel):
     total_p90_ms: float
     cold_load_ms: float  # loading every component, first time in a fresh process
     warm_load_ms: float  # loading them again in the same process
-
-
-class PipelineMemory(StrictModel):
-    """Peak resident memory of a fresh process holding every component and generating one image."""
-
-    baseline_rss_mb: float
-    peak_rss_mb: float
-    added_mb: float
 
 
 class ExportFidelity(StrictModel):
@@ -100,7 +97,7 @@ class PipelineResult(StrictModel):
     images_dir: str | None = None
     host: Host
     latency: PipelineLatency | None = None
-    memory: PipelineMemory | None = None
+    memory: Memory | None = None
     export_fidelity: ExportFidelity | None = None
     distillation_gap: DistillationGap | None = None
     budgets: list[BudgetCheck] = []
@@ -117,3 +114,40 @@ class ParetoFront(StrictModel):
     cost_axes: list[str]  # latency_p50_ms, peak_added_mb, size_bytes: all minimised
     considered: list[str]  # case_ids with every axis measured (student cases that ran and were timed)
     front: list[str]  # case_ids no other considered case beats on every axis at once
+
+
+def read_results_file(path: Path) -> list[PipelineResult]:
+    """Every line of a results file, validated here once for ``compare``, ``sweep`` and ``report``.
+
+    A line that is not a current pipeline result is refused in one line naming it (never skipped:
+    a skipped case would silently run again or vanish from a report). A last line cut short by an
+    interrupted run is cut before the next append (``drop_partial_last_line``), not read here.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise EdgegenError(f"results file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise EdgegenError(f"cannot read results file {path}: {error}") from None
+    results = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            raise EdgegenError(f"{where} is not JSON (a pipeline results file has one JSON object per line)") from None
+        version = data.get("schema_version", PIPELINE_RESULTS_SCHEMA_VERSION) if isinstance(data, dict) else None
+        if isinstance(version, int) and version > PIPELINE_RESULTS_SCHEMA_VERSION:
+            raise EdgegenError(f"{where} has results schema {version}, newer than this edgegen reads ({PIPELINE_RESULTS_SCHEMA_VERSION}); upgrade edgegen")
+        if isinstance(version, int) and version < PIPELINE_RESULTS_SCHEMA_VERSION:
+            raise EdgegenError(f"{where} has results schema {version}, older than this edgegen reads ({PIPELINE_RESULTS_SCHEMA_VERSION}); run that case again")
+        try:
+            results.append(PipelineResult.model_validate(data))
+        except ValidationError as error:
+            problem = error.errors()[0]
+            field = ".".join(map(str, problem["loc"])) or "(root)"
+            raise EdgegenError(f"{where} is not a pipeline result: {field}: {problem['msg']}") from None
+    return results

@@ -29,7 +29,8 @@ class Latency(StrictModel):
 
 
 class Memory(StrictModel):
-    """Peak resident memory of a fresh process; the baseline is after importing the runtime only."""
+    """Peak resident memory of a fresh process (one artifact, or a whole pipeline with every
+    component resident); the baseline is after importing the runtimes only."""
 
     baseline_rss_mb: float
     peak_rss_mb: float
