@@ -28,10 +28,10 @@ def init_command(
 ) -> None:
     """Create a student: fewer/narrower blocks, SCMAN cross-attention, teacher-initialised weights."""
     quiet()
+    from edgegen.families import family_of
     from edgegen.models.checkpoint import read_student_manifest
-    from edgegen.models.student import make_student
 
-    make_student(teacher, preset.value, output, force=force)
+    family_of(teacher).make_student(teacher, output, preset.value, force=force)
     manifest = read_student_manifest(output)
     init = manifest.initialisation
     console.print(

@@ -223,6 +223,8 @@ def artifact_runners(artifacts: dict[str, Any], threads: int = 1) -> dict[str, R
 def load_case(model_dir: Path, artifact_dirs: dict[str, Path] | None, plan: SamplingPlan, threads: int = 1) -> EdgePipeline:
     model_dir = Path(model_dir)
     family = family_of(model_dir)
+    if plan.guidance_scale > 1.0 and "classifier-free" not in family.guidance_modes:
+        raise EdgegenError(f"{family.name} pipelines take no classifier-free guidance; use --guidance-scale 1")
     tokenizers, scheduler = load_tokenizers_and_scheduler(model_dir, family)
     if artifact_dirs:
         artifacts = check_artifacts(model_dir, artifact_dirs)
