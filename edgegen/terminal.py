@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
+import os
+import re
+import subprocess
 import sys
 import warnings
 from typing import Any
@@ -31,6 +35,90 @@ def quiet() -> None:
     torch._logging.set_logs(all=logging.ERROR)
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# Native toolchain logs honour these only if set before the library loads (and in every child
+# process): TensorFlow's logger inside LiteRT's converter and glog. Level 1 drops INFO, keeps
+# warnings and errors.
+NATIVE_LOG_ENV = {"TF_CPP_MIN_LOG_LEVEL": "1", "GLOG_minloglevel": "1"}
+
+# Lines native code writes straight to file descriptor 2, past Python's logging and warnings and
+# past NATIVE_LOG_ENV, so ``quiet()`` cannot reach them. Each pattern matches a whole line.
+TOOLCHAIN_NOISE = re.compile(
+    "|".join(
+        (
+            # ExecuTorch's runtime logs at info level on every program load (release builds too).
+            r"\[(?:cpuinfo_utils|threadpool)\.cpp:\d+\] .*",
+            # absl-logged INFO lines (LiteRT's converter, oneDNN) and absl's pre-init notice.
+            r"I\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.+-]+:\d+\] .*",
+            r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
+            # LiteRT's interpreter, on each interpreter with its default delegate.
+            r"INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.",
+        )
+    )
+)
+
+
+def is_toolchain_noise(line: str) -> bool:
+    return TOOLCHAIN_NOISE.fullmatch(line.rstrip("\r\n")) is not None
+
+
+def without_toolchain_noise(text: str) -> list[str]:
+    """The non-blank lines of a child process's captured stderr that are not toolchain noise."""
+    return [line for line in text.splitlines() if line.strip() and not is_toolchain_noise(line)]
+
+
+# The filter is a separate process, not a thread: if the command crashes or aborts, the filter
+# still reads to the end of the pipe, so its last words (the real error) reach the terminal.
+# It ignores Ctrl-C for the same reason, and ends when every writer of the pipe has closed it.
+_FILTER_PROGRAM = """
+import os, re, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+noise = re.compile(sys.argv[1].encode())
+out = sys.stdout.buffer
+for line in sys.stdin.buffer:
+    if noise.fullmatch(line.rstrip(b"\\r\\n")) is None:
+        out.write(line)
+        out.flush()
+"""
+_filter: subprocess.Popen | None = None
+
+
+def filter_native_noise() -> None:
+    """Route this process's fd 2 (and its children's) through a filter that drops TOOLCHAIN_NOISE.
+
+    For the CLI's entry point only, before any toolchain loads; ``EDGEGEN_DEBUG=1`` keeps stderr raw.
+    """
+    global _filter
+    for name, value in NATIVE_LOG_ENV.items():
+        os.environ.setdefault(name, value)
+    if _filter is not None or os.environ.get("EDGEGEN_DEBUG"):
+        return
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    terminal = os.dup(2)
+    # -I -S: a bare interpreter starts in milliseconds and ignores the user's environment.
+    _filter = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _FILTER_PROGRAM, TOOLCHAIN_NOISE.pattern],
+        stdin=read_end,
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(read_end)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    atexit.register(_stop_filter, terminal)
+
+
+def _stop_filter(terminal: int) -> None:
+    """Give fd 2 back and wait for the filter to pass on what is left in the pipe."""
+    sys.stderr.flush()
+    os.dup2(terminal, 2)  # drops our end of the pipe
+    os.close(terminal)
+    try:
+        _filter.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass  # a child process still holds the pipe; the filter serves it until it exits
 
 
 def print_json(payload: Any) -> None:

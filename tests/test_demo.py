@@ -5,6 +5,7 @@ import platform
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,42 @@ def test_demo_compares_teacher_and_students_and_writes_the_report(tmp_path):
 def test_demo_unknown_target(tmp_path):
     result = CliRunner().invoke(app, ["demo", "-o", str(tmp_path), "--target", "nope"])
     assert result.exit_code == 2 and "unknown export target 'nope'" in result.stderr
+
+
+# What the toolchains' native code used to print on every command (ExecuTorch's runtime, LiteRT's
+# converter and interpreter), written independently of edgegen.terminal's patterns.
+NOISE = re.compile(r"cpuinfo_utils\.cpp|threadpool\.cpp|absl::InitializeLog|TensorFlow Lite XNNPACK delegate|^I\d{4} \d\d:", re.M)
+
+
+def test_native_noise_is_dropped_and_a_crash_still_shows_its_error():
+    code = """
+import os, sys
+from edgegen.terminal import filter_native_noise
+filter_native_noise()
+os.write(2, b"[threadpool.cpp:66] Resetting threadpool to 1 threads.\\n")
+os.write(2, b"I0000 00:00:1796204115.788747   10141 port.cc:153] oneDNN custom operations are on.\\n")
+os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n")
+print("error: a real one", file=sys.stderr, flush=True)
+os.write(2, b"E0000 00:00:1796204115.788747   10141 interpreter.cc:1] a native error\\n")
+os.abort()  # no atexit, no flush: the filter process still passes on what was written
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode != 0
+    assert not NOISE.search(result.stderr), result.stderr
+    assert "error: a real one" in result.stderr and "a native error" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["executorch", "tflite"])
+def test_commands_print_no_toolchain_noise(target, exported, pipeline_dir):
+    # `compare` loads the runtime in the command's own process, where its native logs used to
+    # land on the terminal (the same happens in every export's parity check and in `make demo`).
+    from tests.helpers import require_runtime
+
+    require_runtime(target)
+    folder = exported("text_encoder", target).folder
+    command = [sys.executable, "-m", "edgegen.cli", "compare", str(folder), "--teacher", str(pipeline_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "PSNR" in result.stdout
+    assert not NOISE.search(result.stdout + result.stderr), result.stdout + result.stderr

@@ -30,9 +30,8 @@ class _OneLineErrors(TyperGroup):
         except (typer.Exit, typer.Abort, KeyboardInterrupt, SystemExit):
             raise
         except Exception as error:
-            import click
-
-            if isinstance(error, click.ClickException) or os.environ.get("EDGEGEN_DEBUG"):
+            # Usage errors (typer's vendored click's exceptions) keep typer's usage message.
+            if isinstance(error, typer.TyperException) or os.environ.get("EDGEGEN_DEBUG"):
                 raise
             typer.echo(f"error: unexpected {type(error).__name__}: {first_line(error)} (EDGEGEN_DEBUG=1 shows the traceback)", err=True)
             raise typer.Exit(1) from None
@@ -70,4 +69,9 @@ _register()
 
 
 def main() -> None:
+    from edgegen.terminal import filter_native_noise
+
+    # Before any command loads a toolchain: ExecuTorch's and LiteRT's native info logs write to
+    # fd 2 directly and would bury the command's output (EDGEGEN_DEBUG=1 keeps them).
+    filter_native_noise()
     app()
