@@ -229,3 +229,17 @@ def test_conformance_sampling_loop_on_artifacts_matches_eager(dummy_dir, dummy_e
     assert len(got.call_ms[exported._denoiser]) == 2 * plan.steps  # guidance: two calls per step
     psnr = image_psnr_db(want.image, got.image)
     assert psnr > MIN_RUNNER_IMAGE_PSNR_DB, f"{family}/{target}: image PSNR {psnr:.1f} dB"
+
+
+def test_families_command_lists_every_registered_family():
+    from edgegen.cli import app
+
+    result = CliRunner().invoke(app, ["families", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [row["family"] for row in rows] == FAMILIES.names()
+    sd = rows[0]
+    assert sd["pipeline_classes"] == ["StableDiffusionPipeline"]
+    assert [(c["name"], c["subfolder"], c["role"]) for c in sd["components"]] == [
+        ("text_encoder", "text_encoder", "encoder"), ("denoiser", "unet", "denoiser"), ("vae_decoder", "vae", "decoder"),
+    ]

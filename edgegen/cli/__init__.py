@@ -48,13 +48,14 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from edgegen.cli import compare, data, default_pipeline, demo, export, inspect, probe, profile, report, student, sweep, targets, train
+    from edgegen.cli import compare, data, default_pipeline, demo, export, families, inspect, probe, profile, report, student, sweep, targets, train
 
     app.command("export")(export.export_command)
     app.command("profile")(profile.profile_command)
     app.command("compare")(compare.compare_command)
     app.command("inspect")(inspect.inspect_command)
     app.command("targets")(targets.targets_command)
+    app.command("families")(families.families_command)
     app.command("default-pipeline")(default_pipeline.default_pipeline_command)
     app.command("demo")(demo.demo_command)
     app.command("sweep")(sweep.sweep_command)
