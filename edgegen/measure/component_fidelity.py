@@ -9,7 +9,7 @@ from edgegen.artifact import Artifact, load_artifact
 from edgegen.families import family_of
 from edgegen.errors import EdgegenError
 from edgegen.measure.metrics import worst_fidelity
-from edgegen.measure.profiling import host_info
+from edgegen.measure.profiling import artifact_result
 from edgegen.schema.results import Quality, Result
 from edgegen.session import open_artifact
 from edgegen.families.loading import checkpoint_sha256, load_pipeline
@@ -36,15 +36,11 @@ def compare_with_pipeline(artifact: Artifact, pipeline: Any, pipeline_dir: Path,
     produced = session.run(inputs)
     score = worst_fidelity(teacher_outputs, produced)
     same = checkpoint_sha256(pipeline_dir, component.source_subfolder) == manifest.source.checkpoint_sha256
-    return Result(
-        kind="compare",
-        artifact_dir=str(artifact.folder.resolve()),
-        target=manifest.target,
-        backend=manifest.backend,
-        component=manifest.component,
-        quantization=manifest.quantization.scheme,
-        runtime=session.runtime_name,
-        host=host_info(threads),
+    return artifact_result(
+        "compare",
+        artifact,
+        session.runtime_name,
+        threads,
         quality=Quality(
             reference=f"teacher eager {manifest.component} ({pipeline_dir})",
             psnr_db=score.psnr_db,

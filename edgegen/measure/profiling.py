@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -206,18 +207,22 @@ def profile_in_this_process(artifact_dir: Path, warmup: int, runs: int, threads:
     prepared = session.prepare(inputs)
     times = time_calls(lambda: session.run_prepared(prepared), warmup, runs)
     memory = memory_since(baseline)
+    return artifact_result("profile", artifact, session.runtime_name, threads, latency=summarize(times, warmup, load_ms), memory=memory)
+
+
+def artifact_result(kind: str, artifact: Any, runtime: str, threads: int, **measured: Any) -> Result:
+    """A component result: what the artifact is (from its manifest) and what was measured on it."""
     manifest = artifact.manifest
     return Result(
-        kind="profile",
-        artifact_dir=str(Path(artifact_dir).resolve()),
+        kind=kind,
+        artifact_dir=str(Path(artifact.folder).resolve()),
         target=manifest.target,
         backend=manifest.backend,
         component=manifest.component,
         quantization=manifest.quantization.scheme,
-        runtime=session.runtime_name,
+        runtime=runtime,
         host=host_info(threads),
-        latency=summarize(times, warmup, load_ms),
-        memory=memory,
+        **measured,
     )
 
 
