@@ -89,7 +89,7 @@ def two_step_gap(teacher_dir: Path, student_dir: Path) -> float:
     teacher, student = load_pipeline(teacher_dir), load_pipeline(student_dir)
     captions = ["a red circle at the top left", "a blue square at the bottom right", "a green triangle at the top right", ""] * 2
     with torch.no_grad():
-        embeddings = encode_text(teacher, teacher.text_encoder, captions)
+        embeddings = encode_text(teacher.tokenizer, teacher.text_encoder, captions)
         noise = torch.randn(len(captions), 4, 8, 8, generator=torch.Generator().manual_seed(1234))
         target = teacher_sample(teacher.unet, teacher.scheduler.config, noise, embeddings, 4)
         def denoise(x, t, e):
@@ -111,7 +111,7 @@ def test_adversarial_student_records_its_schedule_and_samples_in_two_steps(pipel
     # On held-out noise, the two-step output moves towards the teacher's sample from the same noise.
     before, after = two_step_gap(pipeline_dir, student_dir), two_step_gap(pipeline_dir, out / "pipeline")
     assert after < 0.85 * before, (before, after)  # measured: 1.17 -> 0.79
-    sampling = json.loads((out / "pipeline" / "edgegen_student.json").read_text())["recipe"]["sampling"]
+    sampling = json.loads((out / "pipeline" / "edgegen_student.json").read_text())["sampling"]
     assert sampling["steps"] == 2 and sampling["timesteps"] == [999, 499]
     plan = sampling_plan(out / "pipeline", steps=20, guidance_scale=1.0)
     assert plan.steps == 2 and plan.few_step_timesteps == (999, 499)
@@ -138,11 +138,15 @@ def test_qat_student_int8_exports_answer_to_the_fake_quant_model(qat_student, tm
     from edgegen.families.stable_diffusion import build_component
     from edgegen.exporting.orchestration import ExportOptions, export_component
     from edgegen.measure.metrics import psnr_db
-    from edgegen.exporting.qat import fake_quant_denoiser
+    from edgegen.exporting.quantize import fake_quant_module
+    from edgegen.models.checkpoint import learned_scales
     from edgegen.session import open_artifact
     from edgegen.families.loading import load_pipeline
 
     assert (qat_student / "unet" / "qat.safetensors").is_file()
+    from edgegen.models.checkpoint import read_student_manifest
+
+    assert read_student_manifest(qat_student).qat.model_dump() == {"scheme": "pt2e-xnnpack-int8-qat", "component": "denoiser", "state_file": "unet/qat.safetensors"}
     student = load_pipeline(qat_student)
     artifact = export_component(student, qat_student, "denoiser", target, tmp_path / "artifacts", ExportOptions(quantize="int8"))
     details = artifact.manifest.quantization.details
@@ -153,8 +157,10 @@ def test_qat_student_int8_exports_answer_to_the_fake_quant_model(qat_student, tm
     # Parity against the fake-quant model the student was trained as, on the reference inputs,
     # measured here independently of the exporter's own record of it.
     inputs, _ = artifact.reference_tensors()
-    fake_quant = fake_quant_denoiser(student, qat_student)
-    names = [spec.name for spec in build_component(student, "denoiser").inputs]
+    component = build_component(student, "denoiser")
+    component.quantization_source = learned_scales(qat_student, "denoiser")  # what the manifest declares
+    fake_quant = fake_quant_module(component)
+    names = [spec.name for spec in component.inputs]
     with torch.no_grad():
         expected = fake_quant(*(torch.from_numpy(inputs[n].copy()) for n in names)).numpy()
     produced = open_artifact(artifact).run(inputs)["noise_pred"]

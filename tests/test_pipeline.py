@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -77,7 +78,7 @@ def test_few_step_schedule_from_the_student_manifest(pipeline_dir, tmp_path):
     from edgegen.models.checkpoint import read_student_manifest
     from edgegen.sampling.loop import initial_latents, load_case, sampling_plan
     from edgegen.schema.base import write_json
-    from edgegen.schema.checkpoint import Initialisation, StudentManifest, STUDENT_MANIFEST_FILENAME
+    from edgegen.schema.checkpoint import STUDENT_MANIFEST_FILENAME, FewStepSchedule, Initialisation, StudentManifest
 
     folder = tmp_path / "few-step"
     shutil.copytree(pipeline_dir, folder)
@@ -86,10 +87,17 @@ def test_few_step_schedule_from_the_student_manifest(pipeline_dir, tmp_path):
         edgegen_version="test", created_at="now", preset="base", teacher_dir=str(pipeline_dir),
         teacher_unet_sha256="0", teacher_parameters=1, student_parameters=1, architecture={}, scman=None,
         initialisation=Initialisation(copied=0, sliced=0, random=0),
-        recipe={"name": "adversarial", "sampling": {"steps": 2, "timesteps": [999, 499]}},
+        recipe={"name": "adversarial"}, sampling=FewStepSchedule(steps=2, timesteps=[999, 499]),
     )
     write_json(folder / STUDENT_MANIFEST_FILENAME, manifest)
     assert read_student_manifest(folder) is not None
+    plan = sampling_plan(folder, 7, 1.0)
+    assert plan.steps == 2 and plan.few_step_timesteps == (999, 499) and plan.calls_per_step == 1
+    # A schema-1 manifest kept the schedule inside "recipe": it is read and lifted to the typed field.
+    old = json.loads(manifest.model_dump_json(exclude={"sampling"}))
+    old.update(schema_version=1, recipe={"name": "adversarial", "sampling": {"steps": 2, "timesteps": [999, 499]}})
+    (folder / STUDENT_MANIFEST_FILENAME).write_text(json.dumps(old))
+    assert read_student_manifest(folder).sampling == FewStepSchedule(steps=2, timesteps=[999, 499])
     plan = sampling_plan(folder, 7, 1.0)
     assert plan.steps == 2 and plan.few_step_timesteps == (999, 499) and plan.calls_per_step == 1
     assert sampling_plan(folder, 7, 1.0, use_student_schedule=False).steps == 7

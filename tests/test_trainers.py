@@ -58,7 +58,7 @@ def held_out_loss(pipeline_dir: Path) -> float:
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         latents = encode_images(pipeline.vae, torch.stack([item["pixel_values"] for item in items]), generator)
-        embeddings = encode_text(pipeline, pipeline.text_encoder, [item["caption"] for item in items])
+        embeddings = encode_text(pipeline.tokenizer, pipeline.text_encoder, [item["caption"] for item in items])
         timesteps = torch.linspace(0, pipeline.scheduler.config.num_train_timesteps - 1, len(items)).long()
         noisy, timesteps, noise = noisy_latents(pipeline.scheduler, latents, generator, timesteps)
         prediction = predict(pipeline.unet, noisy, timesteps, embeddings)

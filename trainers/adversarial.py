@@ -110,7 +110,7 @@ def prepare(config: AdversarialConfig, context: Context) -> Trainee:
     if config.qat:
         from edgegen.trainers.qat import prepare_qat_denoiser
 
-        network = prepare_qat_denoiser(student, config.batch_size)
+        network = prepare_qat_denoiser(student, config.student, config.batch_size)
 
         def student_predict(x, t, e):
             return network(x, t.float(), e)

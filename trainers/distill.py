@@ -123,7 +123,7 @@ def prepare(config: DistillConfig, context: Context) -> Trainee:
     if config.qat:
         from edgegen.trainers.qat import prepare_qat_denoiser
 
-        denoiser = prepare_qat_denoiser(student, config.batch_size)
+        denoiser = prepare_qat_denoiser(student, config.student, config.batch_size)
         modules = {"student": denoiser}
 
         def student_predict(noisy, timesteps, embeddings):

@@ -20,7 +20,7 @@ def save_trained_pipeline(pipeline: Any, parent_dir: Path, folder: Path, summary
     from edgegen.families import components_with_role, family_of
     from edgegen.families.loading import checkpoint_sha256
     from edgegen.models.checkpoint import read_student_manifest, write_student
-    from edgegen.schema.checkpoint import StudentManifest, lift_v1
+    from edgegen.schema.checkpoint import FewStepSchedule, QatState
     from edgegen.versions import versions_of
 
     for module in pipeline.components.values():
@@ -29,10 +29,15 @@ def save_trained_pipeline(pipeline: Any, parent_dir: Path, folder: Path, summary
     details = dict(details or {})
     student = read_student_manifest(parent_dir)
     if student is not None:
-        # This run's schedule and QAT state (if any) become the typed fields; the parent's go.
-        recipe = {"name": summary["recipe"], "config": summary["config"], "config_sha256": summary["config_sha256"], **details}
-        fields = {**student.model_dump(exclude={"sampling", "qat"}), "recipe": recipe}
-        write_student(pipeline, StudentManifest.model_validate(lift_v1(fields)), folder)
+        # This run's schedule and QAT state (if any) become the manifest's typed fields; the
+        # parent's go, as does the rest of its recipe.
+        sampling, qat = details.get("sampling"), details.get("qat")
+        typed = {
+            "recipe": {"name": summary["recipe"], "config": summary["config"], "config_sha256": summary["config_sha256"], **{k: v for k, v in details.items() if k not in ("sampling", "qat")}},
+            "sampling": FewStepSchedule(**{k: sampling[k] for k in ("steps", "timesteps", "prediction") if k in sampling}) if sampling else None,
+            "qat": QatState(component=qat["component"], state_file=qat["state"]) if isinstance(qat, dict) else None,
+        }
+        write_student(pipeline, student.model_copy(update=typed), folder)
     else:
         pipeline.save_pretrained(folder, safe_serialization=True)
     known = {"recipe", "config", "config_sha256", "data", "steps", "resumed_from_step", "world_size", "ranks_in_sync", "final_losses", "seconds", "finished_at"}

@@ -23,15 +23,16 @@ import numpy as np
 from edgegen.errors import EdgegenError
 from edgegen.measure.metric_registry import BUDGETS, unmeasured
 from edgegen.measure.metrics import psnr_db
-from edgegen.sampling.loop import SUBFOLDERS, Generation, SamplingPlan, check_artifacts, initial_latents, load_case, pipeline_family, sampling_plan
+from edgegen.families import Family, components_with_role, family_of
+from edgegen.sampling.loop import Generation, SamplingPlan, check_artifacts, initial_latents, load_case, pipeline_family, sampling_plan
 from edgegen.schema.base import StrictModel
 from edgegen.schema.pipeline import (
     BudgetCheck,
     DistillationGap,
     ExportFidelity,
     PipelineResult,
-)
     read_results_file,
+)
 
 
 class Budgets:
@@ -94,24 +95,27 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def artifact_sets(root: Path) -> dict[str, dict[str, Path]]:
+def artifact_sets(root: Path, family: Family) -> dict[str, dict[str, Path]]:
     """Folders written by ``edgegen export`` grouped into pipelines: label -> component -> folder."""
     from edgegen.schema.manifest import MANIFEST_FILENAME
 
     root = Path(root)
     if not root.is_dir():
         raise EdgegenError(f"artifact folder not found: {root}")
+    names = [spec.name for spec in family.components]
     sets: dict[str, dict[str, Path]] = {}
     for folder in sorted(p for p in root.iterdir() if (p / MANIFEST_FILENAME).is_file()):
-        for component in SUBFOLDERS:
+        # Longest name first: "text_encoder_2-onnx" is not a "text_encoder" artifact labelled "2-onnx".
+        for component in sorted(names, key=len, reverse=True):
             if folder.name.startswith(component + "-"):
                 sets.setdefault(folder.name[len(component) + 1:], {})[component] = folder
+                break
     if not sets:
         raise EdgegenError(f"{root} holds no artifacts written by `edgegen export`")
-    incomplete = {label: sorted(set(SUBFOLDERS) - set(parts)) for label, parts in sets.items() if set(parts) != set(SUBFOLDERS)}
+    incomplete = {label: [n for n in names if n not in parts] for label, parts in sets.items() if set(parts) != set(names)}
     if incomplete:
         label, missing = next(iter(incomplete.items()))
-        raise EdgegenError(f"{root}: the '{label}' artifacts lack {', '.join(missing)}; export all three components")
+        raise EdgegenError(f"{root}: the '{label}' artifacts lack {', '.join(missing)}; export every component ({', '.join(names)})")
     return sets
 
 
@@ -119,15 +123,16 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
 
-def folder_size(model_dir: Path) -> int:
-    return sum(p.stat().st_size for sub in SUBFOLDERS.values() for p in (Path(model_dir) / sub).glob("*.safetensors"))
+def folder_size(model_dir: Path, family: Family) -> int:
+    return sum(p.stat().st_size for spec in family.components for p in (Path(model_dir) / spec.subfolder).glob("*.safetensors"))
 
 
-def denoiser_parameters(model_dir: Path) -> int | None:
+def denoiser_parameters(model_dir: Path, family: Family) -> int | None:
     from safetensors import safe_open
 
     total = 0
-    files = list((Path(model_dir) / "unet").glob("diffusion_pytorch_model*.safetensors"))
+    subfolder = components_with_role(family, "denoiser")[0].subfolder
+    files = list((Path(model_dir) / subfolder).glob("diffusion_pytorch_model*.safetensors"))
     for path in files:
         with safe_open(str(path), "np") as handle:
             for key in handle.keys():
@@ -167,7 +172,7 @@ def scman_summary_tokens(model_dir: Path) -> int | None:
     from edgegen.models.checkpoint import read_student_manifest
 
     manifest = read_student_manifest(model_dir)
-    return (manifest.scman or {}).get("summary_tokens") if manifest else None
+    return manifest.scman.summary_tokens if manifest and manifest.scman else None
 
 
 def append_result(results_path: Path, result: StrictModel) -> None:
@@ -214,6 +219,7 @@ def run_comparison(
 
     teacher_dir, student_dir = check_pipeline_dir(teacher_dir), check_pipeline_dir(student_dir)
     budgets.refuse_unmeasurable(probe_dir, feature_extractor, clip_dir)
+    student_family = family_of(student_dir)
     family = pipeline_family(teacher_dir)
     if pipeline_family(student_dir) != family:
         raise EdgegenError(f"{student_dir} does not share {teacher_dir}'s tokenizer and latent space; their images cannot be compared")
@@ -227,7 +233,7 @@ def run_comparison(
         raise EdgegenError(f"CLIP folder not found: {clip_dir}")
     sets = {}
     for root in artifact_roots:
-        for label, parts in artifact_sets(root).items():
+        for label, parts in artifact_sets(root, student_family).items():
             sets[label] = parts
     # Mixed pipelines or corrupt artifacts are refused before any case runs or anything is written.
     checked = {label: check_artifacts(student_dir, parts) for label, parts in sets.items()}
@@ -256,15 +262,15 @@ def run_comparison(
             case_id=case.case_id,
             role=case.role,
             model_dir=str(role_dir.resolve()),
-            model_sha256=checkpoint_sha256(role_dir, "unet"),
+            model_sha256=checkpoint_sha256(role_dir, components_with_role(student_family, "denoiser")[0].subfolder),
             pipeline_family=family,
             runtime=first.target if first else "eager",
             target=first.target if first else None,
             backend=first.backend if first else None,
             quantization=first.quantization.scheme if first else "none",
             artifact_dirs={k: str(Path(v).resolve()) for k, v in (case.artifact_dirs or {}).items()},
-            size_bytes=sum(a.model_bytes for a in artifacts.values()) if artifacts else folder_size(role_dir),
-            parameters=denoiser_parameters(role_dir),
+            size_bytes=sum(a.model_bytes for a in artifacts.values()) if artifacts else folder_size(role_dir, student_family),
+            parameters=denoiser_parameters(role_dir, student_family),
             steps=case.plan.steps,
             guidance_scale=case.plan.guidance_scale,
             image_size=0,

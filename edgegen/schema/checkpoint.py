@@ -49,8 +49,8 @@ class QatState(StrictModel):
     """Where a quantization-aware-trained component keeps its fake-quant state (learned scales)."""
 
     scheme: Literal["pt2e-xnnpack-int8-qat"] = "pt2e-xnnpack-int8-qat"
-    component: str = "denoiser"
-    state_file: str = "unet/qat.safetensors"  # relative to the student folder
+    component: str  # the artifact component whose export lowers these scales
+    state_file: str  # relative to the student folder, inside that component's subfolder
 
 
 def lift_v1(data: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +62,9 @@ def lift_v1(data: dict[str, Any]) -> dict[str, Any]:
         data["sampling"] = {key: sampling[key] for key in ("steps", "timesteps", "prediction") if key in sampling}
     qat = recipe.pop("qat", False)
     if qat and "qat" not in data:
-        data["qat"] = {"state_file": qat["state"]} if isinstance(qat, dict) and "state" in qat else {}
+        # Schema 1 students were Stable Diffusion ones, whose trainers kept the state beside the UNet.
+        state_file = qat["state"] if isinstance(qat, dict) and "state" in qat else "unet/qat.safetensors"
+        data["qat"] = {"component": "denoiser", "state_file": state_file}
     data["recipe"] = recipe
     data["schema_version"] = CHECKPOINT_SCHEMA_VERSION
     return data
