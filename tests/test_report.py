@@ -207,8 +207,8 @@ def test_a_bad_line_is_refused_by_compare_and_report_alike(results_file, tmp_pat
     older = json.loads(lines[1])
     older["schema_version"] = 0
     results_file.write_text("\n".join([lines[0], json.dumps(older), *lines[2:]]) + "\n")
-    with pytest.raises(EdgegenError, match=r"results.jsonl:2 has results schema 0, older than this edgegen reads"):
+    with pytest.raises(EdgegenError, match=r"results.jsonl:2 has schema version 0, older than this edgegen reads"):
         read_results(results_file)
     report = CliRunner().invoke(app, ["report", str(results_file), "-o", str(tmp_path / "r.html")])
-    assert report.exit_code == 2 and "results.jsonl:2 has results schema 0" in report.stderr
+    assert report.exit_code == 2 and "results.jsonl:2 has schema version 0" in report.stderr
     assert read_results(tmp_path / "none.jsonl") == []

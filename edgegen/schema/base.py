@@ -20,34 +20,26 @@ class StrictModel(BaseModel):
 Model = TypeVar("Model", bound=StrictModel)
 
 
-def load_strict_json(
-    path: Path,
-    model: type[Model],
-    supported_version: int,
-    what: str,
-    migrations: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] | None = None,
-) -> Model:
-    """Read ``path`` as ``model``; every failure is one EdgegenError line naming the file.
+Migrations = dict[int, Callable[[dict[str, Any]], dict[str, Any]]]
 
-    ``migrations`` maps an older schema version to the function that lifts it to the current one.
+
+def validate_strict(data: Any, model: type[Model], supported_version: int, where: str, what: str, migrations: Migrations | None = None) -> Model:
+    """``data`` as ``model``: its schema version checked first, then every field; one line if not.
+
+    ``where`` names the place in messages (a file, or ``file:line``); ``migrations`` maps an older
+    schema version to the function that lifts it to the current one (without one, an older
+    version is refused: its case has to be made again).
     """
-    if not path.is_file():
-        raise EdgegenError(f"{what} not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise EdgegenError(f"{what} {path} is not valid JSON ({error})") from None
     if not isinstance(data, dict):
-        raise EdgegenError(f"{what} {path} is not a JSON object")
+        raise EdgegenError(f"{where} is not a JSON object")
     version = data.get("schema_version")
     if not isinstance(version, int):
-        raise EdgegenError(f"{what} {path} has no integer schema_version")
+        raise EdgegenError(f"{where} has no integer schema_version")
     if version > supported_version:
-        raise EdgegenError(
-            f"{what} {path} has schema version {version}, newer than this edgegen reads "
-            f"({supported_version}); upgrade edgegen"
-        )
-    if version < supported_version and migrations and version in migrations:
+        raise EdgegenError(f"{where} has schema version {version}, newer than this edgegen reads ({supported_version}); upgrade edgegen")
+    if version < supported_version:
+        if not migrations or version not in migrations:
+            raise EdgegenError(f"{where} has schema version {version}, older than this edgegen reads ({supported_version}); make it again")
         data = migrations[version](data)
     try:
         return model.model_validate(data)
@@ -55,8 +47,20 @@ def load_strict_json(
         problem = error.errors()[0]
         location = ".".join(str(part) for part in problem["loc"]) or "(root)"
         if problem["type"] == "extra_forbidden":
-            raise EdgegenError(f"{what} {path} has an unknown key '{location}'") from None
-        raise EdgegenError(f"{what} {path}: {location}: {problem['msg']}") from None
+            raise EdgegenError(f"{where} has an unknown key '{location}'") from None
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise EdgegenError(f"{where} is not {article} {what}: {location}: {problem['msg']}") from None
+
+
+def load_strict_json(path: Path, model: type[Model], supported_version: int, what: str, migrations: Migrations | None = None) -> Model:
+    """Read ``path`` as ``model``; every failure is one EdgegenError line naming the file."""
+    if not path.is_file():
+        raise EdgegenError(f"{what} not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise EdgegenError(f"{what} {path} is not valid JSON ({error})") from None
+    return validate_strict(data, model, supported_version, f"{what} {path}", what, migrations)
 
 
 def write_json(path: Path, model: StrictModel) -> None:

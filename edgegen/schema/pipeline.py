@@ -16,10 +16,8 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ValidationError
-
 from edgegen.errors import EdgegenError
-from edgegen.schema.base import StrictModel
+from edgegen.schema.base import StrictModel, validate_strict
 from edgegen.schema.results import Host, Memory
 
 PIPELINE_RESULTS_SCHEMA_VERSION = 1
@@ -139,15 +137,5 @@ def read_results_file(path: Path) -> list[PipelineResult]:
             data = json.loads(line)
         except json.JSONDecodeError:
             raise EdgegenError(f"{where} is not JSON (a pipeline results file has one JSON object per line)") from None
-        version = data.get("schema_version", PIPELINE_RESULTS_SCHEMA_VERSION) if isinstance(data, dict) else None
-        if isinstance(version, int) and version > PIPELINE_RESULTS_SCHEMA_VERSION:
-            raise EdgegenError(f"{where} has results schema {version}, newer than this edgegen reads ({PIPELINE_RESULTS_SCHEMA_VERSION}); upgrade edgegen")
-        if isinstance(version, int) and version < PIPELINE_RESULTS_SCHEMA_VERSION:
-            raise EdgegenError(f"{where} has results schema {version}, older than this edgegen reads ({PIPELINE_RESULTS_SCHEMA_VERSION}); run that case again")
-        try:
-            results.append(PipelineResult.model_validate(data))
-        except ValidationError as error:
-            problem = error.errors()[0]
-            field = ".".join(map(str, problem["loc"])) or "(root)"
-            raise EdgegenError(f"{where} is not a pipeline result: {field}: {problem['msg']}") from None
+        results.append(validate_strict(data, PipelineResult, PIPELINE_RESULTS_SCHEMA_VERSION, where, "pipeline result"))
     return results
