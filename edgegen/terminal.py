@@ -72,7 +72,7 @@ def without_toolchain_noise(text: str) -> list[str]:
 # still reads to the end of the pipe, so its last words (the real error) reach the terminal.
 # It ignores Ctrl-C for the same reason, and ends when every writer of the pipe has closed it.
 _FILTER_PROGRAM = """
-import os, re, signal, sys
+import re, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 noise = re.compile(sys.argv[1].encode())
 out = sys.stdout.buffer
