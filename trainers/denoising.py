@@ -17,7 +17,9 @@ def encode_images(vae: Any, pixel_values: Any, generator: Any) -> Any:
         posterior = vae.encode(pixel_values).latent_dist
         noise = torch.randn(posterior.mean.shape, generator=generator)
         latents = posterior.mean + posterior.std * noise
-    return latents * vae.config.scaling_factor
+    # diffusers' convention: (latents - shift) * scaling; the shift is 0 for SD 1.x/2.x VAEs.
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (latents - shift) * vae.config.scaling_factor
 
 
 def drop_captions(captions: list[str], probability: float, generator: Any) -> list[str]:

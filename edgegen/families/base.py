@@ -81,11 +81,6 @@ class Component:
         return {spec.name: tensor for spec, tensor in zip(self.outputs, results, strict=True)}
 
 
-# A runner takes named numpy inputs and returns named numpy outputs: an eager component or a
-# runtime Session, so the sampling loop never knows which.
-Runner = Any
-
-
 class Family(Protocol):
     name: str  # registry name
     description: str  # one line for refusals and `edgegen targets`
@@ -109,7 +104,8 @@ class Family(Protocol):
         """(scaling_factor, shift_factor): decoder input is latents / scaling + shift."""
 
     def encode_prompt(self, tokenizers: dict[str, Any], run: Any, prompt: str) -> dict[str, np.ndarray]:
-        """Conditioning tensors for one prompt; ``run(component, inputs)`` runs an encoder."""
+        """Conditioning tensors for one prompt; ``run(component, inputs)`` runs an encoder component
+        (an eager module or a runtime Session: the sampling loop never knows which)."""
 
     def denoiser_inputs(self, latents: np.ndarray, timestep: float, conditioning: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
@@ -121,7 +117,8 @@ class Family(Protocol):
     def fingerprint(self, folder: Path) -> str:
         """What must agree for two folders' images to be comparable (tokenizer, latent space)."""
 
-    def make_student(self, teacher_dir: Path, output_dir: Path, preset: str, scman: Any = None) -> Path: ...
+    def make_student(self, teacher_dir: Path, output_dir: Path, preset: str, force: bool = False, seed: int = 0) -> Path:
+        """A compact student of the teacher folder, written as a pipeline folder of this family."""
 
 
 # ---------------------------------------------------------------------------------------------
