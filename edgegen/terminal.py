@@ -71,15 +71,21 @@ def without_toolchain_noise(text: str) -> list[str]:
 # The filter is a separate process, not a thread: if the command crashes or aborts, the filter
 # still reads to the end of the pipe, so its last words (the real error) reach the terminal.
 # It ignores Ctrl-C for the same reason, and ends when every writer of the pipe has closed it.
+# absl ends some messages with their own newline: the blank line after a dropped one goes too.
 _FILTER_PROGRAM = """
 import re, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 noise = re.compile(sys.argv[1].encode())
 out = sys.stdout.buffer
+dropped = False
 for line in sys.stdin.buffer:
-    if noise.fullmatch(line.rstrip(b"\\r\\n")) is None:
-        out.write(line)
-        out.flush()
+    text = line.rstrip(b"\\r\\n")
+    if noise.fullmatch(text) or (dropped and not text):
+        dropped = bool(text)
+        continue
+    dropped = False
+    out.write(line)
+    out.flush()
 """
 _filter: subprocess.Popen | None = None
 
