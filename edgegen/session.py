@@ -1,9 +1,11 @@
 """One Session interface over every runtime, validating inputs against the artifact manifest.
 
 A runtime plugin (``edgegen/runtimes/<name>.py``) only loads a model file and runs positional
-numpy arrays; names, shapes and dtypes are checked here, once, for all of them. Integer inputs
-are cast to the width the converter produced (int64 -> int32 for LiteRT), float inputs to the
-recorded float type; anything else is an error, not a silent conversion.
+numpy arrays; names, shapes and dtypes are checked here, once, for all of them. Each runtime names
+the target whose artifacts it runs, and ``runtime_for`` picks the first one usable here, so a
+target may have several (e.g. two ONNX Runtime execution providers). Integer inputs are cast to
+the width the converter produced (int64 -> int32 for LiteRT), float inputs to the recorded float
+type; anything else is an error, not a silent conversion.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ class BackendSession(Protocol):
 
 
 class Runtime(Protocol):
-    name: str
+    name: str  # its key in RUNTIMES, recorded as Parity.runtime and in results
+    target: str  # the export target whose artifacts it runs; one target may have several runtimes
     packages: tuple[str, ...]
 
     def unavailable_reason(self, manifest: ArtifactManifest | None = None) -> str | None:
@@ -38,8 +41,19 @@ class Runtime(Protocol):
     def load(self, artifact: Artifact, threads: int) -> BackendSession: ...
 
 
+def runtimes_of(target: str) -> list[Runtime]:
+    """The runtimes of ``target`` in registry order (the first is the preferred one)."""
+    return [runtime for runtime in map(RUNTIMES.get, RUNTIMES.names()) if runtime.target == target]
+
+
 def runtime_for(manifest: ArtifactManifest) -> Runtime:
-    return RUNTIMES.get(manifest.target)
+    """The first runtime of the manifest's target that can run it here; where none can, the first
+    one, whose ``unavailable_reason`` says why."""
+    candidates = runtimes_of(manifest.target)
+    if not candidates:
+        known = sorted({RUNTIMES.get(name).target for name in RUNTIMES.names()})
+        raise EdgegenError(f"no runtime runs target '{manifest.target}'; runtimes exist for: {', '.join(known)}")
+    return next((runtime for runtime in candidates if runtime.unavailable_reason(manifest) is None), candidates[0])
 
 
 def host_description() -> str:

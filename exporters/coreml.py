@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgegen.families.stable_diffusion import Component
-from edgegen.exporting.orchestration import MIN_PSNR_DB_INT8, ExportedModel, ExportOptions
-from edgegen.schema.manifest import Delegation, Quantization, TensorSpec
+from edgegen.exporting.base import ExportedModel, ExportOptions, count_ops, delegation_from_ops, min_psnr_db, missing_packages
+from edgegen.schema.manifest import CoremlDeployment, Quantization, TensorSpec
+
+if TYPE_CHECKING:
+    from edgegen.families import Component
 
 MODEL_FILE = "model.mlpackage"
 # iOS17 / macOS14: the oldest target with the ML Program ops every component and compression
@@ -60,17 +63,16 @@ def coreml_io_specs(model_path: Path) -> tuple[list[TensorSpec], list[TensorSpec
 
 
 def _all_op_types(model_path: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
+    """Every op of the ML Program by type, weights (const, constexpr_*) included."""
 
-    def walk(block) -> None:
+    def walk(block):
         for op in block.operations:
-            counts[op.type] = counts.get(op.type, 0) + 1
+            yield op.type
             for nested in op.blocks:  # cond / while bodies
-                walk(nested)
+                yield from walk(nested)
 
-    for function in _load_spec(model_path).mlProgram.functions.values():
-        walk(function.block_specializations[function.opset])
-    return counts
+    functions = _load_spec(model_path).mlProgram.functions.values()
+    return count_ops(name for function in functions for name in walk(function.block_specializations[function.opset]))
 
 
 def mil_op_counts(model_path: Path) -> dict[str, int]:
@@ -106,11 +108,7 @@ class CoremlExporter:
     packages = ("coremltools",)
 
     def unavailable_reason(self) -> str | None:
-        from edgegen.versions import package_version
-
-        if package_version("coremltools") is None:
-            return "coremltools is not installed (pip install 'edgegen[coreml]')"
-        return None
+        return missing_packages(self.packages, "coreml")
 
     def export(self, component: Component, folder: Path, options: ExportOptions) -> ExportedModel:
         import coremltools as ct
@@ -144,13 +142,12 @@ class CoremlExporter:
             compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS),
             skip_model_load=True,
         )
-        details = {"precision": precision, "deployment_target": DEPLOYMENT_TARGET, "compute_units": COMPUTE_UNITS}
-        min_psnr = None
+        deployment = CoremlDeployment(deployment_target=DEPLOYMENT_TARGET, compute_units=COMPUTE_UNITS, precision=precision)
+        details = deployment.model_dump()  # also here for readers of manifests older than the typed field
         if options.quantize != "none":
             compress, config, scheme_details = _compression_config(options.quantize)
             model = compress(model, config)
             details.update(scheme_details, weight_threshold=WEIGHT_THRESHOLD)
-            min_psnr = MIN_PSNR_DB_INT8
         path = folder / MODEL_FILE
         model.save(str(path))
 
@@ -160,17 +157,15 @@ class CoremlExporter:
         io_inputs, io_outputs = coreml_io_specs(path)
         # Core ML assigns compute units per op when the model is loaded on the device, so every
         # op is in the one program; there is nothing that falls back at export time.
-        total = sum(_compute_ops(all_ops).values())
-        exported = ExportedModel(
+        return ExportedModel(
             model_file=MODEL_FILE,
             inputs=io_inputs,
             outputs=io_outputs,
             quantization=Quantization(scheme=options.quantize, details=details),
-            delegation=Delegation(backend="coreml", total_nodes=total, delegated_nodes=total, delegate_subgraphs=1),
+            delegation=delegation_from_ops("coreml", _compute_ops(all_ops)),
+            coreml=deployment,
+            min_psnr_db=min_psnr_db(options.quantize),
         )
-        if min_psnr is not None:
-            exported.min_psnr_db = min_psnr
-        return exported
 
 
 EXPORTER = CoremlExporter()

@@ -1,5 +1,8 @@
-"""ExecuTorch target: torch.export -> edge dialect -> XNNPACK delegate -> one .pte per component.
+"""ExecuTorch target: torch.export -> edge dialect -> a delegate (XNNPACK, Core ML) -> one .pte per component.
 
+Each delegate is one ``DelegateProvider`` record in ``PROVIDERS``: its partitioners, the
+quantizations it takes and how faithful its float arithmetic is. int8 is the one PT2E path of
+``edgegen.exporting.quantize``: a QAT student's learned scales, else calibration.
 The delegation report counts the edge-graph nodes the partitioner gave to the delegate and the
 ones left to ExecuTorch's portable kernels, which run far slower on a phone.
 """
@@ -7,13 +10,26 @@ ones left to ExecuTorch's portable kernels, which run far slower on a phone.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgegen.families.stable_diffusion import Component
 from edgegen.errors import EdgegenError
-from edgegen.exporting.orchestration import MIN_PSNR_DB_FLOAT16, MIN_PSNR_DB_INT8, ExportedModel, ExportOptions
-from edgegen.exporting.qat import LEARNED_SCALES
-from edgegen.schema.manifest import Delegation, Quantization, TensorSpec
+from edgegen.exporting.base import (
+    MIN_PSNR_DB_FLOAT16,
+    MIN_PSNR_DB_FLOAT32,
+    MIN_PSNR_DB_INT8,
+    ExportedModel,
+    ExportOptions,
+    delegation_from_ops,
+    missing_packages,
+)
+from edgegen.exporting.quantize import learned_int8_module, learned_scales_quantization, quantize_static, xnnpack_quantizer
+from edgegen.schema.manifest import CoremlDeployment, Delegation, Quantization, TensorSpec
+
+if TYPE_CHECKING:
+    from edgegen.families import Component
 
 MODEL_FILE = "model.pte"
 
@@ -45,100 +61,95 @@ def delegation_report(edge_program, backend: str) -> Delegation:
     from executorch.devtools.backend_debug import get_delegation_info
 
     info = get_delegation_info(edge_program.exported_program().graph_module)
-    fallback = {
-        name: row.non_delegated
-        for name, row in info.delegation_by_operator.items()
-        if row.non_delegated and name != "getitem"
-    }
-    return Delegation(
-        backend=backend,
-        total_nodes=info.num_delegated_nodes + sum(fallback.values()),
-        delegated_nodes=info.num_delegated_nodes,
-        delegate_subgraphs=info.num_delegated_subgraphs,
-        fallback_ops=dict(sorted(fallback.items())),
-    )
+    # getitem only unpacks a delegate's outputs; it is not counted when left outside.
+    fallback = {name: row.non_delegated for name, row in info.delegation_by_operator.items() if name != "getitem"}
+    ops = {name: row.delegated + fallback.get(name, 0) for name, row in info.delegation_by_operator.items()}
+    return delegation_from_ops(backend, ops, fallback, subgraphs=info.num_delegated_subgraphs)
+
+
+@dataclass(frozen=True)
+class DelegateProvider:
+    """One ExecuTorch backend: how to partition for it, what it quantizes, how faithful its floats are."""
+
+    name: str
+    partitioners: Callable[[], list]
+    quantizations: tuple[str, ...]
+    float_precision: str  # what the delegate computes a float model in
+    min_psnr_db_float: float
+    rewrites: bool = False  # apply the exact delegability rewrites (edgegen.exporting.rewrites)
+    coreml: CoremlDeployment | None = None  # Core ML delegate: how the device loads the program
+    other_quantizations: str = ""  # where to go for a quantization this backend does not take
+
+
+def _xnnpack_partitioners() -> list:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    return [XnnpackPartitioner()]
 
 
 # The Core ML delegate targets the Neural Engine: float16, iOS 17 / macOS 14 and newer.
-COREML_DEPLOYMENT_TARGET = "iOS17"
+COREML_DELEGATE = CoremlDeployment(deployment_target="iOS17", compute_units="ALL", precision="float16")
 
 
-def _partitioners(backend: str) -> list:
-    if backend == "xnnpack":
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+def _coreml_partitioners() -> list:
+    import coremltools as ct
+    from executorch.backends.apple.coreml.compiler import CoreMLBackend
+    from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
-        return [XnnpackPartitioner()]
-    if backend == "coreml":
-        import coremltools as ct
-        from executorch.backends.apple.coreml.compiler import CoreMLBackend
-        from executorch.backends.apple.coreml.partition import CoreMLPartitioner
-
-        specs = CoreMLBackend.generate_compile_specs(
-            compute_unit=ct.ComputeUnit.ALL,
-            minimum_deployment_target=getattr(ct.target, COREML_DEPLOYMENT_TARGET),
-            compute_precision=ct.precision.FLOAT16,
-        )
-        return [CoreMLPartitioner(compile_specs=specs)]
-    raise ValueError(f"unsupported ExecuTorch backend {backend}")
-
-
-def carries_quantization(module) -> bool:
-    """True for a PT2E module that already holds quantize/dequantize ops (a QAT checkpoint)."""
-    graph = getattr(module, "graph", None)
-    if graph is None:
-        return False
-    return any("quantize_per" in str(node.target) for node in graph.nodes if node.op == "call_function")
-
-
-def quantize_pt2e(program, component: Component):
-    """PT2E int8 with the XNNPACK quantizer: calibrate on the component's calibration set."""
-    import torch
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
+    specs = CoreMLBackend.generate_compile_specs(
+        compute_unit=getattr(ct.ComputeUnit, COREML_DELEGATE.compute_units),
+        minimum_deployment_target=getattr(ct.target, COREML_DELEGATE.deployment_target),
+        compute_precision=ct.precision.FLOAT16,
     )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    return [CoreMLPartitioner(compile_specs=specs)]
 
-    from edgegen.exporting.pt2e import zero_uninitialised
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(zero_uninitialised(program.module()), quantizer)
-    names = [spec.name for spec in component.inputs]
-    with torch.no_grad():
-        for batch in component.calibration:
-            prepared(*(batch[name] for name in names))
-    return convert_pt2e(prepared)
+# The first is the default backend. Adding a backend (QNN, Vulkan) is one record here.
+PROVIDERS = {
+    provider.name: provider
+    for provider in (
+        DelegateProvider(
+            "xnnpack", _xnnpack_partitioners, ("none", "int8"), "float32", MIN_PSNR_DB_FLOAT32, rewrites=True
+        ),
+        DelegateProvider(
+            "coreml", _coreml_partitioners, ("none",), "float16", MIN_PSNR_DB_FLOAT16, coreml=COREML_DELEGATE,
+            other_quantizations="for quantized Core ML use --target coreml",
+        ),
+    )
+}
+
+CALIBRATED_INT8 = {
+    "tool": "torchao PT2E + XNNPACKQuantizer",
+    "weights": "int8 symmetric per-channel",
+    "activations": "int8 per-tensor, calibrated",
+}
 
 
 class ExecutorchExporter:
     name = "executorch"
-    backends = ("xnnpack", "coreml")
-    quantizations = ("none", "int8")
+    backends = tuple(PROVIDERS)
+    quantizations = tuple(dict.fromkeys(q for provider in PROVIDERS.values() for q in provider.quantizations))
     packages = ("executorch", "torchao", "coremltools")
 
     def unavailable_reason(self) -> str | None:
-        from edgegen.versions import package_version
-
-        if package_version("executorch") is None:
-            return "executorch is not installed (pip install 'edgegen[executorch]')"
-        return None
+        return missing_packages(("executorch",), "executorch")
 
     def export(self, component: Component, folder: Path, options: ExportOptions) -> ExportedModel:
         import torch
         from executorch.exir import to_edge_transform_and_lower
 
-        backend = options.backend or self.backends[0]
-        if backend == "coreml" and options.quantize != "none":
+        provider = PROVIDERS[options.backend or self.backends[0]]
+        if options.quantize not in provider.quantizations:
             raise EdgegenError(
-                "executorch --backend coreml supports --quantize none (float16); "
-                "for quantized Core ML use --target coreml"
+                f"executorch --backend {provider.name} supports --quantize {', '.join(provider.quantizations)} "
+                f"({provider.float_precision})" + (f"; {provider.other_quantizations}" if provider.other_quantizations else "")
             )
         args = component.example_args()
-        quantization, min_psnr, rewrites = Quantization(), None, []
-        module = component.module
-        if options.quantize == "int8" and backend == "xnnpack" and component.learned_int8_module is not None:
-            module = component.learned_int8_module()  # a QAT student: its own learned scales
-        if backend == "xnnpack" and not carries_quantization(module):
+        quantization, min_psnr, rewrites = Quantization(), provider.min_psnr_db_float, []
+        # A QAT student lowers its own learned scales; anything else is calibrated here.
+        learned = learned_int8_module(component) if options.quantize == "int8" else None
+        module = component.module if learned is None else learned
+        if provider.rewrites and learned is None:
             # Exact rewrites (decomposed norms, concat upsampling, ...) so that the whole graph
             # is one XNNPACK subgraph; on a copy, since the module is shared with the pipeline.
             from edgegen.exporting.rewrites import make_delegable
@@ -147,44 +158,29 @@ class ExecutorchExporter:
             rewrites = make_delegable(module)
         with torch.no_grad():
             program = torch.export.export(module, args, strict=False)
-            if carries_quantization(module):
-                # Learned (QAT) scales are kept as they are: no re-calibration.
-                quantization = Quantization(scheme="int8", details=dict(LEARNED_SCALES))
-                min_psnr = MIN_PSNR_DB_INT8
+            if learned is not None:
+                quantization, min_psnr = learned_scales_quantization(), MIN_PSNR_DB_INT8
             elif options.quantize == "int8":
-                quantized = quantize_pt2e(program, component)
+                names = [spec.name for spec in component.inputs]
+                quantized = quantize_static(program.module(), xnnpack_quantizer(), component.calibration, names)
                 program = torch.export.export(quantized, args, strict=False)
                 quantization = Quantization(
-                    scheme="int8",
-                    details={
-                        "tool": "torchao PT2E + XNNPACKQuantizer",
-                        "weights": "int8 symmetric per-channel",
-                        "activations": "int8 per-tensor, calibrated",
-                        "calibration_sets": len(component.calibration),
-                    },
+                    scheme="int8", details={**CALIBRATED_INT8, "calibration_sets": len(component.calibration)}
                 )
                 min_psnr = MIN_PSNR_DB_INT8
-            edge = to_edge_transform_and_lower(program, partitioner=_partitioners(backend))
-        delegation = delegation_report(edge, backend)
+            edge = to_edge_transform_and_lower(program, partitioner=provider.partitioners())
+        delegation = delegation_report(edge, provider.name)
         path = folder / MODEL_FILE
         path.write_bytes(edge.to_executorch().buffer)
         inputs, outputs = pte_io_specs(
             path, [s.name for s in component.inputs], [s.name for s in component.outputs]
         )
-        exported = ExportedModel(
-            model_file=MODEL_FILE, inputs=inputs, outputs=outputs, delegation=delegation, backend=backend,
-            quantization=quantization,
-            graph_rewrites=rewrites,
+        if provider.coreml is not None:
+            quantization = Quantization(scheme="none", details=provider.coreml.model_dump())
+        return ExportedModel(
+            model_file=MODEL_FILE, inputs=inputs, outputs=outputs, delegation=delegation, backend=provider.name,
+            quantization=quantization, graph_rewrites=rewrites, min_psnr_db=min_psnr, coreml=provider.coreml,
         )
-        if backend == "coreml":
-            quantization = Quantization(
-                scheme="none",
-                details={"precision": "float16", "deployment_target": COREML_DEPLOYMENT_TARGET, "compute_units": "ALL"},
-            )
-            exported.quantization, min_psnr = quantization, MIN_PSNR_DB_FLOAT16
-        if min_psnr is not None:
-            exported.min_psnr_db = min_psnr
-        return exported
 
 
 EXPORTER = ExecutorchExporter()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgegen.families.stable_diffusion import Component
-from edgegen.exporting.orchestration import MIN_PSNR_DB_INT8, ExportedModel, ExportOptions
-from edgegen.exporting.qat import LEARNED_SCALES
-from edgegen.schema.manifest import Delegation, Quantization, TensorSpec
+from edgegen.exporting.base import ExportedModel, ExportOptions, count_ops, delegation_from_ops, min_psnr_db, missing_packages
+from edgegen.exporting.quantize import drop_zero_baddbmm_inputs, learned_int8_module, learned_scales_quantization
+from edgegen.schema.manifest import Quantization, TensorSpec
+
+if TYPE_CHECKING:
+    from edgegen.families import Component
 
 MODEL_FILE = "model.onnx"
 OPSET = 18
@@ -37,13 +40,11 @@ def onnx_io_specs(model_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]
 
 
 def onnx_op_counts(model_path: Path) -> dict[str, int]:
+    """Nodes of the graph by op type, ``domain::type`` outside the default domain."""
     import onnx
 
-    counts: dict[str, int] = {}
-    for node in onnx.load(str(model_path), load_external_data=False).graph.node:
-        key = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
-        counts[key] = counts.get(key, 0) + 1
-    return dict(sorted(counts.items()))
+    nodes = onnx.load(str(model_path), load_external_data=False).graph.node
+    return count_ops(f"{node.domain}::{node.op_type}" if node.domain else node.op_type for node in nodes)
 
 
 def quantize_onnx(float_path: Path, quantized_path: Path, component: Component, scheme: str) -> Quantization:
@@ -141,10 +142,7 @@ class OnnxExporter:
     packages = ("onnx", "onnxscript", "onnxruntime")
 
     def unavailable_reason(self) -> str | None:
-        from edgegen.versions import package_version
-
-        missing = [p for p in ("onnx", "onnxscript") if package_version(p) is None]
-        return f"missing packages: {', '.join(missing)} (pip install 'edgegen[onnx]')" if missing else None
+        return missing_packages(("onnx", "onnxscript"), "onnx")
 
     def export(self, component: Component, folder: Path, options: ExportOptions) -> ExportedModel:
         import torch
@@ -152,12 +150,8 @@ class OnnxExporter:
         path = folder / MODEL_FILE
         # A QAT student's int8 is its converted PT2E graph: torch.onnx writes its quantize and
         # dequantize ops as QuantizeLinear/DequantizeLinear with the learned scales (QDQ format).
-        learned = options.quantize == "int8" and component.learned_int8_module is not None
-        module = component.module
-        if learned:
-            from edgegen.exporting.pt2e import drop_zero_baddbmm_inputs
-
-            module = drop_zero_baddbmm_inputs(component.learned_int8_module())
+        learned = learned_int8_module(component) if options.quantize == "int8" else None
+        module = component.module if learned is None else drop_zero_baddbmm_inputs(learned)
         with torch.no_grad():
             program = torch.onnx.export(
                 module,
@@ -168,31 +162,25 @@ class OnnxExporter:
                 output_names=[spec.name for spec in component.outputs],
                 verbose=False,
             )
-        quantization, min_psnr = Quantization(), None
+        quantization = Quantization()
         if options.quantize == "none":
             program.save(str(path))
-        elif learned:
+        elif learned is not None:
             program.save(str(path))
             _strip_node_metadata(path)
-            quantization = Quantization(scheme="int8", details={**LEARNED_SCALES, "format": "QDQ"})
-            min_psnr = MIN_PSNR_DB_INT8
+            quantization = learned_scales_quantization(format="QDQ")
         else:
             float_path = folder / "float.onnx"
             program.save(str(float_path))
             quantization = quantize_onnx(float_path, path, component, options.quantize)
             float_path.unlink()
-            min_psnr = MIN_PSNR_DB_INT8
         inputs, outputs = onnx_io_specs(path)
-        ops = onnx_op_counts(path)
         # onnxruntime's CPU provider takes every standard op; there is no partial delegation.
-        total = sum(ops.values())
-        delegation = Delegation(backend="onnxruntime-cpu", total_nodes=total, delegated_nodes=total, delegate_subgraphs=1)
-        exported = ExportedModel(
-            model_file=MODEL_FILE, inputs=inputs, outputs=outputs, delegation=delegation, quantization=quantization
+        delegation = delegation_from_ops("onnxruntime-cpu", onnx_op_counts(path))
+        return ExportedModel(
+            model_file=MODEL_FILE, inputs=inputs, outputs=outputs, delegation=delegation, quantization=quantization,
+            min_psnr_db=min_psnr_db(options.quantize),
         )
-        if min_psnr is not None:
-            exported.min_psnr_db = min_psnr
-        return exported
 
 
 EXPORTER = OnnxExporter()

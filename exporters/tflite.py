@@ -15,10 +15,14 @@ libraries on the device and are listed as fallbacks.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgegen.families.stable_diffusion import Component
-from edgegen.exporting.orchestration import MIN_PSNR_DB_INT8, ExportedModel, ExportOptions
+from edgegen.exporting.base import ExportedModel, ExportOptions, count_ops, delegation_from_ops, min_psnr_db, missing_packages
+from edgegen.exporting.quantize import learned_scales_not_lowered, quantize_static
 from edgegen.schema.manifest import Delegation, Quantization, TensorSpec
+
+if TYPE_CHECKING:
+    from edgegen.families import Component
 
 MODEL_FILE = "model.tflite"
 SIGNATURE_KEY = "serving_default"
@@ -38,30 +42,23 @@ def tflite_op_counts(path: Path | str) -> dict[str, int]:
 
     builtin_names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
     model = schema.ModelT.InitFromPackedBuf(bytearray(Path(path).read_bytes()), 0)
-    counts: dict[str, int] = {}
-    for subgraph in model.subgraphs or []:
-        for operator in subgraph.operators or []:
-            code = model.operatorCodes[operator.opcodeIndex]
-            # Codes above 127 live only in builtinCode; older files use deprecatedBuiltinCode.
-            name = builtin_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "UNKNOWN")
-            if name == "CUSTOM":
-                custom = code.customCode
-                name = CUSTOM_PREFIX + (custom.decode() if isinstance(custom, bytes) else str(custom))
-            counts[name] = counts.get(name, 0) + 1
-    return dict(sorted(counts.items()))
+
+    def name_of(operator) -> str:
+        code = model.operatorCodes[operator.opcodeIndex]
+        # Codes above 127 live only in builtinCode; older files use deprecatedBuiltinCode.
+        name = builtin_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "UNKNOWN")
+        if name == "CUSTOM":
+            custom = code.customCode
+            name = CUSTOM_PREFIX + (custom.decode() if isinstance(custom, bytes) else str(custom))
+        return name
+
+    return count_ops(name_of(op) for subgraph in model.subgraphs or [] for op in subgraph.operators or [])
 
 
 def delegation_report(path: Path) -> Delegation:
     ops = tflite_op_counts(path)
     fallback = {name: count for name, count in ops.items() if name.startswith(CUSTOM_PREFIX) or name == "UNKNOWN"}
-    total = sum(ops.values())
-    return Delegation(
-        backend="litert-builtin",
-        total_nodes=total,
-        delegated_nodes=total - sum(fallback.values()),
-        delegate_subgraphs=1,
-        fallback_ops=fallback,
-    )
+    return delegation_from_ops("litert-builtin", ops, fallback)
 
 
 def tflite_io_specs(path: Path, component: Component) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -167,18 +164,13 @@ def _static_int8(module, kwargs: dict, component: Component):
     """PT2E: annotate, calibrate on the component's calibration sets, convert to Q/DQ form."""
     import torch
     from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    from edgegen.exporting.pt2e import zero_uninitialised
 
     quantizer = _float_boundary_quantizer(STATIC_OPS)
-    prepared = prepare_pt2e(zero_uninitialised(torch.export.export(module, (), kwargs).module()), quantizer)
     names = [spec.name for spec in component.inputs]
-    with torch.no_grad():
-        for batch in component.calibration:
-            prepared(**{name: batch[name] for name in names})
+    graph = torch.export.export(module, (), kwargs).module()
     # fold_quantize=False keeps the weights' quantize ops for the converter to fold, as litert-torch's own tests do.
-    return convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
+    converted = quantize_static(graph, quantizer, component.calibration, names, keyword=True, fold_quantize=False)
+    return converted, QuantConfig(pt2e_quantizer=quantizer)
 
 
 def _quant_config(scheme: str):
@@ -218,10 +210,7 @@ class TfliteExporter:
     packages = ("litert-torch", "ai-edge-litert")
 
     def unavailable_reason(self) -> str | None:
-        from edgegen.versions import package_version
-
-        missing = [p for p in self.packages if package_version(p) is None]
-        return f"missing packages: {', '.join(missing)} (pip install 'edgegen[tflite]')" if missing else None
+        return missing_packages(self.packages, "tflite")
 
     def export(self, component: Component, folder: Path, options: ExportOptions) -> ExportedModel:
         import litert_torch
@@ -238,24 +227,21 @@ class TfliteExporter:
             details = dict(QUANTIZATION_DETAILS[options.quantize])
             if options.quantize == "int8":
                 details["calibration_sets"] = len(component.calibration)
-                if component.learned_int8_module is not None:
+                if component.quantization_source is not None:
                     # Measured here: LiteRT's converter needs one scale on every input of a
                     # concatenation, which the XNNPACK QAT scheme does not impose, so it refuses
                     # the learned graph; this export calibrates instead, and its manifest records
                     # how far it lands from the fake-quant model the student was trained as.
-                    details["qat_scales"] = "not lowered: LiteRT needs one scale across concatenation inputs; recalibrated"
+                    details.update(learned_scales_not_lowered("LiteRT needs one scale across concatenation inputs"))
             quantization = Quantization(scheme=options.quantize, details=details)
         path = folder / MODEL_FILE
         with torch.no_grad():
             litert_torch.convert(module, (), sample_kwargs=kwargs, quant_config=quant_config).export(str(path))
         inputs, outputs = tflite_io_specs(path, component)
-        exported = ExportedModel(
+        return ExportedModel(
             model_file=MODEL_FILE, inputs=inputs, outputs=outputs, quantization=quantization,
-            delegation=delegation_report(path),
+            delegation=delegation_report(path), min_psnr_db=min_psnr_db(options.quantize),
         )
-        if options.quantize != "none":
-            exported.min_psnr_db = MIN_PSNR_DB_INT8
-        return exported
 
 
 EXPORTER = TfliteExporter()

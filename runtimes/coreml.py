@@ -11,17 +11,30 @@ import platform
 import numpy as np
 
 from edgegen.artifact import Artifact
-from edgegen.schema.manifest import ArtifactManifest
+from edgegen.exporting.base import missing_packages
+from edgegen.schema.manifest import ArtifactManifest, CoremlDeployment
 
 # Deployment target recorded at export -> the oldest macOS whose Core ML runs it.
 _MACOS_FOR_TARGET = {"iOS15": 12, "iOS16": 13, "iOS17": 14, "iOS18": 15}
+
+
+def deployment_of(manifest: ArtifactManifest) -> CoremlDeployment:
+    """The manifest's Core ML settings; manifests older than the typed field kept them in details."""
+    if manifest.coreml is not None:
+        return manifest.coreml
+    details = manifest.quantization.details
+    return CoremlDeployment(
+        deployment_target=details.get("deployment_target", ""),
+        compute_units=details.get("compute_units", "ALL"),
+        precision=details.get("precision", ""),
+    )
 
 
 class CoremlBackend:
     def __init__(self, artifact: Artifact):
         import coremltools as ct
 
-        units = artifact.manifest.quantization.details.get("compute_units", "ALL")
+        units = deployment_of(artifact.manifest).compute_units
         self.model = ct.models.MLModel(str(artifact.model_path), compute_units=getattr(ct.ComputeUnit, units))
         self.input_names = [spec.name for spec in artifact.manifest.inputs]
         self.output_names = [spec.name for spec in artifact.manifest.outputs]
@@ -33,17 +46,17 @@ class CoremlBackend:
 
 class CoremlRuntime:
     name = "coreml"
+    target = "coreml"
     packages = ("coremltools",)
 
     def unavailable_reason(self, manifest: ArtifactManifest | None = None) -> str | None:
-        from edgegen.versions import package_version
-
         if platform.system() != "Darwin":
             return "Core ML prediction needs macOS"
-        if package_version("coremltools") is None:
-            return "coremltools is not installed (pip install 'edgegen[coreml]')"
+        missing = missing_packages(self.packages, "coreml")
+        if missing:
+            return missing
         if manifest is not None:
-            target = manifest.quantization.details.get("deployment_target")
+            target = deployment_of(manifest).deployment_target
             needed = _MACOS_FOR_TARGET.get(target)
             release = platform.mac_ver()[0]
             if needed and release and int(release.split(".")[0]) < needed:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgegen.artifact import Artifact
+from edgegen.exporting.base import missing_packages
 from edgegen.schema.manifest import ArtifactManifest
 
 # Delegate name in the .pte -> backend id recorded in the manifest.
@@ -30,13 +31,13 @@ class ExecutorchBackend:
 
 class ExecutorchRuntime:
     name = "executorch"
+    target = "executorch"
     packages = ("executorch",)
 
     def unavailable_reason(self, manifest: ArtifactManifest | None = None) -> str | None:
-        from edgegen.versions import package_version
-
-        if package_version("executorch") is None:
-            return "executorch is not installed (pip install 'edgegen[executorch]')"
+        missing = missing_packages(self.packages, "executorch")
+        if missing:
+            return missing
         if manifest is not None and manifest.backend:
             from executorch.runtime import Runtime
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgegen.artifact import Artifact
+from edgegen.exporting.base import missing_packages
 from edgegen.schema.manifest import ArtifactManifest
 
 
@@ -27,14 +28,11 @@ class OnnxBackend:
 
 class OnnxRuntime:
     name = "onnx"
+    target = "onnx"
     packages = ("onnxruntime",)
 
     def unavailable_reason(self, manifest: ArtifactManifest | None = None) -> str | None:
-        from edgegen.versions import package_version
-
-        if package_version("onnxruntime") is None:
-            return "onnxruntime is not installed (pip install 'edgegen[onnx]')"
-        return None
+        return missing_packages(self.packages, "onnx")
 
     def import_toolchain(self) -> None:
         import onnxruntime  # noqa: F401

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgegen.artifact import Artifact
+from edgegen.exporting.base import missing_packages
 from edgegen.schema.manifest import ArtifactManifest
 
 SIGNATURE_KEY = "serving_default"
@@ -57,16 +58,18 @@ class TfliteBackend:
 
 class TfliteRuntime:
     name = "tflite"
+    target = "tflite"
     packages = ("ai-edge-litert",)
 
     def unavailable_reason(self, manifest: ArtifactManifest | None = None) -> str | None:
         if _has("ai_edge_litert.interpreter"):
             return None
+        missing = missing_packages(self.packages, "tflite") or "ai-edge-litert does not import"
         if manifest is not None and manifest.quantization.scheme != "none":
-            return "ai-edge-litert is not installed (pip install 'edgegen[tflite]'); tflite-runtime is not trusted with quantized models"
+            return f"{missing}; tflite-runtime is not trusted with quantized models"
         if _has("tflite_runtime.interpreter"):
             return None
-        return "ai-edge-litert is not installed (pip install 'edgegen[tflite]')"
+        return missing
 
     def import_toolchain(self) -> None:
         _interpreter_class(quantized=False)

@@ -46,6 +46,11 @@ def test_float_package_matches_its_manifest(exported, component):
     details = manifest.quantization.details
     assert manifest.quantization.scheme == "none"
     assert details == {"precision": "float32", "deployment_target": "iOS17", "compute_units": "ALL"}
+    # The typed field says the same; the runtime reads it, or the details of a manifest without it.
+    from edgegen.runtimes.coreml import deployment_of
+
+    assert manifest.coreml.model_dump() == details
+    assert deployment_of(manifest.model_copy(update={"coreml": None})) == manifest.coreml
 
     # The spec loads on any host; its I/O is what the manifest recorded.
     inputs, outputs = _spec_io(artifact.model_path)
@@ -92,6 +97,7 @@ def test_compressed_package_is_smaller_than_float(exported, component, scheme):
     float_manifest = exported(component, "coreml").manifest
     details = manifest.quantization.details
     assert manifest.quantization.scheme == scheme and details["precision"] == "float16"
+    assert manifest.coreml.precision == "float16"
     assert details["compressed_weights"] > 0
     assert manifest.parity.min_psnr_db == MIN_PSNR_DB_INT8
     assert manifest.inputs == float_manifest.inputs and manifest.outputs == float_manifest.outputs

@@ -42,6 +42,7 @@ def test_coreml_delegate_takes_the_whole_graph(coreml_pte):
     manifest = coreml_pte.manifest
     assert coreml_pte.folder.name == "vae_decoder-executorch-coreml"
     assert manifest.backend == "coreml" and manifest.quantization.details["precision"] == "float16"
+    assert manifest.coreml.model_dump() == manifest.quantization.details  # typed, and kept in details for old readers
     assert manifest.delegation.delegated_nodes == manifest.delegation.total_nodes
     assert manifest.delegation.delegate_subgraphs == 1
     assert [s.shape for s in manifest.inputs] == [[1, 4, 8, 8]]

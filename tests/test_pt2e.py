@@ -23,7 +23,7 @@ def targets(graph_module) -> set[str]:
 
 
 def test_uninitialised_inputs_become_zeros_and_results_stay():
-    from edgegen.exporting.pt2e import zero_uninitialised
+    from edgegen.exporting.quantize import zero_uninitialised
 
     module, args = exported()
     expected = module(*args)
@@ -34,7 +34,7 @@ def test_uninitialised_inputs_become_zeros_and_results_stay():
 
 
 def test_zero_beta_baddbmm_becomes_a_scaled_bmm_without_its_input():
-    from edgegen.exporting.pt2e import drop_zero_baddbmm_inputs
+    from edgegen.exporting.quantize import drop_zero_baddbmm_inputs
 
     module, args = exported()
     expected = module(*args)

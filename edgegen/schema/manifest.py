@@ -32,6 +32,14 @@ class Quantization(StrictModel):
     details: dict[str, Any] = {}
 
 
+class CoremlDeployment(StrictModel):
+    """How a Core ML program (a .mlpackage, or a .pte with the Core ML delegate) is meant to load."""
+
+    deployment_target: str  # coremltools' minimum deployment target, e.g. "iOS17"
+    compute_units: str  # coremltools ComputeUnit name, e.g. "ALL"
+    precision: str  # what the program computes in: "float32" or "float16"
+
+
 class Source(StrictModel):
     pipeline_dir: str
     pipeline_class: str
@@ -94,4 +102,5 @@ class ArtifactManifest(StrictModel):
     graph_rewrites: list[str] = []
     parity: Parity
     delegation: Delegation | None = None
+    coreml: CoremlDeployment | None = None  # Core ML programs only
     reference_file: str = REFERENCE_FILENAME

@@ -1,0 +1,206 @@
+"""The one PT2E int8 path: quantizer, prepare -> calibrate -> convert, and QAT checkpoints' learned scales.
+
+Every exporter that quantizes through torchao's PT2E (ExecuTorch, LiteRT) calls
+``quantize_static``; a quantization-aware student (``edgegen train distill qat=true``) is rebuilt
+here as the fake-quant graph it was trained as (``fake_quant_module``) and converted with its own
+learned scales (``learned_int8_module``). The contract of every exporter that quantizes to int8:
+ask ``learned_int8_module`` first and lower its graph, recording ``learned_scales_quantization()``,
+or, where the converter cannot take it, calibrate and record ``learned_scales_not_lowered(why)``.
+
+A QAT student trains its denoiser as a PT2E graph with XNNPACK's symmetric int8 fake-quant
+(per-channel weights, per-tensor activations). Its folder holds the trained float weights as
+usual plus ``unet/qat.safetensors``: the prepared graph's whole state, learned scales and zero
+points included. Export -> prepare_qat_pt2e is deterministic for a given module, so the same
+graph is rebuilt here and that state loaded into it.
+
+Two graph passes guard diffusers models. diffusers' plain attention passes ``torch.empty(...)`` to
+``baddbmm`` with ``beta=0``; ``convert_pt2e`` constant-folds that into a frozen tensor of whatever
+the memory held, and the decomposed ``beta * input`` is then ``0 * garbage``: NaN wherever the
+garbage was NaN or Inf, and a different constant in every export. ``zero_uninitialised`` runs on
+every graph before it is prepared, so it folds to zeros every time; ``drop_zero_baddbmm_inputs``
+runs on a converted graph that is written out as it is (ONNX QDQ), so the zeros are not stored.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgegen.errors import EdgegenError
+from edgegen.schema.manifest import Quantization
+
+if TYPE_CHECKING:
+    from edgegen.families import Component
+
+QAT_STATE_FILENAME = "qat.safetensors"  # inside the denoiser's subfolder (unet/)
+QAT_SCHEME = "pt2e-xnnpack-int8-qat"
+# Quantization details of an export that lowered the checkpoint's own scales.
+LEARNED_SCALES = {"source": "checkpoint (QAT)", "recalibrated": False}
+
+
+@dataclass(frozen=True)
+class LearnedScales:
+    """A QAT checkpoint's int8 fake-quant state: what exporters lower instead of calibrating."""
+
+    scheme: str  # QAT_SCHEME
+    state_path: Path  # e.g. <student>/unet/qat.safetensors
+
+
+def xnnpack_quantizer(qat: bool = False) -> Any:
+    """XNNPACK's symmetric int8: per-channel weights, per-tensor activations; fake-quant if ``qat``."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+
+
+def quantize_static(
+    graph_module: Any,
+    quantizer: Any,
+    batches: Iterable[dict[str, Any]],
+    input_names: Sequence[str],
+    keyword: bool = False,
+    fold_quantize: bool = True,
+) -> Any:
+    """PT2E prepare -> calibrate on ``batches`` -> convert, of an exported ``graph_module``.
+
+    Each batch maps input names to tensors; the module takes ``input_names`` positionally, or by
+    name when ``keyword``. ``fold_quantize=False`` keeps the weights' quantize ops in the graph
+    (for a converter that folds them itself).
+    """
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    prepared = prepare_pt2e(zero_uninitialised(graph_module), quantizer)
+    with torch.no_grad():
+        for batch in batches:
+            if keyword:
+                prepared(**{name: batch[name] for name in input_names})
+            else:
+                prepared(*(batch[name] for name in input_names))
+    return convert_pt2e(prepared, fold_quantize=fold_quantize)
+
+
+def prepare_fake_quant(module: Any, example_args: tuple) -> Any:
+    """``module`` as a PT2E graph with XNNPACK int8 fake-quant inserted, ready to train."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    program = torch.export.export(module, example_args, strict=False)
+    return prepare_qat_pt2e(zero_uninitialised(program.module()), xnnpack_quantizer(qat=True))
+
+
+# Rebuilding costs an export and a prepare: once per component object, which an int8 export
+# needs twice (as the parity reference and to convert).
+_FAKE_QUANT_CACHE: dict[int, Any] = {}
+
+
+def fake_quant_module(component: Component) -> Any | None:
+    """The fake-quant graph a QAT component was trained as (eval mode), or None without learned scales."""
+    source = component.quantization_source
+    if source is None:
+        return None
+    key = id(component)
+    if key not in _FAKE_QUANT_CACHE:
+        _FAKE_QUANT_CACHE[key] = _load_fake_quant(component, source)
+        weakref.finalize(component, _FAKE_QUANT_CACHE.pop, key, None)
+    return _FAKE_QUANT_CACHE[key]
+
+
+def _load_fake_quant(component: Component, source: LearnedScales) -> Any:
+    import torch
+    from safetensors.torch import load_file
+
+    if source.scheme != QAT_SCHEME:
+        raise EdgegenError(f"unknown learned quantization scheme '{source.scheme}'; this edgegen reads {QAT_SCHEME}")
+    path = Path(source.state_path)
+    if not path.is_file():
+        raise EdgegenError(f"{path.parent.parent} is not a QAT student: {path} is missing")
+    prepared = prepare_fake_quant(component.module, component.example_args())
+    state = load_file(str(path))
+    expected = set(prepared.state_dict())
+    if set(state) != expected:
+        raise EdgegenError(f"{path} does not match this student's fake-quant graph ({len(set(state) ^ expected)} keys differ)")
+    prepared.load_state_dict(state, strict=True)
+    for module in prepared.modules():  # observers would move the learned ranges at inference
+        if hasattr(module, "disable_observer"):
+            module.disable_observer()
+    with torch.no_grad():
+        prepared(*component.example_args())
+    return prepared
+
+
+def learned_int8_module(component: Component) -> Any | None:
+    """The QAT component converted to int8 quantize/dequantize form with its learned scales.
+
+    None when the component has no learned scales: the exporter calibrates instead. Every int8
+    exporter asks this first; one that lowers the result records ``learned_scales_quantization()``.
+    """
+    fake_quant = fake_quant_module(component)
+    if fake_quant is None:
+        return None
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    return convert_pt2e(copy.deepcopy(fake_quant))  # the cached fake-quant graph stays as it is
+
+
+def learned_scales_quantization(**details: Any) -> Quantization:
+    """The manifest's quantization record of an export that lowered ``learned_int8_module``."""
+    return Quantization(scheme="int8", details={**LEARNED_SCALES, **details})
+
+
+def learned_scales_not_lowered(reason: str) -> dict[str, str]:
+    """Quantization details of an int8 export of a QAT component that calibrated instead, and why."""
+    return {"qat_scales": f"not lowered: {reason}; recalibrated"}
+
+
+def zero_uninitialised(graph_module: Any) -> Any:
+    """``graph_module`` with every ``aten.empty`` made ``aten.zeros`` (same size, dtype, device)."""
+    import torch
+
+    changed = False
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function" and node.target == torch.ops.aten.empty.memory_format:
+            node.target = torch.ops.aten.zeros.default
+            node.kwargs = {key: value for key, value in node.kwargs.items() if key != "memory_format"}
+            changed = True
+    if changed:
+        graph_module.recompile()
+    return graph_module
+
+
+def drop_zero_baddbmm_inputs(graph_module: Any) -> Any:
+    """Every ``baddbmm(input, a, b, beta=0, alpha=s)`` as ``bmm(a, b) * s``, in a converted graph.
+
+    After ``convert_pt2e`` the attention's ``input`` is a frozen (heads, tokens, tokens) constant
+    that torch.onnx keeps as an initializer and multiplies by zero: megabytes of zeros in the file.
+    """
+    import torch
+
+    aten = torch.ops.aten
+    graph = graph_module.graph
+    changed = False
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target != aten.baddbmm.default or node.kwargs.get("beta", 1) != 0:
+            continue
+        batch1, batch2 = node.args[1], node.args[2]
+        alpha = node.kwargs.get("alpha", 1)
+        with graph.inserting_before(node):
+            replacement = graph.call_function(aten.bmm.default, (batch1, batch2))
+            replacement.meta = dict(node.meta)
+            if alpha != 1:
+                replacement = graph.call_function(aten.mul.Tensor, (replacement, alpha))
+                replacement.meta = dict(node.meta)
+        node.replace_all_uses_with(replacement)
+        graph.erase_node(node)
+        changed = True
+    if changed:
+        graph.eliminate_dead_code()
+        graph_module.recompile()
+    return graph_module
