@@ -31,13 +31,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgegen.errors import EdgegenError
+from edgegen.schema.checkpoint import QatState
 from edgegen.schema.manifest import Quantization
 
 if TYPE_CHECKING:
     from edgegen.families import Component
 
 QAT_STATE_FILENAME = "qat.safetensors"  # inside the denoiser's subfolder (unet/)
-QAT_SCHEME = "pt2e-xnnpack-int8-qat"
+QAT_SCHEME = QatState.model_fields["scheme"].default  # the scheme a student manifest declares
 # Quantization details of an export that lowered the checkpoint's own scales.
 LEARNED_SCALES = {"source": "checkpoint (QAT)", "recalibrated": False}
 
