@@ -1,8 +1,9 @@
-"""Name -> plugin registries for export targets, runtimes and training recipes.
+"""Name -> plugin registries for model families, export targets, runtimes and training recipes.
 
 Entries are import paths, resolved on first use, so ``import edgegen`` never imports a heavy
 toolchain and the core never imports ``edgegen.exporters`` or ``edgegen.runtimes`` statically.
-Adding a target is one file under ``exporters/`` (and ``runtimes/``) plus one line here.
+Adding a target is one file under ``exporters/`` (and ``runtimes/``) plus one line here; adding a
+model family is one file under ``edgegen/families/`` plus one line here.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ class Registry:
         return self._loaded[name]
 
 
+# Tried in order: the first family that claims a pipeline folder owns it.
+FAMILIES = Registry(
+    "model family",
+    {
+        "stable-diffusion": "edgegen.families.stable_diffusion:FAMILY",
+    },
+)
+
 EXPORTERS = Registry(
     "export target",
     {
@@ -43,6 +52,8 @@ EXPORTERS = Registry(
     },
 )
 
+# Keyed by runtime name; each runtime names the target it runs (``runtime.target``), so one target
+# may have several (edgegen.session.runtime_for takes the first usable one, in this order).
 RUNTIMES = Registry(
     "runtime",
     {

@@ -9,65 +9,33 @@ manifest.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from edgegen.artifact import Artifact, atomic_folder, describe_files, load_artifact, write_manifest
-from edgegen.families.stable_diffusion import Component, build_component, calibration_inputs
+from edgegen.artifact import Artifact, atomic_folder, describe_files, load_artifact, staged_folder, write_manifest
+from edgegen.families import component_spec, family_of
 from edgegen.errors import EdgegenError, first_line
+# What an exporter is and returns (and the parity thresholds) live in edgegen.exporting.base.
+from edgegen.exporting.base import (  # noqa: F401 (re-exported for callers)
+    MIN_PSNR_DB_FLOAT16,
+    MIN_PSNR_DB_FLOAT32,
+    MIN_PSNR_DB_INT8,
+    ExportedModel,
+    Exporter,
+    ExportOptions,
+)
 from edgegen.measure.metrics import worst_fidelity
 from edgegen.registry import EXPORTERS, RUNTIMES
 from edgegen.schema.manifest import (
     REFERENCE_FILENAME,
     ArtifactManifest,
-    Delegation,
     FakeQuantParity,
     Parity,
-    Quantization,
     Source,
-    TensorSpec,
 )
 from edgegen.families.loading import checkpoint_sha256, load_pipeline
 from edgegen.versions import edgegen_version, versions_of
-
-# Parity gates, exported vs eager on the reference inputs (PSNR over the reference's peak).
-MIN_PSNR_DB_FLOAT32 = 60.0  # float32 conversions differ only by op ordering (~1e-6 relative)
-MIN_PSNR_DB_FLOAT16 = 35.0  # Apple's ml-stable-diffusion gate for float16 Core ML models
-MIN_PSNR_DB_INT8 = 20.0  # 8-bit weights/activations on random-weight tiny models
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    backend: str | None = None
-    quantize: str = "none"
-    min_psnr_db: float | None = None
-    batch_size: int = 1
-
-
-@dataclass
-class ExportedModel:
-    """What an exporter hands back: the file it wrote and the I/O specs it actually produced."""
-
-    model_file: str
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    quantization: Quantization = field(default_factory=Quantization)
-    delegation: Delegation | None = None
-    backend: str | None = None
-    min_psnr_db: float = MIN_PSNR_DB_FLOAT32
-    graph_rewrites: list[str] = field(default_factory=list)  # exact rewrites the exporter applied
-
-
-class Exporter(Protocol):
-    name: str
-    backends: tuple[str, ...]  # the first is the default; empty if the target has none
-    quantizations: tuple[str, ...]
-    packages: tuple[str, ...]  # toolchain packages recorded in the manifest
-
-    def unavailable_reason(self) -> str | None: ...
-
-    def export(self, component: Component, folder: Path, options: ExportOptions) -> ExportedModel: ...
 
 
 def artifact_name(component: str, target: str, options: ExportOptions) -> str:
@@ -139,6 +107,75 @@ def _measure_parity(
     )
 
 
+def _check_destination(destination: Path, force: bool) -> None:
+    if destination.exists() and not force:
+        raise EdgegenError(f"{destination} already exists; pass --force to replace it")
+
+
+def _write_artifact(
+    pipeline: Any, pipeline_dir: Path, component_name: str, target: str, folder: Path, options: ExportOptions
+) -> None:
+    """Convert ``component_name``, prove parity and write the whole artifact into ``folder``."""
+    from safetensors.numpy import save_file
+
+    from edgegen.models.checkpoint import learned_scales
+
+    exporter = get_exporter(target)
+    family = family_of(pipeline_dir)
+    component = family.build_component(pipeline, component_name, batch_size=options.batch_size)
+    component.quantization_source = learned_scales(pipeline_dir, component_name)
+    if options.quantize != "none":
+        component.calibration = family.calibration_inputs(pipeline, component_name, options.batch_size)
+    expected = _to_numpy(component.run_eager())
+    fake_quant_expected = None
+    if options.quantize == "int8" and component.quantization_source is not None:
+        from edgegen.exporting.quantize import fake_quant_module
+
+        fake_quant_expected = _to_numpy(component.run_eager(module=fake_quant_module(component)))
+    try:
+        exported = exporter.export(component, folder, options)
+    except EdgegenError:
+        raise
+    except Exception as error:  # converters raise anything; the user needs their reason
+        raise EdgegenError(f"{target} could not export {component_name}: {first_line(error)}") from None
+    tensors = {f"input.{k}": v for k, v in _to_numpy(component.reference_inputs).items()}
+    tensors.update({f"output.{k}": v for k, v in expected.items()})
+    save_file(tensors, str(folder / REFERENCE_FILENAME))
+    min_psnr = options.min_psnr_db if options.min_psnr_db is not None else exported.min_psnr_db
+    manifest = ArtifactManifest(
+        edgegen_version=edgegen_version(),
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        target=target,
+        backend=exported.backend or options.backend,
+        component=component_name,
+        model_file=exported.model_file,
+        files=describe_files(folder),
+        inputs=exported.inputs,
+        outputs=exported.outputs,
+        eager_inputs=component.inputs,
+        eager_outputs=component.outputs,
+        quantization=exported.quantization,
+        source=Source(
+            pipeline_dir=str(Path(pipeline_dir).resolve()),
+            pipeline_class=type(pipeline).__name__,
+            component_class=component.source_class,
+            checkpoint_sha256=checkpoint_sha256(pipeline_dir, component.source_subfolder),
+        ),
+        toolchain=versions_of(("torch", *exporter.packages)),
+        graph_rewrites=component.graph_rewrites + exported.graph_rewrites,
+        parity=Parity(measured=False, reason="pending", min_psnr_db=min_psnr),
+        delegation=exported.delegation,
+        coreml=exported.coreml,
+    )
+    parity = _measure_parity(folder, manifest, expected, fake_quant_expected)
+    if parity.measured and not parity.psnr_db >= min_psnr:  # NaN fails too
+        raise EdgegenError(
+            f"{target} export of {component_name} failed parity: PSNR {parity.psnr_db:.1f} dB "
+            f"< {min_psnr:.1f} dB (max abs error {parity.max_abs_error:.3g}); nothing was written"
+        )
+    write_manifest(folder, manifest.model_copy(update={"parity": parity}))
+
+
 def export_component(
     pipeline: Any,
     pipeline_dir: Path,
@@ -149,65 +186,13 @@ def export_component(
     force: bool = False,
 ) -> Artifact:
     """Export ``component_name`` of an already loaded ``pipeline`` to ``output_root/<name>``."""
-    from safetensors.numpy import save_file
-
     exporter = get_exporter(target)
     options = check_options(exporter, options)
+    component_spec(family_of(pipeline_dir), component_name)  # an unknown name lists the choices
     destination = Path(output_root) / artifact_name(component_name, target, options)
-    if destination.exists() and not force:
-        raise EdgegenError(f"{destination} already exists; pass --force to replace it")
-    component = build_component(pipeline, component_name, batch_size=options.batch_size)
-    if options.quantize != "none":
-        component.calibration = calibration_inputs(pipeline, component_name, options.batch_size)
-    expected = _to_numpy(component.run_eager())
-    fake_quant_expected = None
-    if options.quantize == "int8" and component.fake_quant_module is not None:
-        fake_quant_expected = _to_numpy(component.run_eager(module=component.fake_quant_module()))
-
+    _check_destination(destination, force)
     with atomic_folder(destination, force=force) as staging:
-        try:
-            exported = exporter.export(component, staging, options)
-        except EdgegenError:
-            raise
-        except Exception as error:  # converters raise anything; the user needs their reason
-            raise EdgegenError(
-                f"{target} could not export {component_name}: {first_line(error)}"
-            ) from None
-        tensors = {f"input.{k}": v for k, v in _to_numpy(component.reference_inputs).items()}
-        tensors.update({f"output.{k}": v for k, v in expected.items()})
-        save_file(tensors, str(staging / REFERENCE_FILENAME))
-        min_psnr = options.min_psnr_db if options.min_psnr_db is not None else exported.min_psnr_db
-        manifest = ArtifactManifest(
-            edgegen_version=edgegen_version(),
-            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            target=target,
-            backend=exported.backend or options.backend,
-            component=component_name,
-            model_file=exported.model_file,
-            files=describe_files(staging),
-            inputs=exported.inputs,
-            outputs=exported.outputs,
-            eager_inputs=component.inputs,
-            eager_outputs=component.outputs,
-            quantization=exported.quantization,
-            source=Source(
-                pipeline_dir=str(Path(pipeline_dir).resolve()),
-                pipeline_class=type(pipeline).__name__,
-                component_class=component.source_class,
-                checkpoint_sha256=checkpoint_sha256(pipeline_dir, component.source_subfolder),
-            ),
-            toolchain=versions_of(("torch", *exporter.packages)),
-            graph_rewrites=component.graph_rewrites + exported.graph_rewrites,
-            parity=Parity(measured=False, reason="pending", min_psnr_db=min_psnr),
-            delegation=exported.delegation,
-        )
-        parity = _measure_parity(staging, manifest, expected, fake_quant_expected)
-        if parity.measured and not parity.psnr_db >= min_psnr:  # NaN fails too
-            raise EdgegenError(
-                f"{target} export of {component_name} failed parity: PSNR {parity.psnr_db:.1f} dB "
-                f"< {min_psnr:.1f} dB (max abs error {parity.max_abs_error:.3g}); nothing was written"
-            )
-        write_manifest(staging, manifest.model_copy(update={"parity": parity}))
+        _write_artifact(pipeline, pipeline_dir, component_name, target, staging, options)
     return load_artifact(destination)
 
 
@@ -219,14 +204,28 @@ def export_pipeline(
     options: ExportOptions = ExportOptions(),
     force: bool = False,
 ) -> list[Artifact]:
-    from edgegen.families.stable_diffusion import pipeline_components
+    """Export every component of the folder's family (or ``components``): all of them, or none.
+
+    The folder's family is decided, the names and destinations checked, before anything loads;
+    each artifact is written into a staging folder and all of them are moved into place only
+    once every one has converted and passed its parity gate.
+    """
+    import contextlib
 
     exporter = get_exporter(target)
     options = check_options(exporter, options)
-    pipeline = load_pipeline(pipeline_dir)
-    names = components or pipeline_components(pipeline)
+    family = family_of(pipeline_dir)
+    names = list(components) if components else [spec.name for spec in family.components]
     for name in names:
-        destination = Path(output_root) / artifact_name(name, target, options)
-        if destination.exists() and not force:
-            raise EdgegenError(f"{destination} already exists; pass --force to replace it")
-    return [export_component(pipeline, pipeline_dir, name, target, output_root, options, force) for name in names]
+        component_spec(family, name)
+    destinations = {name: Path(output_root) / artifact_name(name, target, options) for name in names}
+    for destination in destinations.values():
+        _check_destination(destination, force)
+    pipeline = load_pipeline(pipeline_dir)
+    with contextlib.ExitStack() as stack:
+        stagings = {name: stack.enter_context(staged_folder(destinations[name], force=force)) for name in names}
+        for name in names:
+            _write_artifact(pipeline, pipeline_dir, name, target, stagings[name].folder, options)
+        for staging in stagings.values():
+            staging.commit()
+    return [load_artifact(destinations[name]) for name in names]
