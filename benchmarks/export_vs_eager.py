@@ -34,7 +34,8 @@ def main() -> int:
 
     from edgegen.terminal import quiet
     from edgegen.families.stable_diffusion import build_component
-    from edgegen.embedded.demo import ensure_default_pipeline, exportable_targets, plan
+    from edgegen.embedded.demo import ensure_default_pipeline, plan
+    from edgegen.exporting.targets import exportable_targets
     from edgegen.exporting.orchestration import ExportOptions, export_component
     from edgegen.measure.profiling import interleaved_medians, profile_artifact
     from edgegen.session import open_artifact, runtime_for

@@ -31,7 +31,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from edgegen.terminal import quiet
-    from edgegen.embedded.demo import ensure_default_pipeline, exportable_targets
+    from edgegen.embedded.demo import ensure_default_pipeline
+    from edgegen.exporting.targets import exportable_targets
     from edgegen.exporting.orchestration import export_pipeline
     from edgegen.sampling.loop import SamplingPlan
     from edgegen.measure.pipeline_profile import profile_pipeline

@@ -40,7 +40,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from edgegen.terminal import quiet
-    from edgegen.embedded.demo import ensure_default_pipeline, exportable_targets
+    from edgegen.embedded.demo import ensure_default_pipeline
+    from edgegen.exporting.targets import exportable_targets
     from edgegen.exporting.orchestration import ExportOptions, export_component
     from edgegen.models.student import make_student, parameter_count
     from edgegen.measure.profiling import profile_artifact

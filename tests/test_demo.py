@@ -100,7 +100,7 @@ def test_make_demo_and_make_test_run_what_the_readme_says(tmp_path):
 
 def test_every_pinned_target_is_exportable_and_all_but_core_ml_run_off_macos():
     # The demo's own rule; a pinned toolchain that fails to install shows up here.
-    from edgegen.embedded.demo import exportable_targets, usable_targets
+    from edgegen.exporting.targets import exportable_targets, usable_targets
     from edgegen.registry import EXPORTERS
 
     assert exportable_targets() == EXPORTERS.names()

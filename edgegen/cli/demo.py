@@ -30,7 +30,8 @@ def demo_command(
     """Teacher vs distilled student on every target here: export, profile, compare, and an HTML report."""
     quiet()
     from edgegen.report.tables import pipeline_table
-    from edgegen.embedded.demo import DEMO_PROMPTS, exportable_targets, run_demo
+    from edgegen.embedded.demo import DEMO_PROMPTS, run_demo
+    from edgegen.exporting.targets import exportable_targets
     from edgegen.measure.pipeline_fidelity import read_prompts
     from edgegen.registry import EXPORTERS
 

@@ -36,7 +36,8 @@ def sweep_command(
     quiet()
     from edgegen.errors import EdgegenError
     from edgegen.measure.pipeline_fidelity import read_prompts
-    from edgegen.report.sweep import SweepAxes, exportable_targets, parse_list, run_sweep
+    from edgegen.exporting.targets import exportable_targets
+    from edgegen.report.sweep import SweepAxes, parse_list, run_sweep
 
     if runs < 1:
         raise EdgegenError("--runs must be at least 1: the Pareto front needs latency and memory")

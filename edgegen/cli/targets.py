@@ -11,15 +11,17 @@ from edgegen.terminal import console, print_json
 
 
 def target_status() -> list[dict]:
-    from edgegen.registry import EXPORTERS, RUNTIMES
-    from edgegen.session import host_description
+    from edgegen.registry import EXPORTERS
+    from edgegen.session import host_description, runtimes_of
 
     rows = []
     for name in EXPORTERS.names():
         exporter = EXPORTERS.get(name)
-        runtime = RUNTIMES.get(name)
+        runtimes = runtimes_of(name)
         export_reason = exporter.unavailable_reason()
-        run_reason = runtime.unavailable_reason()
+        # Runs here when any of the target's runtimes does; otherwise the preferred one says why.
+        reasons = [runtime.unavailable_reason() for runtime in runtimes]
+        run_reason = None if None in reasons else (reasons[0] if reasons else "no runtime is registered for it")
         rows.append(
             {
                 "target": name,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgegen.artifact import Artifact, atomic_folder
+from edgegen.exporting.targets import int8_scheme
 from edgegen.schema.pipeline import PipelineResult
 from edgegen.schema.results import Result
 
@@ -69,29 +70,6 @@ def ensure_default_student(folder: Path, teacher_dir: Path, kind: str) -> Path:
     if not (folder / "model_index.json").is_file():
         build_embedded_student(teacher_dir, folder, kind)
     return folder
-
-
-def exportable_targets() -> list[str]:
-    from edgegen.registry import EXPORTERS
-
-    return [name for name in EXPORTERS.names() if EXPORTERS.get(name).unavailable_reason() is None]
-
-
-def usable_targets() -> list[str]:
-    """Targets this machine can both export to and run."""
-    from edgegen.registry import RUNTIMES
-
-    return [name for name in exportable_targets() if RUNTIMES.get(name).unavailable_reason() is None]
-
-
-def int8_scheme(target: str) -> str | None:
-    """The target's full int8 scheme, else its first int8 variant (e.g. weight-only)."""
-    from edgegen.registry import EXPORTERS
-
-    schemes = EXPORTERS.get(target).quantizations
-    if "int8" in schemes:
-        return "int8"
-    return next((s for s in schemes if s.startswith("int8")), None)
 
 
 def plan(targets: list[str], precisions: list[str]) -> list[tuple[str, str, str]]:

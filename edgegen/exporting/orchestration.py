@@ -26,7 +26,7 @@ from edgegen.exporting.base import (  # noqa: F401 (re-exported for callers)
     ExportOptions,
 )
 from edgegen.measure.metrics import worst_fidelity
-from edgegen.registry import EXPORTERS, RUNTIMES
+from edgegen.registry import EXPORTERS
 from edgegen.schema.manifest import (
     REFERENCE_FILENAME,
     ArtifactManifest,
@@ -82,9 +82,9 @@ def _to_numpy(tensors: dict[str, Any]) -> dict[str, Any]:
 def _measure_parity(
     folder: Path, manifest: ArtifactManifest, expected: dict[str, Any], fake_quant_expected: dict[str, Any] | None = None
 ) -> Parity:
-    from edgegen.session import open_artifact
+    from edgegen.session import open_artifact, runtime_for
 
-    runtime = RUNTIMES.get(manifest.target)
+    runtime = runtime_for(manifest)  # the runtime open_artifact will use
     reason = runtime.unavailable_reason(manifest)
     if reason:
         return Parity(measured=False, reason=f"not measured on this host: {reason}", min_psnr_db=manifest.parity.min_psnr_db)

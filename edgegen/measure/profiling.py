@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgegen.errors import EdgegenError
+from edgegen.terminal import without_toolchain_noise
 from edgegen.schema.results import Host, Latency, Memory, Result
 
 DEFAULT_WARMUP = 3
@@ -134,7 +135,7 @@ def run_fresh_process(module: str, arguments: list[str], threads: int) -> str:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore", TQDM_DISABLE="1")
     completed = subprocess.run(command, capture_output=True, text=True, env=env)
     if completed.returncode != 0:
-        lines = [line for line in completed.stderr.strip().splitlines() if line.strip()]
+        lines = without_toolchain_noise(completed.stderr)  # a crash's last line, not a C++ log line
         errors = [line for line in lines if line.startswith("error: ")]
         if errors:
             raise EdgegenError(errors[-1][len("error: "):])

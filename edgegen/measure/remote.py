@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edgegen.artifact import load_artifact
 from edgegen.errors import EdgegenError
+from edgegen.terminal import without_toolchain_noise
 from edgegen.measure.profiling import profiling_arguments, result_line
 from edgegen.schema.results import Result
 
@@ -41,7 +42,7 @@ def _run(command: list[str], what: str, timeout_s: float) -> str:
     except subprocess.TimeoutExpired:
         raise EdgegenError(f"{what} did not finish within {timeout_s:.0f} s") from None
     if completed.returncode != 0:
-        lines = [line for line in completed.stderr.strip().splitlines() if line.strip()]
+        lines = without_toolchain_noise(completed.stderr)  # a crash's last line, not a C++ log line
         detail = lines[-1] if lines else f"exit code {completed.returncode}"
         raise EdgegenError(f"{what} failed: {detail.removeprefix('error: ')}")
     return completed.stdout

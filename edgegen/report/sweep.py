@@ -20,27 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgegen.errors import EdgegenError
+from edgegen.exporting.targets import int8_scheme
 from edgegen.report.pareto import pareto_of
 from edgegen.schema.pipeline import ParetoFront, PipelineResult
 
 PRECISIONS = ("float", "int8")
-
-
-def exportable_targets() -> list[str]:
-    """Targets this machine can export to (the sweep's default)."""
-    from edgegen.registry import EXPORTERS
-
-    return [name for name in EXPORTERS.names() if EXPORTERS.get(name).unavailable_reason() is None]
-
-
-def int8_scheme(target: str) -> str | None:
-    """The target's full int8 scheme, else its first int8 variant (e.g. weight-only)."""
-    from edgegen.registry import EXPORTERS
-
-    schemes = EXPORTERS.get(target).quantizations
-    if "int8" in schemes:
-        return "int8"
-    return next((s for s in schemes if s.startswith("int8")), None)
 
 
 @dataclass(frozen=True)
