@@ -1,6 +1,7 @@
 """The README's main job: the demo command on the embedded default (one target, few runs)."""
 
 import json
+import os
 import platform
 import re
 import shlex
@@ -73,7 +74,10 @@ def test_the_readme_checker_refuses_what_the_cli_refuses():
 
 
 def make_dry_run(*args: str) -> list[str]:
-    result = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # Under `make test` the outer make's variables would make this one a sub-make (MAKELEVEL,
+    # "make[1]: Entering directory" lines, inherited flags): run it as a user would.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    result = subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()
 
