@@ -181,3 +181,28 @@ def test_commands_print_no_toolchain_noise(target, exported, pipeline_dir):
     assert result.returncode == 0, result.stderr
     assert "PSNR" in result.stdout
     assert not NOISE.search(result.stdout + result.stderr), result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_demo_component_table_fits_120_columns_one_line_per_artifact(exported, pipeline, pipeline_dir):
+    from rich.console import Console
+
+    from edgegen.cli.demo import component_table
+    from edgegen.embedded.demo import DemoRow
+    from edgegen.measure.component_fidelity import compare_with_pipeline
+    from edgegen.measure.profiling import profile_artifact
+
+    ran = exported("text_encoder", "executorch")
+    rows = [
+        DemoRow(ran, profile_artifact(ran.folder, warmup=1, runs=2), compare_with_pipeline(ran, pipeline, pipeline_dir)),
+        DemoRow(exported("denoiser", "onnx"), not_run_reason="Core ML prediction needs macOS (this host is Linux x86_64); the package was converted and hashed"),
+        DemoRow(exported("vae_decoder", "onnx"), not_run_reason="Core ML prediction needs macOS (this host is Linux x86_64); the package was converted and hashed"),
+    ]
+    console = Console(width=120, record=True)
+    console.print(component_table(rows))
+    lines = console.export_text().splitlines()
+    assert "…" not in "".join(lines) and all(len(line) <= 120 for line in lines)
+    for component in ("text_encoder", "denoiser", "vae_decoder"):
+        assert len([line for line in lines if component in line]) == 1, component  # never wrapped
+    assert "executorch/xnnpack" in next(line for line in lines if "text_encoder" in line)
+    assert sum("Core ML prediction needs macOS" in line for line in lines) == 1  # the reason once, in the caption
