@@ -243,3 +243,28 @@ def test_families_command_lists_every_registered_family():
     assert [(c["name"], c["subfolder"], c["role"]) for c in sd["components"]] == [
         ("text_encoder", "text_encoder", "encoder"), ("denoiser", "unet", "denoiser"), ("vae_decoder", "vae", "decoder"),
     ]
+
+
+def test_an_export_whose_inputs_differ_from_the_declared_ones_is_refused(dummy_dir):
+    import torch
+
+    from edgegen.exporting.base import ExportedModel
+    from edgegen.exporting.orchestration import check_signature
+    from edgegen.families import family_of
+    from edgegen.families.loading import load_pipeline
+
+    folder = dummy_dir("stable-diffusion")
+    denoiser = family_of(folder).build_component(load_pipeline(folder), "denoiser")
+    exported = ExportedModel(model_file="model.onnx", inputs=list(denoiser.inputs), outputs=list(denoiser.outputs))
+    check_signature(denoiser, exported, "onnx")  # as declared: passes
+    dropped = ExportedModel(model_file="model.onnx", inputs=denoiser.inputs[:2], outputs=list(denoiser.outputs))
+    with pytest.raises(EdgegenError, match=r"has inputs \(sample, timestep\) where \(encoder_hidden_states, sample, timestep\) were declared"):
+        check_signature(denoiser, dropped, "onnx")
+
+    class TakesTwo(torch.nn.Module):  # a wrapper that would silently ignore the conditioning
+        def forward(self, sample, timestep):
+            return sample
+
+    denoiser.module = TakesTwo()
+    with pytest.raises(EdgegenError, match=r"its module takes \(sample, timestep\) but the family declared"):
+        check_signature(denoiser, exported, "onnx")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgegen.artifact import Artifact, atomic_folder, describe_files, load_artifact, staged_folder, write_manifest
-from edgegen.families import component_spec, family_of
+from edgegen.families import Component, component_spec, family_of
 from edgegen.errors import EdgegenError, first_line
 # What an exporter is and returns (and the parity thresholds) live in edgegen.exporting.base.
 from edgegen.exporting.base import (  # noqa: F401 (re-exported for callers)
@@ -107,6 +107,28 @@ def _measure_parity(
     )
 
 
+def check_signature(component: Component, exported: ExportedModel, target: str) -> None:
+    """Fail loudly where a converted graph's inputs or outputs are not the ones declared.
+
+    A family declares every input its denoiser needs; a wrapper that takes fewer, or a converter
+    that drops an input it found unused, would otherwise give an artifact that runs and is wrong.
+    """
+    import inspect
+
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    takes = [p.name for p in inspect.signature(component.module.forward).parameters.values() if p.kind in kinds]
+    declared = [spec.name for spec in component.inputs]
+    if takes != declared:
+        raise EdgegenError(f"{component.name}: its module takes ({', '.join(takes)}) but the family declared ({', '.join(declared)}); nothing was written")
+    for kind, produced, wanted in (("inputs", exported.inputs, component.inputs), ("outputs", exported.outputs, component.outputs)):
+        got, want = sorted(spec.name for spec in produced), sorted(spec.name for spec in wanted)
+        if got != want:
+            raise EdgegenError(
+                f"{target} export of {component.name} has {kind} ({', '.join(got)}) where ({', '.join(want)}) were declared: "
+                "the converter dropped or renamed one; nothing was written"
+            )
+
+
 def _check_destination(destination: Path, force: bool) -> None:
     if destination.exists() and not force:
         raise EdgegenError(f"{destination} already exists; pass --force to replace it")
@@ -138,6 +160,7 @@ def _write_artifact(
         raise
     except Exception as error:  # converters raise anything; the user needs their reason
         raise EdgegenError(f"{target} could not export {component_name}: {first_line(error)}") from None
+    check_signature(component, exported, target)
     tensors = {f"input.{k}": v for k, v in _to_numpy(component.reference_inputs).items()}
     tensors.update({f"output.{k}": v for k, v in expected.items()})
     save_file(tensors, str(folder / REFERENCE_FILENAME))
