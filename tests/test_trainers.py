@@ -109,6 +109,24 @@ def test_resume_refuses_another_config(untrained_dir, tmp_path):
     assert result.exit_code == 2 and "pass --resume" in result.stderr
 
 
+def test_resume_from_a_corrupt_checkpoint_names_it_and_offers_the_previous_one(untrained_dir, tmp_path):
+    common = [f"teacher={untrained_dir}", "batch_size=2", "steps=4", "checkpoint_every=2", "keep_checkpoints=2", f"output={tmp_path}", SMALL_DATA]
+    train("finetune", *common)
+    latest = tmp_path / "checkpoints" / "step-000004"
+    weights = latest / "weights.safetensors"
+    assert weights.is_file()
+    weights.write_bytes(weights.read_bytes()[:100])  # cut short, as a full disk or a kill would
+    result = CliRunner().invoke(app, ["train", "finetune", *common, "--resume"])
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert "\n" not in message and "step-000004" in message and "corrupt" in message
+    assert "previous checkpoint step-000002 is there" in message
+    latest.rename(tmp_path / "corrupt-step-000004")  # what the message says to do
+    train("finetune", *common, "--resume")
+    manifest = json.loads((tmp_path / "pipeline" / "edgegen_training.json").read_text())
+    assert manifest["resumed_from_step"] == 2
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

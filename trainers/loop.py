@@ -275,7 +275,7 @@ def _resumable(config: TrainConfig) -> TrainConfig:
     return config.model_copy(update={"steps": 1, "output": Path("."), "checkpoint_every": 1, "log_every": 1, "keep_checkpoints": 1})
 
 
-def load_checkpoint(trainee: Trainee, config: TrainConfig, folder: Path) -> int:
+def load_checkpoint(trainee: Trainee, config: TrainConfig, folder: Path, previous: Path | None = None) -> int:
     import torch
     from safetensors.torch import load_file
 
@@ -283,7 +283,13 @@ def load_checkpoint(trainee: Trainee, config: TrainConfig, folder: Path) -> int:
         state = torch.load(folder / STATE_FILENAME, weights_only=True)
         weights = load_file(str(folder / WEIGHTS_FILENAME))
     except Exception as error:  # a truncated or foreign file
-        raise EdgegenError(f"cannot resume from {folder}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        offer = (
+            f"; the previous checkpoint {previous.name} is there: move {folder.name} aside and --resume continues from it"
+            if previous is not None
+            else "; there is no earlier checkpoint to fall back on"
+        )
+        raise EdgegenError(f"cannot resume from {folder}: it is corrupt ({reason}){offer}") from None
     if state.get("config_sha256") != config_sha256(_resumable(config)):
         saved = json.loads(state.get("config_json", "{}"))
         now = config_dict(_resumable(config))
@@ -399,7 +405,7 @@ def run_recipe(recipe: Recipe, config: TrainConfig, resume: bool = False, comman
     trainee = recipe.prepare(config, context)
     start_step = 0
     if resume:
-        start_step = load_checkpoint(trainee, config, checkpoints[-1])
+        start_step = load_checkpoint(trainee, config, checkpoints[-1], checkpoints[-2] if len(checkpoints) > 1 else None)
     broadcast_parameters(trainee.modules, context)
     if context.is_main:
         output.mkdir(parents=True, exist_ok=True)
