@@ -268,3 +268,16 @@ def test_an_export_whose_inputs_differ_from_the_declared_ones_is_refused(dummy_d
     denoiser.module = TakesTwo()
     with pytest.raises(EdgegenError, match=r"its module takes \(sample, timestep\) but the family declared"):
         check_signature(denoiser, exported, "onnx")
+
+
+def test_an_existing_artifact_is_refused_before_the_pipeline_loads(tmp_path, dummy_dir, monkeypatch):
+    import edgegen.exporting.orchestration as orchestration
+
+    def must_not_load(folder):
+        raise AssertionError("the pipeline was loaded before the destination was checked")
+
+    monkeypatch.setattr(orchestration, "load_pipeline", must_not_load)
+    (tmp_path / "denoiser-onnx").mkdir()
+    with pytest.raises(EdgegenError, match="denoiser-onnx already exists; pass --force"):
+        orchestration.export_pipeline(dummy_dir("stable-diffusion"), "onnx", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["denoiser-onnx"]
