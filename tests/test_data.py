@@ -102,6 +102,31 @@ def test_dirty_folder_is_cleaned_with_a_reason_per_record(tmp_path):
     assert dataset[0]["pixel_values"].shape == (3, 32, 32)  # 48 px resized and cropped to 32
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims WIDTHxHEIGHT pixels (no pixel data): what a decompression bomb shows PIL."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_is_dropped_not_fatal(tmp_path):
+    (tmp_path / "good.png").write_bytes(_png(32))
+    (tmp_path / "bomb.png").write_bytes(_png_header(20000, 20000))  # over twice PIL's limit: PIL raises
+    (tmp_path / "large.png").write_bytes(_png_header(10000, 10000))  # between once and twice: PIL warns
+    for key in ("good", "bomb", "large"):
+        (tmp_path / f"{key}.txt").write_text("a red square at the top left")
+    _, report = load_training_set(str(tmp_path))
+    assert report.kept == 1 and report.dropped == {"image too large": 2}
+    result = CliRunner().invoke(app, ["data", "clean", str(tmp_path), "--report", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r.json").read_text())["dropped"] == {"image too large": 2}
+
+
 def test_jsonl_index_names_a_missing_file(tmp_path):
     (tmp_path / "a.png").write_bytes(_png(32))
     (tmp_path / "index.jsonl").write_text(json.dumps({"image": "a.png", "caption": "x"}) + "\n" + json.dumps({"image": "gone.png", "caption": "y"}) + "\nnot json\n")

@@ -8,8 +8,8 @@ Sources:
 - a folder of WebDataset-style ``.tar`` shards: members ``key.png|jpg``, ``key.txt``, ``key.wav``.
 
 Every record is checked once, before training: unreadable images, images smaller than
-``min_image_size``, empty captions, files the index names but that do not exist, audio that is
-unreadable, too short or silent are dropped, counted per reason in a ``CleaningReport``. Kept
+``min_image_size``, images larger than PIL's decompression-bomb limit, empty captions, files the
+index names but that do not exist, audio that is unreadable, too short or silent are dropped, counted per reason in a ``CleaningReport``. Kept
 images are converted to RGB, resized (shorter side) and centre-cropped to ``image_size``, and
 normalised to [-1, 1]; captions have their whitespace normalised.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,9 +125,15 @@ def standardise_image(data: bytes | Path, image_size: int, min_image_size: int) 
     from edgegen.data.shapes import to_tensor
 
     try:
-        with Image.open(io.BytesIO(_read(data))) as image:
-            image.load()
-            image = image.convert("RGB")
+        # A header that claims more pixels than PIL's limit is a decompression bomb: PIL warns
+        # (up to twice the limit) or raises, and either would take the whole run with it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(_read(data))) as image:
+                image.load()
+                image = image.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ValueError("image too large") from error
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ValueError("unreadable image") from error
     if min(image.size) < min_image_size:
