@@ -2,14 +2,18 @@
 
 An artifact is written into a hidden temporary folder beside its destination and renamed into
 place only when complete, so an interrupted or failed export never leaves half an artifact and
-never replaces an existing one unless asked to.
+never replaces an existing one unless asked to. One writer of a destination at a time (a lock
+file beside it); a killed writer's leftovers carry its pid and the next writer removes them.
+Every path a manifest names stays inside the artifact folder, and every file is hashed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -47,21 +51,113 @@ def describe_files(folder: Path, exclude: tuple[str, ...] = (MANIFEST_FILENAME,)
     return entries
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except (OSError, OverflowError):
+        return False
+    return True
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, folder or link; a link is removed itself, never what it points to."""
+    if path.is_symlink() or not path.is_dir():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()  # a dangling link is still something to replace
+
+
+def _sweep_leftovers(destination: Path) -> None:
+    """Remove what killed writers of ``destination`` left beside it (their pid is in the name).
+
+    A retired old artifact whose writer died before the new one moved in is put back instead,
+    so a kill between the two renames of a forced replace loses nothing.
+    """
+    for kind in ("replaced", "partial"):
+        for path in sorted(destination.parent.glob(f".{glob.escape(destination.name)}.{kind}-*")):
+            pid_text = path.name[len(f".{destination.name}.{kind}-"):].split("-", 1)[0]
+            if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+                continue  # another writer's, still running (or not ours to judge)
+            if kind == "replaced" and not _exists(destination):
+                os.rename(path, destination)
+            else:
+                _remove(path)
+
+
+@contextlib.contextmanager
+def _writer_lock(destination: Path) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside ``destination``: one writer of a destination at a time.
+
+    A second writer is refused at once rather than kept waiting (two exports into one folder
+    are a mistake, and waiting on several destinations in different orders could deadlock).
+    The lock file is removed on release; the inode check makes a writer that locked a file
+    another one had just removed try again on the new one.
+    """
+    import fcntl
+
+    lock_path = destination.with_name(f".{destination.name}.lock")
+    while True:
+        try:
+            descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise EdgegenError(f"cannot create {lock_path}: {error.strerror}") from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise EdgegenError(f"{destination} is being written by another export right now; try again when it has finished") from None
+        try:
+            same = os.stat(lock_path).st_ino == os.fstat(descriptor).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(descriptor)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)
+        os.close(descriptor)
+
+
+def _plain_destination(destination: Path) -> Path:
+    """``destination`` made absolute without following a link in its last part (--force replaces the link)."""
+    destination = Path(os.path.abspath(destination))
+    return destination.parent.resolve() / destination.name if destination.name else destination
+
+
 @dataclass
 class Staging:
     """A hidden folder beside ``destination`` that becomes it on ``commit()``."""
 
     folder: Path
     destination: Path
+    force: bool = False
 
     def commit(self) -> None:
-        if self.destination.exists():
-            retired = self.destination.with_name(f".{self.destination.name}.replaced-{os.getpid()}")
-            os.replace(self.destination, retired)
-            os.replace(self.folder, self.destination)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(self.folder, self.destination)
+        if not _exists(self.destination):
+            try:
+                os.rename(self.folder, self.destination)  # fails onto a non-empty folder that appeared meanwhile
+                return
+            except OSError:
+                if not _exists(self.destination):
+                    raise
+        if not self.force:
+            raise EdgegenError(f"{self.destination} already exists (written meanwhile by someone else); pass --force to replace it")
+        retired = self.destination.with_name(f".{self.destination.name}.replaced-{os.getpid()}-{secrets.token_hex(4)}")
+        os.rename(self.destination, retired)  # a link is renamed itself, its target is not touched
+        os.rename(self.folder, self.destination)
+        _remove(retired)
 
 
 @contextlib.contextmanager
@@ -69,18 +165,27 @@ def staged_folder(destination: Path, force: bool = False) -> Iterator[Staging]:
     """Yield a staging folder for ``destination``; whatever was not committed is removed on exit.
 
     Several of these in one ``ExitStack``, committed together at the end, make a
-    multi-artifact write all-or-nothing.
+    multi-artifact write all-or-nothing. The staging folder's name carries this process's
+    id, so a later writer of the same destination removes it if this process was killed.
     """
-    destination = destination.resolve()
-    if destination.exists() and not force:
+    destination = _plain_destination(destination)
+    if _exists(destination) and not force:
         raise EdgegenError(f"{destination} already exists; pass --force to replace it")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Staging(Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent)), destination)
     try:
-        yield staging
-    finally:
-        if staging.folder.exists():
-            shutil.rmtree(staging.folder, ignore_errors=True)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise EdgegenError(f"cannot create {destination.parent}: {error.strerror}") from None
+    with _writer_lock(destination):
+        _sweep_leftovers(destination)
+        if _exists(destination) and not force:
+            raise EdgegenError(f"{destination} already exists; pass --force to replace it")
+        prefix = f".{destination.name}.partial-{os.getpid()}-"
+        staging = Staging(Path(tempfile.mkdtemp(prefix=prefix, dir=destination.parent)), destination, force)
+        try:
+            yield staging
+        finally:
+            if staging.folder.exists():
+                shutil.rmtree(staging.folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -110,8 +215,23 @@ class Artifact:
         model = self.manifest.model_file
         return sum(e.bytes for e in self.manifest.files if e.path == model or e.path.startswith(model + "/"))
 
+    def check_paths(self) -> None:
+        """Fail in one line if a path the manifest names leads outside the folder (a link included)."""
+        root = self.folder.resolve()
+        named = [entry.path for entry in self.manifest.files] + [self.manifest.model_file, self.manifest.reference_file]
+        for relative in named:
+            if not (self.folder / relative).resolve().is_relative_to(root):
+                raise EdgegenError(f"artifact {self.folder}: {relative} leads outside the artifact folder")
+        if self.model_path.is_dir() and not self.model_path.is_symlink():
+            listed = {entry.path for entry in self.manifest.files}
+            for path in sorted(p for p in self.model_path.rglob("*") if p.is_file() or p.is_symlink()):
+                relative = path.relative_to(self.folder).as_posix()
+                if relative not in listed:
+                    raise EdgegenError(f"artifact {self.folder}: {relative} is in the model package but not listed in the manifest's files")
+
     def verify_files(self) -> None:
-        """Fail in one line if a file is missing, truncated or altered since export."""
+        """Fail in one line if a file is missing, truncated, altered since export or outside the folder."""
+        self.check_paths()
         for entry in self.manifest.files:
             path = self.folder / entry.path
             if not path.is_file():
@@ -130,8 +250,11 @@ class Artifact:
             tensors = load_file(str(path))
         except Exception as error:  # safetensors raises several types for bad files
             raise EdgegenError(f"cannot read reference tensors {path}: {first_line(error)}") from None
-        inputs = {s.name: tensors[f"input.{s.name}"] for s in self.manifest.eager_inputs}
-        outputs = {s.name: tensors[f"output.{s.name}"] for s in self.manifest.eager_outputs}
+        try:
+            inputs = {s.name: tensors[f"input.{s.name}"] for s in self.manifest.eager_inputs}
+            outputs = {s.name: tensors[f"output.{s.name}"] for s in self.manifest.eager_outputs}
+        except KeyError as error:
+            raise EdgegenError(f"reference tensors {path} have no tensor {error.args[0]}") from None
         return inputs, outputs
 
 
@@ -149,4 +272,6 @@ def load_artifact(folder: Path, verify: bool = True) -> Artifact:
     artifact = Artifact(folder=folder, manifest=manifest)
     if verify:
         artifact.verify_files()
+    else:
+        artifact.check_paths()
     return artifact

@@ -26,6 +26,7 @@ def read_results(paths: list[Path]) -> list[tuple[PipelineResult, Path]]:
     found: dict[str, tuple[PipelineResult, Path]] = {}
     for path in map(Path, paths):
         for result in read_results_file(path):
+            _check_images_dir(result, path)
             found[result.case_id] = (result, path.parent)
     if not found:
         raise EdgegenError(f"no results in {', '.join(map(str, paths))}")
@@ -34,6 +35,15 @@ def read_results(paths: list[Path]) -> list[tuple[PipelineResult, Path]]:
         raise EdgegenError(f"results of different pipelines mixed ({', '.join(sorted(families))}); report one pipeline family at a time")
     order = {"teacher": 0, "student": 1}
     return sorted(found.values(), key=lambda pair: (order[pair[0].role], pair[0].runtime != "eager", pair[0].case_id))
+
+
+def _check_images_dir(result: PipelineResult, path: Path) -> None:
+    """A results file's images live beside it: an ``images_dir`` leading elsewhere is refused, not embedded."""
+    if result.images_dir is None:
+        return
+    folder = path.parent.resolve()
+    if "\x00" in result.images_dir or not (folder / result.images_dir).resolve().is_relative_to(folder):
+        raise EdgegenError(f"{path}: case {result.case_id} names images_dir {result.images_dir!r} outside the results file's folder")
 
 
 def _data_uri(data: bytes, mime: str = "image/png") -> str:
@@ -62,6 +72,8 @@ def _image_grid(cases: list[tuple[PipelineResult, Path]]) -> str:
         cells = [f"<td class='prompt'>{html.escape(prompt)} ({seeds[index]})</td>"]
         for result, folder in shown:
             path = folder / result.images_dir / f"{index}.png"
+            if path.is_file() and not path.resolve().is_relative_to(folder.resolve()):
+                raise EdgegenError(f"{path} links outside the results file's folder; refusing to embed it")
             if path.is_file():
                 cells.append(f"<td><img class='sample' alt='{html.escape(result.case_id)} {index}' src='{_data_uri(path.read_bytes())}'></td>")
             else:
@@ -171,10 +183,17 @@ def build_report(paths: list[Path], title: str = "edgegen report") -> str:
 
 def write_report(paths: list[Path], output: Path, title: str = "edgegen report") -> Path:
     """Write the report atomically: a temporary file renamed over ``output`` when complete."""
-    page = build_report(paths, title)
     output = Path(output)
+    if output.is_dir():
+        raise EdgegenError(f"{output} is a directory; give the report's file name, e.g. {output / 'report.html'}")
+    page = build_report(paths, title)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    staging.write_text(page, encoding="utf-8")
-    staging.replace(output)
+    try:
+        staging.write_text(page, encoding="utf-8")
+        staging.replace(output)
+    except OSError as error:
+        raise EdgegenError(f"cannot write the report {output}: {error.strerror or error}") from None
+    finally:
+        staging.unlink(missing_ok=True)
     return output

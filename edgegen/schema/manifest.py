@@ -6,7 +6,10 @@ for example); runtimes validate and cast inputs against these, not against the e
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from edgegen.schema.base import StrictModel
 
@@ -21,10 +24,21 @@ class TensorSpec(StrictModel):
     dtype: str  # a numpy dtype name: float32, int64, ...
 
 
+def relative_path(value: str) -> str:
+    """A path inside the artifact folder: relative, normalised, POSIX, never climbing out."""
+    if not value or "\x00" in value or "\\" in value:
+        raise ValueError(f"{value[:120]!r} is not a relative path inside the artifact")
+    if value.startswith("/") or posixpath.normpath(value) != value or value == "." or value.split("/")[0] == "..":
+        raise ValueError(f"{value[:120]!r} must be a normalised relative path inside the artifact (no leading '/', no '.' or '..' part)")
+    return value
+
+
 class ArtifactFile(StrictModel):
     path: str
-    sha256: str
-    bytes: int
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+    _relative = field_validator("path")(relative_path)
 
 
 class Quantization(StrictModel):
@@ -104,3 +118,19 @@ class ArtifactManifest(StrictModel):
     delegation: Delegation | None = None
     coreml: CoremlDeployment | None = None  # Core ML programs only
     reference_file: str = REFERENCE_FILENAME
+
+    _relative = field_validator("model_file", "reference_file")(relative_path)
+
+    @model_validator(mode="after")
+    def _every_file_listed(self) -> ArtifactManifest:
+        """The integrity check cannot be switched off: the model and the reference are hashed."""
+        paths = [entry.path for entry in self.files]
+        if not paths:
+            raise ValueError("files is empty: every file of the artifact must be listed with its hash")
+        if len(set(paths)) != len(paths):
+            raise ValueError("files lists a path twice")
+        if self.model_file not in paths and not any(path.startswith(self.model_file + "/") for path in paths):
+            raise ValueError(f"model_file {self.model_file!r} is not listed in files")
+        if self.reference_file not in paths:
+            raise ValueError(f"reference_file {self.reference_file!r} is not listed in files")
+        return self
