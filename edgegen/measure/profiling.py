@@ -14,6 +14,7 @@ import gc
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -129,17 +130,42 @@ def result_line(stdout: str, what: str) -> str:
     return lines[-1]
 
 
-def run_fresh_process(module: str, arguments: list[str], threads: int) -> str:
-    """Run ``python -m module arguments`` and return its result line; its one-line error becomes ours."""
+# What a signal that ended a measuring process most likely means.
+_SIGNAL_HINTS = {"SIGKILL": "out of memory?", "SIGSEGV": "a crash in native code", "SIGABRT": "a crash in native code", "SIGBUS": "a crash in native code"}
+
+
+def how_it_ended(returncode: int) -> str:
+    """``exited with code 3`` or ``killed by SIGKILL (out of memory?)``, from a subprocess's return code."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        return f"killed by signal {-returncode}"
+    hint = _SIGNAL_HINTS.get(name)
+    return f"killed by {name}" + (f" ({hint})" if hint else "")
+
+
+def run_fresh_process(module: str, arguments: list[str], threads: int, timeout_s: float | None = None) -> str:
+    """Run ``python -m module arguments`` and return its result line; its one-line error becomes ours.
+
+    A child that fails without an ``error:`` line (a traceback, a signal, a native abort) is
+    reported by how it ended and its last meaningful stderr line, never just an exit code.
+    """
     command = [sys.executable, "-m", module, *arguments]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore", TQDM_DISABLE="1")
-    completed = subprocess.run(command, capture_output=True, text=True, env=env)
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise EdgegenError(f"python -m {module} did not finish within {timeout_s:g} s and was stopped") from None
     if completed.returncode != 0:
         lines = without_toolchain_noise(completed.stderr)  # a crash's last line, not a C++ log line
         errors = [line for line in lines if line.startswith("error: ")]
         if errors:
             raise EdgegenError(errors[-1][len("error: "):])
-        raise EdgegenError(f"{module} exited {completed.returncode}" + (f": {lines[-1]}" if lines else ""))
+        last = lines[-1].strip() if lines else "nothing on stderr"
+        last = last if len(last) <= 300 else last[:297] + "..."
+        raise EdgegenError(f"python -m {module} {how_it_ended(completed.returncode)}: {last}")
     return result_line(completed.stdout, module)
 
 
