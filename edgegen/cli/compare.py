@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from edgegen.cli.bounds import finite
 from edgegen.measure.metric_registry import BUDGETS
 from edgegen.terminal import console, fmt_db, print_json, quiet
 
@@ -23,21 +24,21 @@ def compare_command(
     student: Annotated[Path | None, typer.Option(help="The student pipeline folder (pipeline form).", show_default=False)] = None,
     artifacts: Annotated[list[Path] | None, typer.Option("--artifacts", help="A folder of exported student components (repeatable).", show_default=False)] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Results file (JSON Lines, appended); PNGs go beside it.")] = Path("out/compare/results.jsonl"),
-    steps: Annotated[int, typer.Option(help="Denoising steps (a few-step student uses its own schedule).")] = 20,
-    guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale; 1 turns it off.")] = 1.0,
+    steps: Annotated[int, typer.Option(help="Denoising steps (a few-step student uses its own schedule).", min=1)] = 20,
+    guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale; 1 turns it off.", min=0, callback=finite)] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt's initial latents (prompt i uses seed+i).")] = 0,
     probe: Annotated[Path | None, typer.Option(help="Caption-faithfulness probe folder.", show_default=False)] = None,
     feature_extractor: Annotated[Path | None, typer.Option(help="ONNX feature extractor for FID/KID (images [N,3,H,W] in [-1,1] -> features).", show_default=False)] = None,
     clip: Annotated[Path | None, typer.Option(help="Local transformers CLIP folder for the CLIP score.", show_default=False)] = None,
-    runs: Annotated[int, typer.Option(help="Timed images per case for latency (0 skips profiling).")] = 5,
-    min_psnr: Annotated[float | None, typer.Option(help=BUDGETS["min_psnr"].budget_help, show_default=False)] = None,
-    min_ssim: Annotated[float | None, typer.Option(help=BUDGETS["min_ssim"].budget_help, show_default=False)] = None,
-    min_faithfulness: Annotated[float | None, typer.Option(help=BUDGETS["min_faithfulness"].budget_help, show_default=False)] = None,
-    max_fid_gap: Annotated[float | None, typer.Option(help=BUDGETS["max_fid_gap"].budget_help, show_default=False)] = None,
-    max_kid_gap: Annotated[float | None, typer.Option(help=BUDGETS["max_kid_gap"].budget_help, show_default=False)] = None,
-    min_clip_score: Annotated[float | None, typer.Option(help=BUDGETS["min_clip_score"].budget_help, show_default=False)] = None,
-    min_teacher_psnr: Annotated[float | None, typer.Option(help=BUDGETS["min_teacher_psnr"].budget_help, show_default=False)] = None,
-    threads: Annotated[int, typer.Option(help="CPU threads for the runtimes.")] = 1,
+    runs: Annotated[int, typer.Option(help="Timed images per case for latency (0 skips profiling).", min=0)] = 5,
+    min_psnr: Annotated[float | None, typer.Option(help=BUDGETS["min_psnr"].budget_help, show_default=False, callback=finite)] = None,
+    min_ssim: Annotated[float | None, typer.Option(help=BUDGETS["min_ssim"].budget_help, show_default=False, callback=finite)] = None,
+    min_faithfulness: Annotated[float | None, typer.Option(help=BUDGETS["min_faithfulness"].budget_help, show_default=False, callback=finite)] = None,
+    max_fid_gap: Annotated[float | None, typer.Option(help=BUDGETS["max_fid_gap"].budget_help, show_default=False, callback=finite)] = None,
+    max_kid_gap: Annotated[float | None, typer.Option(help=BUDGETS["max_kid_gap"].budget_help, show_default=False, callback=finite)] = None,
+    min_clip_score: Annotated[float | None, typer.Option(help=BUDGETS["min_clip_score"].budget_help, show_default=False, callback=finite)] = None,
+    min_teacher_psnr: Annotated[float | None, typer.Option(help=BUDGETS["min_teacher_psnr"].budget_help, show_default=False, callback=finite)] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads for the runtimes.", min=1)] = 1,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result(s) as JSON.")] = False,
 ) -> None:
     """Compare an artifact (or whole pipelines over --prompts) with the teacher."""

@@ -22,7 +22,7 @@ class Layout(str, Enum):
 @data_app.command("shapes")
 def shapes_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to create.")],
-    count: Annotated[int, typer.Option(help="Number of images.")] = 1000,
+    count: Annotated[int, typer.Option(help="Number of images.", min=1)] = 1000,
     layout: Annotated[Layout, typer.Option(help="folder (x.png + x.txt), jsonl (index.jsonl) or shards (WebDataset-style .tar).")] = Layout.folder,
     audio: Annotated[bool, typer.Option(help="Add a tone per image (pitch encodes the colour).")] = False,
     seed: Annotated[int, typer.Option(help="Dataset seed.")] = 0,
@@ -39,7 +39,7 @@ def shapes_command(
 def clean_command(
     source: Annotated[str, typer.Argument(help="An image folder, a .jsonl index, a folder of .tar shards, or builtin:shapes.")],
     report: Annotated[Path | None, typer.Option(help="Write the cleaning report (JSON) here.", show_default=False)] = None,
-    image_size: Annotated[int, typer.Option(help="Training resolution.")] = 32,
+    image_size: Annotated[int, typer.Option(help="Training resolution.", min=1)] = 32,
     audio: Annotated[bool, typer.Option(help="Require and check audio for every record.")] = False,
 ) -> None:
     """Check every record, standardise what is kept, and say what was dropped and why."""

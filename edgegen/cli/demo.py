@@ -24,7 +24,7 @@ def demo_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Working folder for the models, artifacts, results and report.")] = Path("out/demo"),
     target: Annotated[list[str] | None, typer.Option(help="Target to include (repeatable); default: every one this machine exports to.")] = None,
     precision: Annotated[list[Precision] | None, typer.Option(help="float and/or int8 (repeatable); default: both.")] = None,
-    runs: Annotated[int, typer.Option(help="Timed runs per component artifact (whole pipelines get a quarter, at least 1).")] = 20,
+    runs: Annotated[int, typer.Option(help="Timed runs per component artifact (whole pipelines get a quarter, at least 1).", min=1)] = 20,
     prompts: Annotated[Path | None, typer.Option(help="Prompt file (one per line); default: 12 built-in shapes prompts.", show_default=False)] = None,
 ) -> None:
     """Teacher vs distilled student on every target here: export, profile, compare, and an HTML report."""

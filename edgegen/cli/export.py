@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from edgegen.cli.bounds import MAX_BATCH_SIZE, finite
 from edgegen.terminal import console, fmt_db, fmt_kb, print_json, quiet
 
 
@@ -17,8 +18,8 @@ def export_command(
     component: Annotated[list[str] | None, typer.Option(help="Component to export (repeatable); default: all.")] = None,
     backend: Annotated[str | None, typer.Option(help="Delegate backend of the target, e.g. xnnpack.")] = None,
     quantize: Annotated[str, typer.Option(help="Quantization scheme; the target lists what it supports.")] = "none",
-    min_psnr: Annotated[float | None, typer.Option(help="Parity gate in dB (default: the target's, by precision).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Static batch size of the exported components.")] = 1,
+    min_psnr: Annotated[float | None, typer.Option(help="Parity gate in dB (default: the target's, by precision).", callback=finite)] = None,
+    batch_size: Annotated[int, typer.Option(help=f"Static batch size of the exported components (1..{MAX_BATCH_SIZE}: shapes are static and memory grows with the batch).", min=1, max=MAX_BATCH_SIZE)] = 1,
     force: Annotated[bool, typer.Option(help="Replace existing artifact folders.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the manifests as JSON.")] = False,
 ) -> None:

@@ -15,7 +15,7 @@ probe_app = typer.Typer(help="The caption-faithfulness probe: train it, score im
 @probe_app.command("train")
 def train_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Probe folder to create.")],
-    steps: Annotated[int, typer.Option(help="Training steps (batches of 64 shapes).")] = 600,
+    steps: Annotated[int, typer.Option(help="Training steps (batches of 64 shapes).", min=1)] = 600,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
 ) -> None:
     """Train the colour/shape/position classifier on the built-in shapes and save it."""

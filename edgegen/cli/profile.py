@@ -13,9 +13,9 @@ from edgegen.measure.profiling import DEFAULT_RUNS, DEFAULT_WARMUP
 
 def profile_command(
     artifact_dir: Annotated[Path, typer.Argument(help="An artifact folder written by `edgegen export`.")],
-    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = DEFAULT_WARMUP,
-    runs: Annotated[int, typer.Option(help="Timed runs.")] = DEFAULT_RUNS,
-    threads: Annotated[int, typer.Option(help="CPU threads for the runtime.")] = 1,
+    warmup: Annotated[int, typer.Option(help="Untimed runs first.", min=0)] = DEFAULT_WARMUP,
+    runs: Annotated[int, typer.Option(help="Timed runs.", min=1)] = DEFAULT_RUNS,
+    threads: Annotated[int, typer.Option(help="CPU threads for the runtime.", min=1)] = 1,
     device: Annotated[str | None, typer.Option(help="Profile on a remote device instead: ssh://user@host (needs edgegen there).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from edgegen.cli.bounds import finite
 from edgegen.measure.metric_registry import SWEEP_QUALITIES
 from edgegen.terminal import console, print_json, quiet
 
@@ -21,15 +22,15 @@ def sweep_command(
     precisions: Annotated[str, typer.Option(help="Comma-separated: float, int8.")] = "float,int8",
     steps: Annotated[str, typer.Option(help="Comma-separated student step counts.")] = "2,4",
     summary_tokens: Annotated[str, typer.Option(help="Comma-separated SCMAN summary budgets (pooled-summary students only); default: the student's own.")] = "",
-    teacher_steps: Annotated[int, typer.Option(help="The teacher's steps (the reference images).")] = 20,
-    guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale; 1 turns it off.")] = 1.0,
+    teacher_steps: Annotated[int, typer.Option(help="The teacher's steps (the reference images).", min=1)] = 20,
+    guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale; 1 turns it off.", min=0, callback=finite)] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt's initial latents (prompt i uses seed+i).")] = 0,
     quality: Annotated[str, typer.Option(help=f"Quality axis of the front: {', '.join(SWEEP_QUALITIES)} (vs the teacher).")] = "psnr",
     runs: Annotated[int, typer.Option(help="Timed images per case (latency and memory; the front needs at least 1).")] = 3,
     probe: Annotated[Path | None, typer.Option(help="Caption-faithfulness probe folder.", show_default=False)] = None,
     feature_extractor: Annotated[Path | None, typer.Option(help="ONNX feature extractor for FID/KID.", show_default=False)] = None,
     clip: Annotated[Path | None, typer.Option(help="Local transformers CLIP folder for the CLIP score.", show_default=False)] = None,
-    threads: Annotated[int, typer.Option(help="CPU threads for the runtimes.")] = 1,
+    threads: Annotated[int, typer.Option(help="CPU threads for the runtimes.", min=1)] = 1,
     json_output: Annotated[bool, typer.Option("--json", help="Print the results and the front as JSON.")] = False,
 ) -> None:
     """Sweep the student over targets x precision x steps and print the Pareto front."""

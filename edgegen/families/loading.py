@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,11 @@ from typing import Any
 from edgegen.errors import EdgegenError, first_line
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")
+# Weights in these formats are pickles: loading one runs whatever code the file carries.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+ALLOW_PICKLE_ENV = "EDGEGEN_ALLOW_PICKLE"
+# The libraries a model_index.json entry may name: a custom module beside the weights is code too.
+_COMPONENT_LIBRARIES = ("diffusers", "transformers")
 
 
 def quiet_toolchains() -> None:
@@ -34,25 +40,73 @@ def check_pipeline_dir(pipeline_dir: Path) -> Path:
         raise EdgegenError(f"{pipeline_dir} is a file, not a diffusers pipeline folder")
     if not (pipeline_dir / "model_index.json").is_file():
         raise EdgegenError(f"{pipeline_dir} is not a diffusers pipeline folder (no model_index.json)")
+    check_component_classes(pipeline_dir)
     return pipeline_dir
+
+
+def check_component_classes(pipeline_dir: Path) -> None:
+    """Every component model_index.json names is a class its library has: refused before loading.
+
+    The pipeline class itself is the families registry's to judge (``family_of``).
+    """
+    import importlib
+
+    index_file = Path(pipeline_dir) / "model_index.json"
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise EdgegenError(f"cannot read {index_file}: {first_line(error)}") from None
+    if not isinstance(index, dict):
+        raise EdgegenError(f"{index_file} is not a JSON object")
+    quiet_toolchains()
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list):
+            continue  # metadata and flags such as requires_safety_checker
+        if entry == [None, None]:
+            continue  # an optional component left out (a safety checker, an image encoder)
+        library, class_name = entry if len(entry) == 2 else (None, None)
+        if library not in _COMPONENT_LIBRARIES or not isinstance(class_name, str):
+            raise EdgegenError(
+                f"{index_file}: component '{name}' names {json.dumps(entry)}; edgegen loads classes of "
+                f"{' or '.join(_COMPONENT_LIBRARIES)} only"
+            )
+        if not hasattr(importlib.import_module(library), class_name):
+            raise EdgegenError(f"{index_file}: component '{name}' names {library}.{class_name}, which {library} does not have")
+
+
+def check_no_pickle_weights(pipeline_dir: Path) -> None:
+    """Refuse pickled weights (code that runs on load) unless EDGEGEN_ALLOW_PICKLE=1 trusts the folder."""
+    if os.environ.get(ALLOW_PICKLE_ENV) == "1":
+        return
+    pickles = sorted(p for p in Path(pipeline_dir).rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file())
+    if pickles:
+        names = ", ".join(p.relative_to(pipeline_dir).as_posix() for p in pickles[:3]) + (", ..." if len(pickles) > 3 else "")
+        raise EdgegenError(
+            f"{pipeline_dir} holds pickle weights ({names}); edgegen loads safetensors only: "
+            f"convert them, or set {ALLOW_PICKLE_ENV}=1 to trust this folder"
+        )
 
 
 def load_pipeline(pipeline_dir: Path) -> Any:
     """``DiffusionPipeline.from_pretrained`` on a local folder, in float32 on the CPU.
 
-    An unsupported pipeline class is refused (one line) before any weights are read.
+    An unsupported pipeline class, a component class its library lacks, and pickled weights
+    (unless EDGEGEN_ALLOW_PICKLE=1) are refused (one line) before any weights are read.
     """
     from edgegen.families import family_of
 
     pipeline_dir = check_pipeline_dir(pipeline_dir)
     family_of(pipeline_dir)
+    check_no_pickle_weights(pipeline_dir)
     quiet_toolchains()
     import torch
     from diffusers import DiffusionPipeline
 
+    allow_pickle = os.environ.get(ALLOW_PICKLE_ENV) == "1"
     try:
         pipeline = DiffusionPipeline.from_pretrained(
-            str(pipeline_dir), local_files_only=True, dtype=torch.float32
+            str(pipeline_dir), local_files_only=True, dtype=torch.float32,
+            use_safetensors=None if allow_pickle else True,  # None: safetensors first, then the pickle
         )
     except Exception as error:  # diffusers raises many types for broken folders
         raise EdgegenError(f"cannot load pipeline {pipeline_dir}: {first_line(error)}") from None

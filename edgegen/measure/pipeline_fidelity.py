@@ -81,6 +81,11 @@ class Outcome:
     step_latents: list[list[np.ndarray]] = field(default_factory=list)  # per prompt, per step
 
 
+# A text encoder reads a few dozen tokens; a longer line is almost surely not a prompt (a file read
+# the wrong way, a missing newline), and truncating it silently would compare something else.
+MAX_PROMPT_CHARS = 2000
+
+
 def read_prompts(path: Path) -> list[str]:
     path = Path(path)
     try:
@@ -89,7 +94,16 @@ def read_prompts(path: Path) -> list[str]:
         raise EdgegenError(f"prompt file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise EdgegenError(f"cannot read prompt file {path}: {error}") from None
-    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    prompts = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if len(line) > MAX_PROMPT_CHARS:  # the tokenizer would cut it silently to its 77 tokens or so
+            raise EdgegenError(
+                f"{path}:{number}: prompt of {len(line)} characters; the limit is {MAX_PROMPT_CHARS} (one prompt per line)"
+            )
+        prompts.append(line)
     if not prompts:
         raise EdgegenError(f"prompt file {path} holds no prompts (one per line)")
     return prompts
