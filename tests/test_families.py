@@ -281,3 +281,11 @@ def test_an_existing_artifact_is_refused_before_the_pipeline_loads(tmp_path, dum
     with pytest.raises(EdgegenError, match="denoiser-onnx already exists; pass --force"):
         orchestration.export_pipeline(dummy_dir("stable-diffusion"), "onnx", tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["denoiser-onnx"]
+
+
+def test_a_component_named_twice_is_refused(tmp_path, dummy_dir):
+    from edgegen.exporting.orchestration import export_pipeline
+
+    with pytest.raises(EdgegenError, match="component text_encoder named more than once"):
+        export_pipeline(dummy_dir("stable-diffusion"), "onnx", tmp_path / "out", ["text_encoder", "text_encoder"])
+    assert not (tmp_path / "out").exists()

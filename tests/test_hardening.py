@@ -220,7 +220,7 @@ def _package_file_unlisted(folder, data):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (_absolute_model_file, "model_file: Value error, '/"),
+        (_absolute_model_file, "model_file: '/"),
         (_outside_file_listed, "'../x' must be a normalised relative path"),
         (_climbing_file_listed, "'a/../../x' must be a normalised relative path"),
         (_symlink_outside, "reference.safetensors leads outside the artifact folder"),

@@ -24,7 +24,10 @@ def profile_command(
     from edgegen.measure.profiling import profile_artifact
     from edgegen.measure.remote import profile_on_device
 
-    with console.status(f"profiling {artifact_dir}{' on ' + device if device else ''}..."):
+    from rich.markup import escape
+
+    # The device string is the user's: shown as text, never read as rich markup.
+    with console.status(escape(f"profiling {artifact_dir}{' on ' + device if device else ''}...")):
         if device:
             result = profile_on_device(artifact_dir, device, warmup, runs, threads)
         else:

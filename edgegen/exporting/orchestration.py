@@ -241,6 +241,9 @@ def export_pipeline(
     names = list(components) if components else [spec.name for spec in family.components]
     for name in names:
         component_spec(family, name)
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise EdgegenError(f"component {', '.join(repeated)} named more than once; name each component once")
     destinations = {name: Path(output_root) / artifact_name(name, target, options) for name in names}
     for destination in destinations.values():
         _check_destination(destination, force)

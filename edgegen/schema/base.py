@@ -49,7 +49,9 @@ def validate_strict(data: Any, model: type[Model], supported_version: int, where
         if problem["type"] == "extra_forbidden":
             raise EdgegenError(f"{where} has an unknown key '{location}'") from None
         article = "an" if what[:1] in "aeiou" else "a"
-        raise EdgegenError(f"{where} is not {article} {what}: {location}: {problem['msg']}") from None
+        message = problem["msg"].removeprefix("Value error, ")  # a validator's own sentence
+        place = "" if location == "(root)" else f"{location}: "
+        raise EdgegenError(f"{where} is not {article} {what}: {place}{message}") from None
 
 
 def load_strict_json(path: Path, model: type[Model], supported_version: int, what: str, migrations: Migrations | None = None) -> Model:
