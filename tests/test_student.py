@@ -103,3 +103,18 @@ def test_student_denoiser_exports_to_every_target(student_dir, tmp_path, target)
     else:
         assert "macOS" in manifest.parity.reason
     assert manifest.delegation.delegated_nodes > 0
+
+
+def test_corrupt_scman_weights_are_named_in_one_line(student_dir, tmp_path):
+    import shutil
+
+    from edgegen.errors import EdgegenError
+    from edgegen.families.loading import load_pipeline
+
+    copy = tmp_path / "student"
+    shutil.copytree(student_dir, copy)
+    weights = copy / "unet" / "scman.safetensors"
+    weights.write_bytes(b"\x00" * 16)  # not a safetensors file
+    with pytest.raises(EdgegenError, match=r"cannot read the SCMAN weights .*unet/scman.safetensors") as caught:
+        load_pipeline(copy)
+    assert "\n" not in str(caught.value)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgegen.errors import EdgegenError
+from edgegen.errors import EdgegenError, first_line
 from edgegen.schema.checkpoint import QatState
 from edgegen.schema.manifest import Quantization
 
@@ -124,7 +124,10 @@ def _load_fake_quant(component: Component, source: LearnedScales) -> Any:
     if not path.is_file():
         raise EdgegenError(f"{path.parent.parent} is not a QAT student: {path} is missing")
     prepared = prepare_fake_quant(component.module, component.example_args())
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except Exception as error:  # safetensors raises several types for truncated or foreign files
+        raise EdgegenError(f"cannot read the QAT state {path}: {first_line(error)}") from None
     expected = set(prepared.state_dict())
     if set(state) != expected:
         raise EdgegenError(f"{path} does not match this student's fake-quant graph ({len(set(state) ^ expected)} keys differ)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgegen.errors import EdgegenError
+from edgegen.errors import EdgegenError, first_line
 from edgegen.schema.base import load_strict_json, write_json
 from edgegen.schema.checkpoint import (
     CHECKPOINT_SCHEMA_VERSION,
@@ -67,7 +67,7 @@ def restore_student(pipeline: Any, folder: Path) -> StudentManifest | None:
         try:
             state = load_file(str(weights))
         except Exception as error:  # safetensors raises several types for corrupt files
-            raise EdgegenError(f"cannot read {weights}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+            raise EdgegenError(f"cannot read the SCMAN weights {weights}: {first_line(error)}") from None
         missing = set(_scman_state(denoiser)) - set(state)
         if missing:
             raise EdgegenError(f"{weights} lacks SCMAN parameters: {', '.join(sorted(missing)[:3])}")
