@@ -7,7 +7,6 @@ weights are loaded or anything is written.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +47,9 @@ def all_families() -> list[Family]:
 
 
 def read_model_index(folder: Path) -> dict[str, Any]:
-    from edgegen.families.loading import check_pipeline_dir
+    from edgegen.families.loading import check_pipeline_dir, parse_model_index
 
-    path = check_pipeline_dir(folder) / "model_index.json"
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise EdgegenError(f"cannot read {path}: {error}") from None
-    if not isinstance(index, dict):
-        raise EdgegenError(f"{path} is not a JSON object")
-    return index
+    return parse_model_index(check_pipeline_dir(folder) / "model_index.json")
 
 
 def family_of(folder: Path) -> Family:

@@ -44,6 +44,17 @@ def check_pipeline_dir(pipeline_dir: Path) -> Path:
     return pipeline_dir
 
 
+def parse_model_index(index_file: Path) -> dict[str, Any]:
+    """``model_index.json`` as a dict, or one line saying why it cannot be read."""
+    try:
+        index = json.loads(Path(index_file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise EdgegenError(f"cannot read {index_file}: {first_line(error)}") from None
+    if not isinstance(index, dict):
+        raise EdgegenError(f"{index_file} is not a JSON object")
+    return index
+
+
 def check_component_classes(pipeline_dir: Path) -> None:
     """Every component model_index.json names is a class its library has: refused before loading.
 
@@ -52,12 +63,7 @@ def check_component_classes(pipeline_dir: Path) -> None:
     import importlib
 
     index_file = Path(pipeline_dir) / "model_index.json"
-    try:
-        index = json.loads(index_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise EdgegenError(f"cannot read {index_file}: {first_line(error)}") from None
-    if not isinstance(index, dict):
-        raise EdgegenError(f"{index_file} is not a JSON object")
+    index = parse_model_index(index_file)
     quiet_toolchains()
     for name, entry in index.items():
         if name.startswith("_") or not isinstance(entry, list):
