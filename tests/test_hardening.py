@@ -338,3 +338,41 @@ def test_fuzzed_results_lines_load_or_fail_in_one_line(tmp_path):
             assert "\n" not in str(error)
             refused += 1
     assert refused > 50
+
+
+def test_compare_output_onto_a_file_that_is_not_results_loses_nothing(tmp_path, pipeline_dir):
+    from typer.testing import CliRunner
+
+    from edgegen.cli import app
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle at the top left\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\nthe last line has no newline")
+    before = notes.read_bytes()
+    result = CliRunner().invoke(
+        app, ["compare", "--prompts", str(prompts), "--teacher", str(pipeline_dir), "--student", str(pipeline_dir), "-o", str(notes), "--runs", "0"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "notes.txt:1 is not JSON" in result.stderr
+    assert notes.read_bytes() == before  # not cut, not appended to
+
+
+def test_only_a_results_file_own_cut_short_line_is_dropped(tmp_path):
+    from tests.test_report import _result
+
+    from edgegen.errors import EdgegenError
+    from edgegen.measure.pipeline_fidelity import drop_partial_last_line, existing_case_ids
+
+    good = _result("teacher/eager/20-steps", "teacher", "eager", 80.0, 0.9, tmp_path, images=False).model_dump_json()
+    results = tmp_path / "results.jsonl"
+    results.write_text(good + "\n" + good[:40])  # an interrupted append
+    drop_partial_last_line(results)
+    assert results.read_text() == good + "\n"
+    results.write_text(good + "\n" + "garbage that is not a result")
+    with pytest.raises(EdgegenError, match="not a results file"):
+        drop_partial_last_line(results)
+    assert results.read_text().endswith("garbage that is not a result")
+    results.write_text('{"case_id": "teacher/eager/20-steps"}\n')  # carries a case id, is not a result
+    with pytest.raises(EdgegenError, match="results.jsonl:1 has no integer schema_version"):
+        existing_case_ids(results)

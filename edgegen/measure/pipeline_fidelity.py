@@ -172,9 +172,15 @@ def drop_partial_last_line(results_path: Path) -> None:
     """Cut a last line that an interrupted run left unfinished, so the next append starts clean."""
     if not results_path.is_file():
         return
+    # Only a results file's own half-written line is cut: every complete line must be a result
+    # (refused untouched otherwise), and the fragment must be the start of a JSON object.
+    read_results_file(results_path, complete_lines_only=True)
     data = results_path.read_bytes()
     if data and not data.endswith(b"\n"):
-        results_path.write_bytes(data[: data.rfind(b"\n") + 1])
+        cut = data.rfind(b"\n") + 1
+        if not data[cut:].lstrip().startswith(b"{"):
+            raise EdgegenError(f"{results_path} is not a results file (its last line is not a result cut short); give -o a results file or a new path")
+        results_path.write_bytes(data[:cut])
 
 
 def read_results(results_path: Path) -> list[PipelineResult]:

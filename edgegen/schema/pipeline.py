@@ -114,16 +114,21 @@ class ParetoFront(StrictModel):
     front: list[str]  # case_ids no other considered case beats on every axis at once
 
 
-def read_results_file(path: Path) -> list[PipelineResult]:
+def read_results_file(path: Path, complete_lines_only: bool = False) -> list[PipelineResult]:
     """Every line of a results file, validated here once for ``compare``, ``sweep`` and ``report``.
 
     A line that is not a current pipeline result is refused in one line naming it (never skipped:
     a skipped case would silently run again or vanish from a report). A last line cut short by an
-    interrupted run is cut before the next append (``drop_partial_last_line``), not read here.
+    interrupted run is cut before the next append (``drop_partial_last_line``), not read here;
+    ``complete_lines_only`` reads the file as it is before that cut (a last line without its
+    newline is left out).
     """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        if complete_lines_only and text and not text.endswith("\n"):
+            lines = lines[:-1]
     except FileNotFoundError:
         raise EdgegenError(f"results file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as error:
