@@ -54,7 +54,7 @@ def main() -> int:
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
     from edgegen.terminal import quiet
-    from edgegen.families.stable_diffusion import build_component
+    from edgegen.families import family_of
     from edgegen.embedded.demo import ensure_default_pipeline
     from edgegen.measure.profiling import interleaved_medians
     from edgegen.exporting.rewrites import make_delegable
@@ -68,7 +68,7 @@ def main() -> int:
     rows = []
     for name in args.component or ["denoiser", "vae_decoder"]:
         print(f"[bench] {name}: lowering before and after make_delegable", file=sys.stderr, flush=True)
-        component = build_component(pipeline, name)
+        component = family_of(pipeline_dir).build_component(pipeline, name)
         inputs = list(component.example_args())
         expected = next(iter(component.run_eager().values()))
         rewritten = copy.deepcopy(component.module)

@@ -33,7 +33,7 @@ def main() -> int:
     import torch
 
     from edgegen.terminal import quiet
-    from edgegen.families.stable_diffusion import build_component
+    from edgegen.families import family_of
     from edgegen.embedded.demo import ensure_default_pipeline, plan
     from edgegen.exporting.targets import exportable_targets
     from edgegen.exporting.orchestration import ExportOptions, export_component
@@ -64,7 +64,7 @@ def main() -> int:
             "not_run_reason": runtime_for(manifest).unavailable_reason(manifest),
         }
         if row["not_run_reason"] is None:
-            component = build_component(pipeline, name)
+            component = family_of(pipeline_dir).build_component(pipeline, name)
             session = open_artifact(artifact, threads=1)
             prepared = session.prepare({k: v.numpy() for k, v in component.reference_inputs.items()})
             medians = interleaved_medians({"eager": component.run_eager, "artifact": lambda: session.run_prepared(prepared)}, args.runs)

@@ -18,13 +18,14 @@ from pathlib import Path
 from _common import emit  # the benchmarks' shared helper, beside this script
 
 
-def denoiser_flops(pipeline) -> int:
+def denoiser_flops(pipeline, folder) -> int:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from edgegen.families.stable_diffusion import build_component
+    from edgegen.families import components_with_role, family_of
 
-    component = build_component(pipeline, "denoiser")
+    family = family_of(folder)
+    component = family.build_component(pipeline, components_with_role(family, "denoiser")[0].name)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         component.module(*component.example_args())
     return counter.get_total_flops()
@@ -46,6 +47,7 @@ def main() -> int:
     from edgegen.models.student import make_student, parameter_count
     from edgegen.measure.profiling import profile_artifact
     from edgegen.session import runtime_for
+    from edgegen.families import networks_of
     from edgegen.families.loading import load_pipeline
 
     quiet()
@@ -57,7 +59,7 @@ def main() -> int:
     rows = []
     for label, folder in models.items():
         pipeline = load_pipeline(folder)
-        params, flops = parameter_count(pipeline.unet), denoiser_flops(pipeline)
+        params, flops = parameter_count(networks_of(folder, pipeline).denoiser), denoiser_flops(pipeline, folder)
         for target in args.target or exportable_targets():
             print(f"[bench] {label} denoiser -> {target}", file=sys.stderr, flush=True)
             artifact = export_component(
