@@ -100,9 +100,6 @@ class Family(Protocol):
 
     def latent_shape(self, folder: Path) -> tuple[int, ...]: ...
 
-    def vae_factors(self, folder: Path) -> tuple[float, float]:
-        """(scaling_factor, shift_factor): decoder input is latents / scaling + shift."""
-
     def encode_prompt(self, tokenizers: dict[str, Any], run: Any, prompt: str) -> dict[str, np.ndarray]:
         """Conditioning tensors for one prompt; ``run(component, inputs)`` runs an encoder component
         (an eager module or a runtime Session: the sampling loop never knows which)."""
@@ -112,7 +109,8 @@ class Family(Protocol):
     denoiser_output: str
     decoder_output: str
 
-    def decoder_inputs(self, latents: np.ndarray) -> dict[str, np.ndarray]: ...
+    def decoder_inputs(self, latents: np.ndarray) -> dict[str, np.ndarray]:
+        """The decoder component's inputs from raw latents (it folds in the VAE's scaling and shift)."""
 
     def fingerprint(self, folder: Path) -> str:
         """What must agree for two folders' images to be comparable (tokenizer, latent space)."""

@@ -215,10 +215,6 @@ class StableDiffusionFamily:
         unet = read_config(folder, "unet")
         return (1, unet["in_channels"], *spatial_size(unet["sample_size"]))
 
-    def vae_factors(self, folder: Path) -> tuple[float, float]:
-        vae = read_config(folder, "vae")
-        return float(vae.get("scaling_factor", 0.18215)), float(vae.get("shift_factor") or 0.0)
-
     def encode_prompt(self, tokenizers: dict[str, Any], run: Any, prompt: str) -> dict[str, np.ndarray]:
         ids = tokenize_prompts(tokenizers[ENCODER.tokenizer_subfolder], [prompt], ENCODER.max_length, tensors="np").input_ids
         return {"encoder_hidden_states": run(ENCODER.component, {"input_ids": ids.astype(np.int64)})["text_embeddings"]}
