@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from edgegen.exporting.quantize import LearnedScales
 
 Role = Literal["encoder", "denoiser", "decoder"]
-Guidance = Literal["classifier-free"]
+# classifier-free: two denoiser calls per step (with and without the prompt); embedded: the scale is
+# a denoiser input (LCM's guidance embedding, Flux-dev's guidance), one call per step.
+Guidance = Literal["classifier-free", "embedded"]
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,11 @@ class Family(Protocol):
         """Conditioning tensors for one prompt; ``run(component, inputs)`` runs an encoder component
         (an eager module or a runtime Session: the sampling loop never knows which)."""
 
-    def denoiser_inputs(self, latents: np.ndarray, timestep: float, conditioning: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def prepare_timesteps(self, scheduler: Any, steps: int, latent_shape: tuple[int, ...]) -> None:
+        """``scheduler.set_timesteps`` as this family's pipeline calls it (flow-matching shifts, sigmas)."""
+
+    def denoiser_inputs(self, latents: np.ndarray, timestep: float, conditioning: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The denoiser's inputs; with embedded guidance, ``conditioning["guidance_scale"]`` is the [B] scale."""
 
     denoiser_output: str
     decoder_output: str
@@ -195,12 +201,45 @@ def use_plain_attention(model: Any) -> list[str]:
 
     from edgegen.models.scman import SCMANProcessor
 
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    # Only the plain SDPA processor has a plain twin; joint (SD3), Flux and linear (Sana) attention
+    # processors compute something else and stay.
     current = model.attn_processors
-    replaced = {name: AttnProcessor() for name, proc in current.items() if not isinstance(proc, SCMANProcessor)}
+    replaced = {name: AttnProcessor() for name, proc in current.items() if isinstance(proc, AttnProcessor2_0) and not isinstance(proc, SCMANProcessor)}
     if not replaced:
         return []
     model.set_attn_processor({name: replaced.get(name, proc) for name, proc in current.items()})
     return [f"{type(model).__name__}: {len(replaced)} attention processor(s) -> AttnProcessor"]
+
+
+def vae_decoder_module(vae: Any) -> Any:
+    """``latents -> image`` with the VAE's latent scaling and shift folded in, so the sampling loop
+    hands over raw latents (AutoencoderKL, AutoencoderDC, ...)."""
+    import torch
+
+    scaling = float(vae.config.scaling_factor)
+    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+
+    class VaeDecoder(torch.nn.Module):
+        def __init__(self, vae):
+            super().__init__()
+            self.vae = vae
+            self.scaling_factor = scaling
+            self.shift_factor = shift
+
+        def forward(self, latents):
+            latents = latents / self.scaling_factor
+            if self.shift_factor:
+                latents = latents + self.shift_factor
+            return self.vae.decode(latents, return_dict=False)[0]
+
+    return VaeDecoder(vae).eval()
+
+
+def no_student(family: Any) -> Any:
+    """For families whose student is not built yet: one line instead of a wrong student."""
+    raise EdgegenError(f"students of {family.description} pipelines are not supported yet; `edgegen student init` takes Stable Diffusion 1.x/2.x")
 
 
 def text_encoder_wrapper(encoder: Any, spec: ConditioningEncoder) -> Any:

@@ -32,6 +32,7 @@ from edgegen.families.base import (
     text_encoder_wrapper,
     tokenizer_digest,
     use_plain_attention,
+    vae_decoder_module,
 )
 from edgegen.families.base import tokenize as tokenize_prompts
 from edgegen.families.prompts import CALIBRATION_PROMPTS, DEFAULT_PROMPT
@@ -59,22 +60,7 @@ def _wrappers():
         def forward(self, sample, timestep, encoder_hidden_states):
             return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
-    class VaeDecoder(torch.nn.Module):
-        # The latent scaling (and shift) is folded in so that the sampling loop hands over raw latents.
-        def __init__(self, vae, scaling_factor: float, shift_factor: float):
-            super().__init__()
-            self.vae = vae
-            self.scaling_factor = scaling_factor
-            self.shift_factor = shift_factor
-
-        def forward(self, latents):
-            if self.shift_factor:
-                latents = latents / self.scaling_factor + self.shift_factor
-            else:
-                latents = latents / self.scaling_factor
-            return self.vae.decode(latents, return_dict=False)[0]
-
-    return Denoiser, VaeDecoder
+    return Denoiser
 
 
 def tokenize(pipeline: Any, prompts: list[str]) -> Any:
@@ -110,7 +96,7 @@ def build_component(
     import torch
 
     spec = component_spec(FAMILY, name)
-    Denoiser, VaeDecoder = _wrappers()
+    Denoiser = _wrappers()
     generator = torch.Generator().manual_seed(seed)
     text_model = _require(pipeline, "text_encoder", "text_encoder")
     _require(pipeline, "tokenizer", "text_encoder")
@@ -143,8 +129,7 @@ def build_component(
             factor = 2 ** (len(vae.config.block_out_channels) - 1)
             size = (vae.config.sample_size // factor,) * 2
         latents = torch.randn((batch_size, vae.config.latent_channels, *size), generator=generator)
-        scaling, shift = float(vae.config.scaling_factor), float(getattr(vae.config, "shift_factor", None) or 0.0)
-        module = VaeDecoder(vae, scaling, shift).eval()
+        module = vae_decoder_module(vae)
         rewrites, source = use_plain_attention(vae), vae
         inputs = {"latents": latents}
         output_names = ["image"]
@@ -218,6 +203,9 @@ class StableDiffusionFamily:
     def encode_prompt(self, tokenizers: dict[str, Any], run: Any, prompt: str) -> dict[str, np.ndarray]:
         ids = tokenize_prompts(tokenizers[ENCODER.tokenizer_subfolder], [prompt], ENCODER.max_length, tensors="np").input_ids
         return {"encoder_hidden_states": run(ENCODER.component, {"input_ids": ids.astype(np.int64)})["text_embeddings"]}
+
+    def prepare_timesteps(self, scheduler: Any, steps: int, latent_shape: tuple[int, ...]) -> None:
+        scheduler.set_timesteps(steps)
 
     def denoiser_inputs(self, latents: np.ndarray, timestep: float, conditioning: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         t = np.full((latents.shape[0],), timestep, dtype=np.float32)

@@ -3,7 +3,8 @@
 A case is a pipeline folder (its tokenizers and scheduler config, and the eager weights) plus,
 optionally, exported artifacts of one target for its components. The same loop runs the eager
 teacher, the eager float student and a student on any runtime: prompt conditioning -> N
-denoising steps (classifier-free guidance as two batch-1 denoiser calls per step) -> decoder.
+denoising steps (classifier-free guidance as two batch-1 denoiser calls per step, or the scale as
+a denoiser input for families with embedded guidance) -> decoder.
 The model family says how a prompt becomes conditioning, what the denoiser and decoder take and
 the latent shape; the scheduler is diffusers' own, on CPU tensors; the initial latents are
 injected by the caller so that every case starts from the same noise.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,17 @@ class SamplingPlan:
     steps: int
     guidance_scale: float
     few_step_timesteps: tuple[int, ...] | None = None  # a few-step student's own schedule
+    # How the family takes guidance (its guidance_modes[0]): "classifier-free" runs the denoiser
+    # twice per step; "embedded" hands the scale to the denoiser as an input (LCM, Flux-dev).
+    guidance_mode: str = "classifier-free"
+
+    @property
+    def classifier_free(self) -> bool:
+        return self.guidance_mode == "classifier-free" and self.guidance_scale > 1.0
 
     @property
     def calls_per_step(self) -> int:
-        return 2 if self.guidance_scale > 1.0 else 1
+        return 2 if self.classifier_free else 1
 
 
 @dataclass
@@ -83,7 +91,9 @@ class EdgePipeline:
         self.call_ms = {}
         start = time.perf_counter()
         conditional = self.family.encode_prompt(self.tokenizers, self._timed, prompt)
-        unconditional = self.family.encode_prompt(self.tokenizers, self._timed, "") if self.plan.guidance_scale > 1.0 else None
+        unconditional = self.family.encode_prompt(self.tokenizers, self._timed, "") if self.plan.classifier_free else None
+        if self.plan.guidance_mode == "embedded":
+            conditional = {**conditional, "guidance_scale": np.full((latents.shape[0],), self.plan.guidance_scale, dtype=np.float32)}
         x = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))
         step_latents = []
         if self.plan.few_step_timesteps:
@@ -99,10 +109,12 @@ class EdgePipeline:
             # Schedulers that add noise while stepping (Euler ancestral, LCM) draw it from this
             # seeded generator, so a case is reproducible and every case draws the same noise.
             generator = torch.Generator().manual_seed(seed)
-            self.scheduler.set_timesteps(self.plan.steps)
-            x = x * self.scheduler.init_noise_sigma
+            self.family.prepare_timesteps(self.scheduler, self.plan.steps, self.latent_shape)
+            # Flow-matching schedulers neither scale the initial noise nor the model input.
+            x = x * getattr(self.scheduler, "init_noise_sigma", 1.0)
+            scale_input = getattr(self.scheduler, "scale_model_input", None)
             for t in self.scheduler.timesteps:
-                model_input = self.scheduler.scale_model_input(x, t)
+                model_input = scale_input(x, t) if scale_input else x
                 prediction = torch.from_numpy(self._denoise(model_input.numpy(), float(t), conditional, unconditional))
                 x = _step(self.scheduler, prediction, t, x, generator)
                 step_latents.append(x.numpy().copy())
@@ -156,10 +168,20 @@ def sampling_plan(model_dir: Path, steps: int, guidance_scale: float, use_studen
         raise EdgegenError("--steps must be at least 1")
     manifest = read_student_manifest(model_dir)
     sampling = (manifest.sampling if manifest else None) if use_student_schedule else None
+    mode = guidance_mode(family_of(model_dir), guidance_scale)
     if sampling:
         timesteps = tuple(int(t) for t in sampling.timesteps)
-        return SamplingPlan(len(timesteps), guidance_scale, timesteps)
-    return SamplingPlan(steps, guidance_scale)
+        return SamplingPlan(len(timesteps), guidance_scale, timesteps, mode)
+    return SamplingPlan(steps, guidance_scale, guidance_mode=mode)
+
+
+def guidance_mode(family: Family, guidance_scale: float) -> str:
+    """How ``family`` takes ``guidance_scale``, or one line if it takes none."""
+    if family.guidance_modes:
+        return family.guidance_modes[0]
+    if guidance_scale > 1.0:
+        raise EdgegenError(f"{family.name} pipelines take no guidance; use --guidance-scale 1")
+    return "none"
 
 
 def pipeline_family(model_dir: Path) -> str:
@@ -223,8 +245,7 @@ def artifact_runners(artifacts: dict[str, Any], threads: int = 1) -> dict[str, R
 def load_case(model_dir: Path, artifact_dirs: dict[str, Path] | None, plan: SamplingPlan, threads: int = 1) -> EdgePipeline:
     model_dir = Path(model_dir)
     family = family_of(model_dir)
-    if plan.guidance_scale > 1.0 and "classifier-free" not in family.guidance_modes:
-        raise EdgegenError(f"{family.name} pipelines take no classifier-free guidance; use --guidance-scale 1")
+    plan = replace(plan, guidance_mode=guidance_mode(family, plan.guidance_scale))
     tokenizers, scheduler = load_tokenizers_and_scheduler(model_dir, family)
     if artifact_dirs:
         artifacts = check_artifacts(model_dir, artifact_dirs)

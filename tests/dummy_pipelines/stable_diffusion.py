@@ -1,22 +1,19 @@
-"""Tiny pipelines of every family, built in code from diffusers' own fast-test configurations.
-
-One builder per registered family (the conformance suite fails for a family without one). The
-configurations follow ``get_dummy_components`` in diffusers' ``tests/pipelines/<family>/``; the
-tokenizers are built in code (edgegen's byte-level CLIP vocabulary), so nothing is downloaded.
-"""
+"""A tiny Stable Diffusion 1.x/2.x pipeline (diffusers' test_stable_diffusion.py get_dummy_components)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def stable_diffusion(folder: Path) -> Path:
-    """diffusers ``tests/pipelines/stable_diffusion/test_stable_diffusion.py`` get_dummy_components."""
+FAMILY = "stable-diffusion"
+
+
+def build(folder: Path) -> Path:
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from edgegen.embedded.builders import byte_level_vocab
+    from tests.dummy_pipelines.tokenizers import clip_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -44,8 +41,8 @@ def stable_diffusion(folder: Path) -> Path:
         latent_channels=4,
         norm_num_groups=2,
     )
-    vocab = byte_level_vocab()
-    start, end = len(vocab) - 2, len(vocab) - 1
+    tokenizer = clip_tokenizer()
+    start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -60,7 +57,6 @@ def stable_diffusion(folder: Path) -> Path:
             vocab_size=1000,
         )
     )
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77, pad_token="<|endoftext|>")
     pipeline = StableDiffusionPipeline(
         unet=unet,
         scheduler=scheduler,
@@ -75,8 +71,3 @@ def stable_diffusion(folder: Path) -> Path:
     pipeline.save_pretrained(folder, safe_serialization=True)
     return folder
 
-
-# family registry name -> builder of a tiny pipeline folder of that family
-DUMMY_PIPELINES = {
-    "stable-diffusion": stable_diffusion,
-}
