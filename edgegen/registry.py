@@ -38,6 +38,8 @@ class Registry:
 FAMILIES = Registry(
     "model family",
     {
+        # Before stable-diffusion: an SD folder whose UNet takes a guidance embedding is LCM's.
+        "latent-consistency": "edgegen.families.latent_consistency:FAMILY",
         "stable-diffusion": "edgegen.families.stable_diffusion:FAMILY",
     },
 )

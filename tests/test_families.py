@@ -107,15 +107,18 @@ def test_compare_refuses_an_unsupported_teacher_in_one_line(tmp_path, pipeline_d
     assert not (tmp_path / "r.jsonl").exists()
 
 
-def test_an_lcm_unet_in_a_stable_diffusion_folder_is_refused_not_exported_without_its_input(tmp_path, dummy_dir):
+def test_an_lcm_unet_in_a_stable_diffusion_folder_is_lcm_not_plain_sd_without_its_input(tmp_path, dummy_dir):
     from edgegen.families import family_of
+    from edgegen.families.stable_diffusion import FAMILY as STABLE_DIFFUSION
 
     folder = tmp_path / "lcm-unet"
     shutil.copytree(dummy_dir("stable-diffusion"), folder)
     config = json.loads((folder / "unet" / "config.json").read_text())
     (folder / "unet" / "config.json").write_text(json.dumps({**config, "time_cond_proj_dim": 32}))
-    with pytest.raises(EdgegenError, match="time_cond_proj_dim"):
-        family_of(folder)
+    assert family_of(folder).name == "latent-consistency"
+    index = json.loads((folder / "model_index.json").read_text())
+    with pytest.raises(EdgegenError, match="time_cond_proj_dim"):  # SD itself still refuses it
+        STABLE_DIFFUSION.claims(folder, index)
 
 
 def test_a_multi_component_export_is_all_or_nothing(tmp_path, dummy_dir, monkeypatch):
@@ -238,7 +241,7 @@ def test_families_command_lists_every_registered_family():
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert [row["family"] for row in rows] == FAMILIES.names()
-    sd = rows[0]
+    sd = next(row for row in rows if row["family"] == "stable-diffusion")
     assert sd["pipeline_classes"] == ["StableDiffusionPipeline"]
     assert [(c["name"], c["subfolder"], c["role"]) for c in sd["components"]] == [
         ("text_encoder", "text_encoder", "encoder"), ("denoiser", "unet", "denoiser"), ("vae_decoder", "vae", "decoder"),

@@ -7,8 +7,8 @@ it better than int64. Reference inputs are realistic (a tokenized prompt, that p
 embeddings) so they can double as calibration data.
 
 Refused, before anything is written: UNets with added conditioning (SDXL's text-time
-embeddings, class embeddings) or a guidance-embedding input (LCM's ``time_cond_proj_dim``):
-exporting them as plain SD would drop an input.
+embeddings, class embeddings) or a guidance-embedding input (LCM's ``time_cond_proj_dim``, which
+the latent-consistency family claims first): exporting them as plain SD would drop an input.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _check_unet(config: Any, where: str) -> None:
     if added:
         raise EdgegenError(
             f"{where}: a UNet with {', '.join(f'{key}={get(key)!r}' for key in added)} takes inputs a "
-            "Stable Diffusion 1.x/2.x denoiser does not (SDXL, LCM and class-conditioned UNets are not supported yet)"
+            "Stable Diffusion 1.x/2.x denoiser does not (these UNets belong to the SDXL or LCM families; class-conditioned UNets are not supported)"
         )
 
 
@@ -93,10 +93,27 @@ def build_component(
     timestep: float | None = None,
 ) -> Component:
     """Wrap one part of ``pipeline`` as a static-shape module with reference inputs."""
+    return build_sd_component(pipeline, name, batch_size, prompt, seed, timestep)
+
+
+def build_sd_component(
+    pipeline: Any,
+    name: str,
+    batch_size: int,
+    prompt: str,
+    seed: int,
+    timestep: float | None,
+    check_unet: Any = None,
+    denoiser_wrapper: Any = None,
+    extra_denoiser_inputs: Any = None,
+) -> Component:
+    """The SD component builder, with the denoiser's wrapper and added inputs replaceable: UNet
+    variants (LCM's guidance embedding) differ from SD only there."""
     import torch
 
     spec = component_spec(FAMILY, name)
-    Denoiser = _wrappers()
+    Denoiser = denoiser_wrapper or _wrappers()
+    check_unet = check_unet or _check_unet
     generator = torch.Generator().manual_seed(seed)
     text_model = _require(pipeline, "text_encoder", "text_encoder")
     _require(pipeline, "tokenizer", "text_encoder")
@@ -109,7 +126,7 @@ def build_component(
         output_names = ["text_embeddings"]
     elif name == "denoiser":
         unet = _require(pipeline, "unet", "denoiser")
-        _check_unet(unet.config, type(pipeline).__name__)
+        check_unet(unet.config, type(pipeline).__name__)
         with torch.no_grad():
             embeddings = text_encoder(input_ids)
         size = spatial_size(unet.config.sample_size)
@@ -119,6 +136,8 @@ def build_component(
         timesteps = torch.full((batch_size,), float(timestep), dtype=torch.float32)
         module, rewrites, source = Denoiser(unet).eval(), use_plain_attention(unet), unet
         inputs = {"sample": sample, "timestep": timesteps, "encoder_hidden_states": embeddings}
+        if extra_denoiser_inputs is not None:
+            inputs.update(extra_denoiser_inputs(unet, batch_size))
         output_names = ["noise_pred"]
     else:
         vae = _require(pipeline, "vae", "vae_decoder")
@@ -151,14 +170,17 @@ def build_component(
     return component
 
 
-def calibration_inputs(pipeline: Any, name: str, batch_size: int = 1, count: int = len(CALIBRATION_PROMPTS)) -> list[dict[str, Any]]:
+def calibration_inputs(
+    pipeline: Any, name: str, batch_size: int = 1, count: int = len(CALIBRATION_PROMPTS), build: Any = None
+) -> list[dict[str, Any]]:
     """``count`` input sets for ``name``: other prompts, seeds and timesteps than the reference."""
+    build = build or build_component
     steps = pipeline.scheduler.config.num_train_timesteps
     sets = []
     for index in range(count):
         prompt = CALIBRATION_PROMPTS[index % len(CALIBRATION_PROMPTS)]
         timestep = (index + 0.5) * steps / count
-        part = build_component(pipeline, name, batch_size, prompt=prompt, seed=1000 + index, timestep=timestep)
+        part = build(pipeline, name, batch_size, prompt=prompt, seed=1000 + index, timestep=timestep)
         sets.append(part.reference_inputs)
     return sets
 

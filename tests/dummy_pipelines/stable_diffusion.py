@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 FAMILY = "stable-diffusion"
 
 
 def build(folder: Path) -> Path:
+    from diffusers import StableDiffusionPipeline
+
+    StableDiffusionPipeline(**components()).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def components(time_cond_proj_dim: int | None = None, scheduler_class: str = "DDIMScheduler") -> dict:
+    """The fast-test components (an LCM UNet with ``time_cond_proj_dim``, as diffusers' LCM tests)."""
+    import diffusers
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from tests.dummy_pipelines.tokenizers import clip_tokenizer
@@ -20,7 +28,7 @@ def build(folder: Path) -> Path:
         block_out_channels=(4, 8),
         layers_per_block=1,
         sample_size=32,
-        time_cond_proj_dim=None,
+        time_cond_proj_dim=time_cond_proj_dim,
         in_channels=4,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -28,8 +36,9 @@ def build(folder: Path) -> Path:
         cross_attention_dim=32,
         norm_num_groups=2,
     )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
+    options = {"steps_offset": 1} if scheduler_class == "DDIMScheduler" else {}
+    scheduler = getattr(diffusers, scheduler_class)(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, **options
     )
     torch.manual_seed(0)
     vae = AutoencoderKL(
@@ -57,17 +66,14 @@ def build(folder: Path) -> Path:
             vocab_size=1000,
         )
     )
-    pipeline = StableDiffusionPipeline(
-        unet=unet,
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        safety_checker=None,
-        feature_extractor=None,
-        image_encoder=None,
-        requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(folder, safe_serialization=True)
-    return folder
-
+    return {
+        "unet": unet,
+        "scheduler": scheduler,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+        "requires_safety_checker": False,
+    }
