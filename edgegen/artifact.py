@@ -27,6 +27,7 @@ from edgegen.schema.base import load_strict_json, write_json
 from edgegen.schema.manifest import (
     ARTIFACT_SCHEMA_VERSION,
     MANIFEST_FILENAME,
+    MANIFEST_MIGRATIONS,
     ArtifactFile,
     ArtifactManifest,
 )
@@ -267,7 +268,7 @@ def load_artifact(folder: Path, verify: bool = True) -> Artifact:
     if not folder.is_dir():
         raise EdgegenError(f"artifact folder not found: {folder}")
     manifest = load_strict_json(
-        folder / MANIFEST_FILENAME, ArtifactManifest, ARTIFACT_SCHEMA_VERSION, "artifact manifest"
+        folder / MANIFEST_FILENAME, ArtifactManifest, ARTIFACT_SCHEMA_VERSION, "artifact manifest", migrations=MANIFEST_MIGRATIONS
     )
     artifact = Artifact(folder=folder, manifest=manifest)
     if verify:

@@ -20,14 +20,20 @@ def export_command(
     quantize: Annotated[str, typer.Option(help="Quantization scheme; the target lists what it supports.")] = "none",
     min_psnr: Annotated[float | None, typer.Option(help="Parity gate in dB (default: the target's, by precision).", callback=finite)] = None,
     batch_size: Annotated[int, typer.Option(help=f"Static batch size of the exported components (1..{MAX_BATCH_SIZE}: shapes are static and memory grows with the batch).", min=1, max=MAX_BATCH_SIZE)] = 1,
+    lora: Annotated[list[Path] | None, typer.Option(help="A LoRA adapter (.safetensors) to fuse before export (repeatable).")] = None,
+    lora_scale: Annotated[list[float] | None, typer.Option(help="Scale of each --lora, in order (default 1.0 each).")] = None,
+    variant: Annotated[str | None, typer.Option(help="Weight variant to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors); exported in float32.")] = None,
     force: Annotated[bool, typer.Option(help="Replace existing artifact folders.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the manifests as JSON.")] = False,
 ) -> None:
     """Export pipeline components to TARGET, check parity against eager, write artifact folders."""
     quiet()
     from edgegen.exporting.orchestration import ExportOptions, export_pipeline
+    from edgegen.families.adapters import lora_requests
+    from edgegen.families.loading import LoadOptions
 
-    options = ExportOptions(backend=backend, quantize=quantize, min_psnr_db=min_psnr, batch_size=batch_size)
+    load = LoadOptions(variant=variant, loras=lora_requests(lora, lora_scale))
+    options = ExportOptions(backend=backend, quantize=quantize, min_psnr_db=min_psnr, batch_size=batch_size, load=load)
     with console.status(f"exporting to {target}..."):
         artifacts = export_pipeline(pipeline_dir, target, output, component, options, force)
     if json_output:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from edgegen.families.loading import LoadOptions
 from edgegen.schema.manifest import CoremlDeployment, Delegation, Quantization, TensorSpec
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ class ExportOptions:
     quantize: str = "none"
     min_psnr_db: float | None = None
     batch_size: int = 1
+    load: LoadOptions = field(default_factory=LoadOptions)  # how the pipeline folder is loaded
 
 
 @dataclass

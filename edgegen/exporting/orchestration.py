@@ -9,7 +9,7 @@ manifest.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,14 @@ from edgegen.measure.metrics import worst_fidelity
 from edgegen.registry import EXPORTERS
 from edgegen.schema.manifest import (
     REFERENCE_FILENAME,
+    Adapter,
     ArtifactManifest,
     FakeQuantParity,
     Parity,
     Source,
 )
-from edgegen.families.loading import checkpoint_sha256, load_pipeline
+from edgegen.families.adapters import adapter_records
+from edgegen.families.loading import check_load_options, checkpoint_sha256, load_pipeline
 from edgegen.versions import edgegen_version, versions_of
 
 
@@ -64,7 +66,7 @@ def check_options(exporter: Exporter, options: ExportOptions) -> ExportOptions:
         raise EdgegenError(f"target '{exporter.name}' takes no --backend")
     if options.batch_size < 1:
         raise EdgegenError("--batch-size must be at least 1")
-    return ExportOptions(backend, options.quantize, options.min_psnr_db, options.batch_size)
+    return replace(options, backend=backend)
 
 
 def get_exporter(target: str) -> Exporter:
@@ -183,6 +185,8 @@ def _write_artifact(
             pipeline_class=type(pipeline).__name__,
             component_class=component.source_class,
             checkpoint_sha256=checkpoint_sha256(pipeline_dir, component.source_subfolder),
+            variant=options.load.variant,
+            adapters=[Adapter(**asdict(record)) for record in adapter_records(options.load.loras)],
         ),
         toolchain=versions_of(("torch", *exporter.packages)),
         graph_rewrites=component.graph_rewrites + exported.graph_rewrites,
@@ -247,7 +251,8 @@ def export_pipeline(
     destinations = {name: Path(output_root) / artifact_name(name, target, options) for name in names}
     for destination in destinations.values():
         _check_destination(destination, force)
-    pipeline = load_pipeline(pipeline_dir)
+    check_load_options(Path(pipeline_dir), options.load)
+    pipeline = load_pipeline(pipeline_dir, options.load)
     with contextlib.ExitStack() as stack:
         stagings = {name: stack.enter_context(staged_folder(destinations[name], force=force)) for name in names}
         for name in names:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgegen.errors import EdgegenError, first_line
+from edgegen.families.adapters import LoraRequest
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")
 # Weights in these formats are pickles: loading one runs whatever code the file carries.
@@ -93,32 +96,92 @@ def check_no_pickle_weights(pipeline_dir: Path) -> None:
         )
 
 
-def load_pipeline(pipeline_dir: Path) -> Any:
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a teacher folder is loaded, as diffusers offers it: a weight variant and LoRA adapters."""
+
+    variant: str | None = None  # "fp16": diffusion_pytorch_model.fp16.safetensors, upcast to float32
+    loras: tuple[LoraRequest, ...] = ()
+
+
+# <weights>.<variant>.safetensors, or a shard of it: <weights>.<variant>-00001-of-00002.safetensors
+_VARIANT_FILE = re.compile(r"^(?:diffusion_pytorch_model|model)\.([A-Za-z0-9_]+)(?:-\d+-of-\d+)?\.safetensors$")
+_PLAIN_FILE = re.compile(r"^(?:diffusion_pytorch_model|model)(?:-\d+-of-\d+)?\.safetensors$")
+
+
+def weight_variants(pipeline_dir: Path) -> tuple[set[str], bool]:
+    """The weight variants a folder holds (``{"fp16"}``) and whether it holds plain weights too."""
+    variants, plain = set(), False
+    for path in Path(pipeline_dir).glob("*/*.safetensors"):
+        match = _VARIANT_FILE.match(path.name)
+        if match:
+            variants.add(match.group(1))
+        elif _PLAIN_FILE.match(path.name):
+            plain = True
+    return variants, plain
+
+
+def check_variant(pipeline_dir: Path, variant: str | None) -> None:
+    """Refuse, in one line, a variant the folder lacks, or a variant-only folder loaded without one."""
+    variants, plain = weight_variants(pipeline_dir)
+    if variant is None:
+        if variants and not plain:
+            choices = " or ".join(f"--variant {name}" for name in sorted(variants))
+            raise EdgegenError(f"{pipeline_dir} holds only {'/'.join(sorted(variants))} variant weights; pass {choices}")
+        return
+    if not re.fullmatch(r"[A-Za-z0-9_]+", variant):
+        raise EdgegenError(f"--variant {variant!r}: a variant is a name such as fp16 (letters, digits, _)")
+    if variant not in variants:
+        have = ", ".join(sorted(variants)) or "none"
+        raise EdgegenError(f"{pipeline_dir} has no {variant} variant weights (variants it has: {have})")
+
+
+def check_load_options(pipeline_dir: Path, options: LoadOptions) -> None:
+    """Everything about the folder and the options that can be refused before loading: one line."""
+    from edgegen.families.adapters import check_adapter_file
+
+    check_no_pickle_weights(pipeline_dir)
+    check_variant(pipeline_dir, options.variant)
+    for request in options.loras:
+        check_adapter_file(request.path)
+
+
+def load_pipeline(pipeline_dir: Path, options: LoadOptions = LoadOptions()) -> Any:
     """``DiffusionPipeline.from_pretrained`` on a local folder, in float32 on the CPU.
 
-    An unsupported pipeline class, a component class its library lacks, and pickled weights
-    (unless EDGEGEN_ALLOW_PICKLE=1) are refused (one line) before any weights are read.
+    An unsupported pipeline class, a component class its library lacks, pickled weights (unless
+    EDGEGEN_ALLOW_PICKLE=1), a variant the folder lacks and an unreadable LoRA adapter are refused
+    (one line) before any weights are read; LoRA adapters are fused after loading.
     """
     from edgegen.families import family_of
+    from edgegen.families.adapters import fuse_loras, warn_unrequested
 
     pipeline_dir = check_pipeline_dir(pipeline_dir)
     family_of(pipeline_dir)
-    check_no_pickle_weights(pipeline_dir)
+    check_load_options(pipeline_dir, options)
+    warn_unrequested(pipeline_dir, options.loras)
     quiet_toolchains()
     import torch
     from diffusers import DiffusionPipeline
 
     allow_pickle = os.environ.get(ALLOW_PICKLE_ENV) == "1"
+    # A sub-model saved as left out (SD3 without its T5 encoder) is passed as None: diffusers
+    # refuses to load a folder lacking a component its pipeline does not list as optional.
+    index = parse_model_index(pipeline_dir / "model_index.json")
+    left_out = {name: None for name, entry in index.items() if not name.startswith("_") and entry == [None, None]}
     try:
         pipeline = DiffusionPipeline.from_pretrained(
             str(pipeline_dir), local_files_only=True, dtype=torch.float32,
             use_safetensors=None if allow_pickle else True,  # None: safetensors first, then the pickle
+            variant=options.variant,
+            **left_out,
         )
     except Exception as error:  # diffusers raises many types for broken folders
         raise EdgegenError(f"cannot load pipeline {pipeline_dir}: {first_line(error)}") from None
     from edgegen.models.checkpoint import restore_student
 
     restore_student(pipeline, pipeline_dir)  # a student's SCMAN, which diffusers does not save
+    fuse_loras(pipeline, options.loras)
     return pipeline
 
 

@@ -223,6 +223,9 @@ def check_artifacts(model_dir: Path, artifact_dirs: dict[str, Path]) -> dict[str
     targets = {(a.manifest.target, a.manifest.backend) for a in artifacts.values()}
     if len(targets) > 1:
         raise EdgegenError(f"artifacts of one pipeline must share a target; got {sorted(map(str, targets))}")
+    adapters = {tuple((a.file, a.sha256, a.scale) for a in art.manifest.source.adapters) for art in artifacts.values()}
+    if len(adapters) > 1:
+        raise EdgegenError("artifacts of one pipeline must be exported with the same --lora adapters; these differ")
     for spec in family.components:
         artifact = artifacts[spec.name]
         if artifact.manifest.component != spec.name:

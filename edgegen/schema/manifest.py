@@ -13,7 +13,8 @@ from pydantic import Field, field_validator, model_validator
 
 from edgegen.schema.base import StrictModel
 
-ARTIFACT_SCHEMA_VERSION = 1
+# 2: the source records the weight variant and the LoRA adapters fused before export.
+ARTIFACT_SCHEMA_VERSION = 2
 MANIFEST_FILENAME = "manifest.json"
 REFERENCE_FILENAME = "reference.safetensors"
 
@@ -54,11 +55,29 @@ class CoremlDeployment(StrictModel):
     precision: str  # what the program computes in: "float32" or "float16"
 
 
+class Adapter(StrictModel):
+    """A LoRA adapter fused into the weights before export."""
+
+    file: str  # its file name as given; the hash says which file it was
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scale: float
+
+
 class Source(StrictModel):
     pipeline_dir: str
     pipeline_class: str
     component_class: str
-    checkpoint_sha256: str
+    checkpoint_sha256: str  # the base weights; adapters below are fused on top
+    variant: str | None = None  # the weight files loaded, e.g. fp16 (always exported in float32)
+    adapters: list[Adapter] = []
+
+
+def _lift_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 manifests had no variant or adapters: the base weights, as is."""
+    return {**data, "schema_version": 2}
+
+
+MANIFEST_MIGRATIONS = {1: _lift_v1}
 
 
 class FakeQuantParity(StrictModel):
