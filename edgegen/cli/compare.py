@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from edgegen.cli.bounds import finite
+from edgegen.cli.bounds import file_output, finite
 from edgegen.measure.metric_registry import BUDGETS
 from edgegen.terminal import console, fmt_db, print_json, quiet
 
@@ -23,7 +23,7 @@ def compare_command(
     prompts: Annotated[Path | None, typer.Option(help="Prompt file, one per line: compare whole pipelines.", show_default=False)] = None,
     student: Annotated[Path | None, typer.Option(help="The student pipeline folder (pipeline form).", show_default=False)] = None,
     artifacts: Annotated[list[Path] | None, typer.Option("--artifacts", help="A folder of exported student components (repeatable).", show_default=False)] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Results file (JSON Lines, appended); PNGs go beside it.")] = Path("out/compare/results.jsonl"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Results file (JSON Lines, appended); PNGs go beside it.", callback=file_output)] = Path("out/compare/results.jsonl"),
     steps: Annotated[int, typer.Option(help="Denoising steps (a few-step student uses its own schedule).", min=1)] = 20,
     guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale; 1 turns it off.", min=0, callback=finite)] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt's initial latents (prompt i uses seed+i).")] = 0,

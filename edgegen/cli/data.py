@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from edgegen.cli.bounds import file_output, folder_output
 from edgegen.terminal import console
 
 data_app = typer.Typer(help="Datasets: the built-in shapes, and cleaning of image/caption/audio folders.", no_args_is_help=True)
@@ -21,7 +22,7 @@ class Layout(str, Enum):
 
 @data_app.command("shapes")
 def shapes_command(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to create.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to create.", callback=folder_output)],
     count: Annotated[int, typer.Option(help="Number of images.", min=1)] = 1000,
     layout: Annotated[Layout, typer.Option(help="folder (x.png + x.txt), jsonl (index.jsonl) or shards (WebDataset-style .tar).")] = Layout.folder,
     audio: Annotated[bool, typer.Option(help="Add a tone per image (pitch encodes the colour).")] = False,
@@ -38,7 +39,7 @@ def shapes_command(
 @data_app.command("clean")
 def clean_command(
     source: Annotated[str, typer.Argument(help="An image folder, a .jsonl index, a folder of .tar shards, or builtin:shapes.")],
-    report: Annotated[Path | None, typer.Option(help="Write the cleaning report (JSON) here.", show_default=False)] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the cleaning report (JSON) here.", show_default=False, callback=file_output)] = None,
     image_size: Annotated[int, typer.Option(help="Training resolution.", min=1)] = 32,
     audio: Annotated[bool, typer.Option(help="Require and check audio for every record.")] = False,
 ) -> None:
@@ -58,5 +59,8 @@ def clean_command(
         table.add_row(f"dropped: {reason}", str(count), ", ".join(cleaning.examples.get(reason, [])))
     console.print(table)
     if report is not None:
-        write_json(report, cleaning)
+        from edgegen.errors import writing
+
+        with writing(report):
+            write_json(report, cleaning)
         console.print(f"report: {report}")

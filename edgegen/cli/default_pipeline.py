@@ -7,15 +7,16 @@ from typing import Annotated
 
 import typer
 
+from edgegen.cli.bounds import folder_output
 from edgegen.terminal import console, quiet
 
 
 def default_pipeline_command(
-    output: Annotated[Path, typer.Argument(help="Folder to create.")],
+    output: Annotated[Path, typer.Argument(help="Folder to create.", callback=folder_output)],
     force: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
     untrained: Annotated[bool, typer.Option(help="Keep the seeded random initialisation (what training starts from).")] = False,
-    student: Annotated[Path | None, typer.Option(help="Also write the distilled (KD-MMG) student here.", show_default=False)] = None,
-    few_step_student: Annotated[Path | None, typer.Option(help="Also write the few-step (HDG-MMS) student here.", show_default=False)] = None,
+    student: Annotated[Path | None, typer.Option(help="Also write the distilled (KD-MMG) student here.", show_default=False, callback=folder_output)] = None,
+    few_step_student: Annotated[Path | None, typer.Option(help="Also write the few-step (HDG-MMS) student here.", show_default=False, callback=folder_output)] = None,
 ) -> None:
     """Write the embedded default text-to-image pipeline (trained on the built-in shapes) to OUTPUT."""
     quiet()

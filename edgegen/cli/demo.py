@@ -11,8 +11,9 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from edgegen.cli.bounds import folder_output
 from edgegen.terminal import console, fmt_db, fmt_kb, fmt_ms, quiet
-from edgegen.errors import EdgegenError
+from edgegen.errors import EdgegenError, writing
 
 
 class Precision(str, Enum):
@@ -21,7 +22,7 @@ class Precision(str, Enum):
 
 
 def demo_command(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Working folder for the models, artifacts, results and report.")] = Path("out/demo"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Working folder for the models, artifacts, results and report.", callback=folder_output)] = Path("out/demo"),
     target: Annotated[list[str] | None, typer.Option(help="Target to include (repeatable); default: every one this machine exports to.")] = None,
     precision: Annotated[list[Precision] | None, typer.Option(help="float and/or int8 (repeatable); default: both.")] = None,
     runs: Annotated[int, typer.Option(help="Timed runs per component artifact (whole pipelines get a quarter, at least 1).", min=1)] = 20,
@@ -49,7 +50,8 @@ def demo_command(
 
     results = [r.model_dump(mode="json") for row in outcome.rows for r in (row.profile, row.comparison) if r is not None]
     components_path = output / "results.json"
-    components_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    with writing(components_path):
+        components_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
     console.print(component_table(outcome.rows))
     console.print(pipeline_table(outcome.pipelines, "embedded default: teacher vs distilled students, whole pipelines (same prompts, seeds, latents)"))

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from edgegen.cli.bounds import file_output, folder_output
 from edgegen.terminal import console, quiet
 
 probe_app = typer.Typer(help="The caption-faithfulness probe: train it, score images, export its features for FID/KID.", no_args_is_help=True)
@@ -14,7 +15,7 @@ probe_app = typer.Typer(help="The caption-faithfulness probe: train it, score im
 
 @probe_app.command("train")
 def train_command(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Probe folder to create.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Probe folder to create.", callback=folder_output)],
     steps: Annotated[int, typer.Option(help="Training steps (batches of 64 shapes).", min=1)] = 600,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
 ) -> None:
@@ -59,7 +60,7 @@ def score_command(
 @probe_app.command("export-features")
 def export_features_command(
     probe: Annotated[Path, typer.Argument(help="Probe folder.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.")] = Path("features.onnx"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.", callback=file_output)] = Path("features.onnx"),
 ) -> None:
     """Write the probe's feature extractor as ONNX, for `edgegen compare --feature-extractor`."""
     quiet()

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from edgegen.cli.bounds import folder_output
 from edgegen.terminal import console, quiet
 
 student_app = typer.Typer(help="Make compact SCMAN students of a teacher pipeline.", no_args_is_help=True)
@@ -22,7 +23,7 @@ class PresetName(str, Enum):
 @student_app.command("init")
 def init_command(
     teacher: Annotated[Path, typer.Option(help="The teacher's diffusers pipeline folder.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Student pipeline folder to create.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Student pipeline folder to create.", callback=folder_output)],
     preset: Annotated[PresetName, typer.Option(help="Student size.")] = PresetName.small,
     force: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:

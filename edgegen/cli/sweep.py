@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgegen.cli.bounds import finite
+from edgegen.cli.bounds import file_output, finite
 from edgegen.measure.metric_registry import SWEEP_QUALITIES
 from edgegen.terminal import console, print_json, quiet
 
@@ -17,7 +17,7 @@ def sweep_command(
     teacher: Annotated[Path, typer.Option(help="The teacher's diffusers pipeline folder (the quality reference).")],
     student: Annotated[Path, typer.Option(help="The student pipeline folder to sweep.")],
     prompts: Annotated[Path, typer.Option(help="Prompt file, one per line.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Results file (JSON Lines, appended; a rerun resumes). Exports go to <stem>-work/ beside it.")] = Path("out/sweep/results.jsonl"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Results file (JSON Lines, appended; a rerun resumes). Exports go to <stem>-work/ beside it.", callback=file_output)] = Path("out/sweep/results.jsonl"),
     targets: Annotated[str | None, typer.Option(help="Comma-separated targets; default: every one this machine exports to.", show_default=False)] = None,
     precisions: Annotated[str, typer.Option(help="Comma-separated: float, int8.")] = "float,int8",
     steps: Annotated[str, typer.Option(help="Comma-separated student step counts.")] = "2,4",

@@ -38,6 +38,8 @@ def train_command(
     if show_config:
         console.print(entry.yaml(config), end="", markup=False, highlight=False)
         return
+    if Path(config.output).exists() and not Path(config.output).is_dir():
+        raise EdgegenError(f"output {config.output} is a file, not a folder")
     command = "edgegen train " + " ".join([recipe, *(sys.argv[3:] if len(sys.argv) > 3 else [])])
     threads = config.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None
     if threads:
