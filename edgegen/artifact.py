@@ -13,6 +13,7 @@ import contextlib
 import glob
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -110,7 +111,7 @@ def _writer_lock(destination: Path) -> Iterator[None]:
         try:
             descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
-            raise EdgegenError(f"cannot create {lock_path}: {error.strerror}") from None
+            raise EdgegenError(f"cannot write {destination}: {error.strerror}") from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -161,6 +162,47 @@ class Staging:
         _remove(retired)
 
 
+def _refuse_a_file_for_a_folder(destination: Path) -> None:
+    """A folder is written here: a file at its place or in its parents is refused (never replaced, even with --force)."""
+    if destination.is_file() and not destination.is_symlink():
+        raise EdgegenError(f"{destination} is a file, not a folder; remove it or choose another path")
+    for parent in destination.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise EdgegenError(f"{parent} is a file, not a folder; cannot write {destination} inside it")
+            break
+
+
+_OS_ERROR_NUMBER = re.compile(r"\(os error (\d+)\)")
+
+
+def write_failure(error: Exception, staging: Path, destination: Path) -> EdgegenError | None:
+    """A disk that is full or read-only while ``staging`` was written, as one line naming the file.
+
+    Toolchains report it in their own ways: an OSError (often without a file name, when a write
+    after the open fails), safetensors' "I/O error ... (os error 28)", torch.save's writer
+    "enforce fail at inline_container.cc". The file named is the one the error carries or else
+    the one written last, as it would have been called in ``destination``; None: not a write failure.
+    """
+    text = str(error)
+    if isinstance(error, OSError):
+        reason, filename = error.strerror or first_line(error), error.filename
+    elif type(error).__name__ == "SafetensorError" and "I/O error" in text:
+        number = _OS_ERROR_NUMBER.search(text)
+        reason, filename = os.strerror(int(number.group(1))) if number else first_line(error), None
+    elif isinstance(error, RuntimeError) and "inline_container" in text:
+        reason, filename = f"the write failed ({first_line(error)})", None
+    else:
+        return None
+    if filename is None:
+        written = [p for p in staging.rglob("*") if p.is_file()] if staging.is_dir() else []
+        filename = max(written, key=lambda p: p.stat().st_mtime_ns) if written else destination
+    path = Path(os.fsdecode(filename))
+    if path.is_relative_to(staging):
+        path = destination / path.relative_to(staging)
+    return EdgegenError(f"cannot write {path}: {reason}; nothing was written")
+
+
 @contextlib.contextmanager
 def staged_folder(destination: Path, force: bool = False) -> Iterator[Staging]:
     """Yield a staging folder for ``destination``; whatever was not committed is removed on exit.
@@ -170,6 +212,7 @@ def staged_folder(destination: Path, force: bool = False) -> Iterator[Staging]:
     id, so a later writer of the same destination removes it if this process was killed.
     """
     destination = _plain_destination(destination)
+    _refuse_a_file_for_a_folder(destination)
     if _exists(destination) and not force:
         raise EdgegenError(f"{destination} already exists; pass --force to replace it")
     try:
@@ -181,9 +224,17 @@ def staged_folder(destination: Path, force: bool = False) -> Iterator[Staging]:
         if _exists(destination) and not force:
             raise EdgegenError(f"{destination} already exists; pass --force to replace it")
         prefix = f".{destination.name}.partial-{os.getpid()}-"
-        staging = Staging(Path(tempfile.mkdtemp(prefix=prefix, dir=destination.parent)), destination, force)
+        try:
+            staging = Staging(Path(tempfile.mkdtemp(prefix=prefix, dir=destination.parent)), destination, force)
+        except OSError as error:
+            raise EdgegenError(f"cannot write {destination}: {error.strerror or first_line(error)}") from None
         try:
             yield staging
+        except Exception as error:
+            failure = write_failure(error, staging.folder, destination)
+            if failure is None:
+                raise
+            raise failure from None
         finally:
             if staging.folder.exists():
                 shutil.rmtree(staging.folder, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -376,3 +377,170 @@ def test_only_a_results_file_own_cut_short_line_is_dropped(tmp_path):
     results.write_text('{"case_id": "teacher/eager/20-steps"}\n')  # carries a case id, is not a result
     with pytest.raises(EdgegenError, match="results.jsonl:1 has no integer schema_version"):
         existing_case_ids(results)
+
+
+# -- I/O faults: a full or read-only disk names the file and leaves nothing (class 5) ---------------
+
+
+def _half_written_then_full(path):
+    """A write that gets some bytes out and then finds the disk full: Python's OSError names no file."""
+    with open(path, "wb") as handle:
+        handle.write(b"half")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _full_safetensors(tensors, filename, metadata=None):
+    _half_written_then_full(filename)
+
+
+def _full_safetensors_rust(tensors, filename, metadata=None):
+    from safetensors import SafetensorError
+
+    with open(filename, "wb") as handle:
+        handle.write(b"half")
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+def _full_json(path, model):
+    _half_written_then_full(path)
+
+
+def _export(pipeline_dir, out, *more):
+    return CliRunner().invoke(app, ["export", str(pipeline_dir), "-o", str(out), "--component", "text_encoder", *more])
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "fault", "file"),
+    [
+        ("safetensors.numpy", "save_file", _full_safetensors, "reference.safetensors"),
+        ("safetensors.numpy", "save_file", _full_safetensors_rust, "reference.safetensors"),
+        ("edgegen.artifact", "write_json", _full_json, "manifest.json"),
+    ],
+    ids=["reference-oserror", "reference-safetensors-error", "manifest"],
+)
+def test_a_full_disk_while_writing_an_artifact_names_the_file_and_leaves_nothing(pipeline_dir, tmp_path, monkeypatch, module, name, fault, file):
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module(module), name, fault)
+    out = tmp_path / "out"
+    result = _export(pipeline_dir, out)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == f"error: cannot write {out.resolve()}/text_encoder-onnx/{file}: No space left on device; nothing was written"
+    assert list(out.iterdir()) == []  # no staging folder, no lock, no half artifact
+
+
+def test_a_read_only_output_folder_names_the_artifact(pipeline_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    if os.geteuid() != 0:
+        out.chmod(0o555)
+    else:  # root writes through any mode bits: the lock file's creation fails as a read-only mount would
+        real_open = os.open
+
+        def read_only(path, *args, **kwargs):
+            if str(path).startswith(str(out)):
+                raise OSError(errno.EROFS, "Read-only file system", str(path))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", read_only)
+    try:
+        result = _export(pipeline_dir, out)
+    finally:
+        out.chmod(0o755)
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert f"cannot write {out.resolve()}/text_encoder-onnx: " in result.stderr
+    assert list(out.iterdir()) == []
+
+
+def _limited(limit):
+    """Run a child with files capped at ``limit`` bytes: a real write failure (EFBIG; Python ignores SIGXFSZ)."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_real_write_failure_during_export_names_the_model_file(pipeline_dir, tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "edgegen.cli", "export", str(pipeline_dir), "-o", str(out), "--component", "text_encoder"],
+        capture_output=True, text=True, timeout=300, preexec_fn=_limited(100_000), env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"error: cannot write {out.resolve()}/text_encoder-onnx/model.onnx: File too large; nothing was written"
+    assert list(out.iterdir()) == []
+
+
+CHECKPOINT_WRITE = """
+import sys, torch
+from pathlib import Path
+from edgegen.artifact import atomic_folder
+from edgegen.errors import EdgegenError
+try:
+    with atomic_folder(Path(sys.argv[1])) as staging:
+        (staging / "config.yaml").write_text("steps: 1\\n")
+        torch.save({"weights": torch.zeros(100_000)}, staging / "state.pt")
+except EdgegenError as error:
+    print(error)
+"""
+
+
+def test_a_checkpoint_that_does_not_fit_names_its_file_and_leaves_nothing(tmp_path):
+    folder = tmp_path / "checkpoints" / "step-000001"
+    result = subprocess.run([sys.executable, "-c", CHECKPOINT_WRITE, str(folder)], capture_output=True, text=True, timeout=120, preexec_fn=_limited(50_000))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"cannot write {folder.resolve()}/state.pt: the write failed"), result.stdout
+    assert list(folder.parent.iterdir()) == []
+
+
+RESULTS_APPEND = """
+import sys
+from pathlib import Path
+from pydantic import BaseModel
+from edgegen.errors import EdgegenError
+from edgegen.measure.pipeline_fidelity import append_result
+class Line(BaseModel):
+    text: str
+try:
+    append_result(Path(sys.argv[1]), Line(text="x" * 5000))
+except EdgegenError as error:
+    print(error)
+"""
+
+
+def test_a_results_file_on_a_full_disk_is_named(tmp_path):
+    results = tmp_path / "results.jsonl"
+    results.write_text("{}\n")
+    result = subprocess.run([sys.executable, "-c", RESULTS_APPEND, str(results)], capture_output=True, text=True, timeout=120, preexec_fn=_limited(1000))
+    assert result.stdout.strip() == f"cannot write {results}: File too large", result.stdout + result.stderr
+
+
+# -- two exports into one folder at once; the lock is taken before the pipeline loads -------------
+
+
+def test_the_destination_is_locked_before_the_pipeline_loads(pipeline_dir, tmp_path, monkeypatch):
+    from edgegen.exporting import orchestration
+
+    loaded = []
+    monkeypatch.setattr(orchestration, "load_pipeline", lambda *args, **kwargs: loaded.append(args))
+    with staged_folder(tmp_path / "text_encoder-onnx"):  # another export holds it
+        with pytest.raises(EdgegenError, match="being written by another export"):
+            orchestration.export_pipeline(pipeline_dir, "onnx", tmp_path, ["text_encoder"])
+    assert loaded == []
+
+
+def test_two_exports_into_one_folder_at_once_one_wins_whole(pipeline_dir, tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "edgegen.cli", "export", str(pipeline_dir), "-o", str(out), "--component", "text_encoder"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    children = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outcomes = sorted((child.wait(timeout=300), child.stderr.read()) for child in children)
+    for child in children:
+        child.stdout.close()
+        child.stderr.close()
+    (winner, _), (loser, message) = outcomes
+    assert (winner, loser) == (0, 2), outcomes
+    assert len(message.strip().splitlines()) == 1 and ("being written by another export" in message or "already exists" in message), message
+    assert [p.name for p in out.iterdir()] == ["text_encoder-onnx"]
+    load_artifact(out / "text_encoder-onnx")
+    assert CliRunner().invoke(app, ["inspect", str(out / "text_encoder-onnx")]).exit_code == 0

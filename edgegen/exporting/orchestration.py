@@ -13,7 +13,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from edgegen.artifact import Artifact, atomic_folder, describe_files, load_artifact, staged_folder, write_manifest
+from edgegen.artifact import Artifact, atomic_folder, describe_files, load_artifact, staged_folder, write_failure, write_manifest
 from edgegen.families import Component, component_spec, family_of
 from edgegen.errors import EdgegenError, first_line
 # What an exporter is and returns (and the parity thresholds) live in edgegen.exporting.base.
@@ -161,6 +161,8 @@ def _write_artifact(
     except EdgegenError:
         raise
     except Exception as error:  # converters raise anything; the user needs their reason
+        if write_failure(error, folder, folder) is not None:
+            raise  # a full or read-only disk: the staging folder names the file
         raise EdgegenError(f"{target} could not export {component_name}: {first_line(error)}") from None
     check_signature(component, exported, target)
     tensors = {f"input.{k}": v for k, v in _to_numpy(component.reference_inputs).items()}
@@ -252,9 +254,11 @@ def export_pipeline(
     for destination in destinations.values():
         _check_destination(destination, force)
     check_load_options(Path(pipeline_dir), options.load)
-    pipeline = load_pipeline(pipeline_dir, options.load)
     with contextlib.ExitStack() as stack:
+        # The destinations are locked before the pipeline loads: a second export into the same
+        # folder is refused at once, not after the load.
         stagings = {name: stack.enter_context(staged_folder(destinations[name], force=force)) for name in names}
+        pipeline = load_pipeline(pipeline_dir, options.load)
         for name in names:
             _write_artifact(pipeline, pipeline_dir, name, target, stagings[name].folder, options)
         for staging in stagings.values():

@@ -196,7 +196,9 @@ def scman_summary_tokens(model_dir: Path) -> int | None:
 
 
 def append_result(results_path: Path, result: StrictModel) -> None:
-    with results_path.open("a", encoding="utf-8") as handle:
+    from edgegen.errors import writing
+
+    with writing(results_path), results_path.open("a", encoding="utf-8") as handle:
         handle.write(result.model_dump_json() + "\n")
         handle.flush()
 
