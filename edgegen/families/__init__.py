@@ -58,7 +58,10 @@ def family_of(folder: Path) -> Family:
     families = all_families()
     for family in families:
         if family.claims(Path(folder), index):
-            return family
+            # A family whose components depend on the folder (SD3 saved without its T5 encoder)
+            # gives that folder's own variant.
+            variant = getattr(family, "for_folder", None)
+            return variant(Path(folder), index) if variant else family
     supported = "; ".join(family.description for family in families)
     raise EdgegenError(f"{folder}: pipeline class {index.get('_class_name', '(none)')} is not supported; supported families: {supported}")
 
