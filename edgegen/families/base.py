@@ -94,6 +94,10 @@ class Family(Protocol):
     def claims(self, folder: Path, index: dict[str, Any]) -> bool:
         """True if ``folder`` is this family's; raises EdgegenError for an unsupported variant."""
 
+    # Optional: ``for_folder(folder, index) -> Family``. A family whose components or guidance
+    # depend on the folder (SD3 saved without its T5, Flux dev vs schnell) returns that folder's
+    # own instance; family_of() calls it after claims().
+
     def build_component(
         self, pipeline: Any, name: str, batch_size: int = 1, prompt: str = ..., seed: int = 0, timestep: float | None = None
     ) -> Component: ...
