@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib
 import json
 import os
 import random
@@ -419,8 +420,6 @@ def _export(pipeline_dir, out, *more):
     ids=["reference-oserror", "reference-safetensors-error", "manifest"],
 )
 def test_a_full_disk_while_writing_an_artifact_names_the_file_and_leaves_nothing(pipeline_dir, tmp_path, monkeypatch, module, name, fault, file):
-    import importlib
-
     monkeypatch.setattr(importlib.import_module(module), name, fault)
     out = tmp_path / "out"
     result = _export(pipeline_dir, out)
@@ -544,3 +543,14 @@ def test_two_exports_into_one_folder_at_once_one_wins_whole(pipeline_dir, tmp_pa
     assert [p.name for p in out.iterdir()] == ["text_encoder-onnx"]
     load_artifact(out / "text_encoder-onnx")
     assert CliRunner().invoke(app, ["inspect", str(out / "text_encoder-onnx")]).exit_code == 0
+
+
+def test_a_cleaning_report_on_a_full_disk_is_named_and_not_left_half_written(tmp_path):
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "edgegen.cli", "data", "clean", "builtin:shapes?count=8", "--report", str(report)],
+        capture_output=True, text=True, timeout=120, preexec_fn=_limited(100),
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"error: cannot write {report}: File too large"
+    assert list(tmp_path.iterdir()) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -61,6 +62,12 @@ def clean_command(
     if report is not None:
         from edgegen.errors import writing
 
-        with writing(report):
-            write_json(report, cleaning)
+        # Written beside and renamed into place: a full disk leaves no half report.
+        staging = report.with_name(f".{report.name}.{os.getpid()}.tmp")
+        try:
+            with writing(report):
+                write_json(staging, cleaning)
+                staging.replace(report)
+        finally:
+            staging.unlink(missing_ok=True)
         console.print(f"report: {report}")
