@@ -7,6 +7,8 @@ its delegate, splitting the graph into many delegate pieces:
 - ``native_group_norm`` / ``native_layer_norm``: rewritten as a 4-D reshape, ``mean`` over the two
   innermost dims with keepdim (the only mean XNNPACK takes), subtract, square by ``mul``,
   ``rsqrt`` and an elementwise affine;
+- ``mean`` over the last dim of diffusers ``RMSNorm`` (SD3.5's query/key norm): the same
+  reshape to 4-D and ``mean`` over the two innermost dims;
 - ``upsample_nearest2d`` (diffusers ``Upsample2D``): rewritten as two ``cat`` + reshape steps. A
   depthwise all-ones ``ConvTranspose2d`` is delegated too but ran ~1.6x slower in XNNPACK;
 - ``arange``/``exp``/``unsqueeze`` of the sinusoidal timestep embedding (diffusers ``Timesteps``):
@@ -91,6 +93,7 @@ def _classes() -> dict[str, type]:
     import torch
     from diffusers.models.activations import GEGLU
     from diffusers.models.embeddings import Timesteps
+    from diffusers.models.normalization import RMSNorm
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
     from diffusers.models.upsampling import Upsample2D
 
@@ -118,6 +121,21 @@ def _classes() -> dict[str, type]:
                 y = y * self.weight
             if self.bias is not None:
                 y = y + self.bias
+            return y
+
+    class DecomposedRMSNorm(RMSNorm):
+        """diffusers ``RMSNorm`` (SD3.5's and Flux's query/key norm) over a 4-D view, so that its
+        mean is the one XNNPACK takes; same parameters, same state_dict."""
+
+        def forward(self, hidden_states):
+            shape = hidden_states.shape
+            view = hidden_states.reshape(1, -1, 1, shape[-1])
+            variance = (view * view).mean(dim=(2, 3), keepdim=True)
+            y = (view * (variance + self.eps).rsqrt()).reshape(shape)
+            if self.weight is not None:
+                y = y * self.weight
+                if self.bias is not None:
+                    y = y + self.bias
             return y
 
     class NearestUpsample2x(torch.nn.Module):
@@ -192,6 +210,7 @@ def _classes() -> dict[str, type]:
         "UNet2DConditionModel": BatchedTimestepUNet,
         "GroupNorm": DecomposedGroupNorm,
         "LayerNorm": DecomposedLayerNorm,
+        "RMSNorm": DecomposedRMSNorm,
         "NearestUpsample2x": NearestUpsample2x,
         "Upsample2D": DelegableUpsample2D,
         "Timesteps": PrecomputedTimesteps,
@@ -220,6 +239,23 @@ def decompose_layer_norms(module: Any) -> list[str]:
     cls = _classes()["LayerNorm"]
     swapped = _swap(module, lambda m: _adopt(cls, m) if _exactly(m, torch.nn.LayerNorm, cls) else None)
     return _describe(swapped, "decomposed LayerNorm (reshape, mean, sub, mul, rsqrt, affine)")
+
+
+def decompose_rms_norms(module: Any) -> list[str]:
+    """Replace every float32 diffusers ``RMSNorm`` below ``module`` by one whose mean XNNPACK takes."""
+    import torch
+    from diffusers.models.normalization import RMSNorm
+
+    cls = _classes()["RMSNorm"]
+
+    def convert(child):
+        if not _exactly(child, RMSNorm, cls):
+            return None  # any other module, which may have no weight at all
+        # Half-precision weights cast in between; those stay as diffusers computes them.
+        float32 = child.weight is None or child.weight.dtype == torch.float32
+        return _adopt(cls, child) if float32 else None
+
+    return _describe(_swap(module, convert), "decomposed RMSNorm (reshape, mul, mean, rsqrt, affine)")
 
 
 def concat_nearest_upsampling(module: Any) -> list[str]:
@@ -306,6 +342,7 @@ def float_scalar_divisors(module: Any) -> list[str]:
 REWRITES = (
     decompose_group_norms,
     decompose_layer_norms,
+    decompose_rms_norms,
     concat_nearest_upsampling,
     precompute_timestep_frequencies,
     slice_geglu,
