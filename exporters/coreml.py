@@ -101,6 +101,35 @@ def _compression_config(scheme: str):
     return cto.coreml.palettize_weights, cto.coreml.OptimizationConfig(global_config=op_config), details
 
 
+def _register_missing_converters() -> None:
+    """Converters for torch ops coremltools 9 has none for, each its exact MIL equivalent.
+
+    ``movedim`` (AutoencoderDC's attention and RMSNorm blocks move channels last and back) is a
+    ``transpose`` with the permutation torch computes. Registered once, and only where
+    coremltools has no converter of its own.
+    """
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch import register_torch_op
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
+
+    if _TORCH_OPS_REGISTRY.get_func("movedim") is None:
+
+        @register_torch_op
+        def movedim(context, node):
+            x, source, destination = _get_inputs(context, node, expected=3)
+            rank = x.rank
+            sources = [int(d) % rank for d in np.atleast_1d(source.val)]
+            destinations = [int(d) % rank for d in np.atleast_1d(destination.val)]
+            perm = [None] * rank
+            for src, dst in zip(sources, destinations, strict=True):
+                perm[dst] = src
+            rest = iter(d for d in range(rank) if d not in sources)
+            perm = [next(rest) if d is None else d for d in perm]
+            context.add(mb.transpose(x=x, perm=perm, name=node.name))
+
+
 class CoremlExporter:
     name = "coreml"
     backends: tuple[str, ...] = ()
@@ -117,6 +146,7 @@ class CoremlExporter:
 
         args = component.example_args()
         precision = _PRECISION[options.quantize]
+        _register_missing_converters()
         with torch.no_grad(), warnings.catch_warnings():
             # Tracing warns where the models branch on shapes; shapes are static here, so the
             # traced branch is the only one ever taken.

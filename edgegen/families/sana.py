@@ -94,6 +94,29 @@ def select(states: np.ndarray, mask: np.ndarray, instruction: bool) -> tuple[np.
     return states[:, index], mask[:, index]
 
 
+def layer_masks(config: Any, padding_mask: Any, dtype: Any) -> Any:
+    """Gemma-2's 4-D eager attention masks (of the embeddings' ``dtype``), one per layer type,
+    from the 2-D padding mask.
+
+    The same values as transformers' ``create_causal_mask`` and
+    ``create_sliding_window_causal_mask`` (0 where a key is seen, the dtype's minimum where
+    not), from plain comparisons: transformers builds them with ``new_ones``, which
+    coremltools cannot convert. Other attention implementations get the 2-D mask as before.
+    """
+    import torch
+
+    if config._attn_implementation != "eager":
+        return padding_mask
+    position = torch.arange(padding_mask.shape[1], device=padding_mask.device)
+    query, key = position[:, None], position[None, :]
+    seen = (key <= query)[None, None] & padding_mask.bool()[:, None, None, :]
+    masks = {"full_attention": seen}
+    if getattr(config, "sliding_window", None) is not None:
+        masks["sliding_attention"] = seen & (key > query - config.sliding_window)[None, None]
+    hidden = torch.zeros((), dtype=dtype, device=padding_mask.device)
+    return {kind: torch.where(mask, hidden, torch.finfo(dtype).min) for kind, mask in masks.items()}
+
+
 def _wrappers():
     import torch
 
@@ -101,9 +124,10 @@ def _wrappers():
         def __init__(self, encoder):
             super().__init__()
             self.encoder = encoder
+            self.mask_dtype = encoder.get_input_embeddings().weight.dtype
 
         def forward(self, input_ids, attention_mask):
-            return self.encoder(input_ids, attention_mask=attention_mask)[0]
+            return self.encoder(input_ids, attention_mask=layer_masks(self.encoder.config, attention_mask, self.mask_dtype))[0]
 
     class Denoiser(torch.nn.Module):
         def __init__(self, transformer, latent_channels: int):
@@ -145,7 +169,9 @@ def exportable_multiscale_attention(vae: Any) -> list[str]:
         if type(module) is SanaMultiscaleLinearAttention:
             module.__class__ = twin  # only two methods differ; parameters and state_dict stay
         count += isinstance(module, twin)
-    return [f"SanaMultiscaleLinearAttention x{count} -> the same attention, its epsilon a one-element tensor (kept by torch.onnx)"] if count else []
+    if not count:
+        return []
+    return [f"SanaMultiscaleLinearAttention x{count} -> the same attention, its epsilon a one-element tensor (kept by torch.onnx)"]
 
 
 @functools.cache
@@ -185,7 +211,9 @@ def exportable_linear_attention(transformer: Any) -> list[str]:
         transformer.set_attn_processor(swapped)
     # Counted after the swap, so that a second build of the same pipeline records it too.
     count = sum(isinstance(proc, twin) for proc in transformer.attn_processors.values())
-    return [f"SanaLinearAttnProcessor2_0 x{count} -> the same linear attention, its epsilon a one-element tensor (kept by torch.onnx)"] if count else []
+    if not count:
+        return []
+    return [f"SanaLinearAttnProcessor2_0 x{count} -> the same linear attention, its epsilon a one-element tensor (kept by torch.onnx)"]
 
 
 @functools.cache
@@ -252,6 +280,8 @@ def build_component(
     rewrites: list[str] = []
     if name == "text_encoder":
         module, source, inputs, output_names = text_encoder, pipeline.text_encoder, {"input_ids": ids, "attention_mask": mask}, ["text_embeddings"]
+        if source.config._attn_implementation == "eager":
+            rewrites = [f"{type(source).__name__} attention masks: built by comparisons in the wrapper, not by transformers (new_ones)"]
     elif name == "denoiser":
         transformer = _require(pipeline, "transformer", "denoiser")
         latent_channels = transformer.config.in_channels
