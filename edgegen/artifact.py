@@ -203,6 +203,12 @@ def write_failure(error: Exception, staging: Path, destination: Path) -> Edgegen
     return EdgegenError(f"cannot write {path}: {reason}; nothing was written")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def staged_folder(destination: Path, force: bool = False) -> Iterator[Staging]:
     """Yield a staging folder for ``destination``; whatever was not committed is removed on exit.
@@ -215,10 +221,40 @@ def staged_folder(destination: Path, force: bool = False) -> Iterator[Staging]:
     _refuse_a_file_for_a_folder(destination)
     if _exists(destination) and not force:
         raise EdgegenError(f"{destination} already exists; pass --force to replace it")
+    created = _missing_folders(destination.parent)
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise EdgegenError(f"cannot create {destination.parent}: {error.strerror}") from None
+    committed = False
+    try:
+        with _staging_under_lock(destination, force) as staging:
+            yield staging
+            committed = _exists(destination)
+    finally:
+        if not committed:
+            _remove_if_empty(created)  # a refused or failed write leaves no empty -o folder behind
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not (folder.exists() or folder.is_symlink()) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (another writer's work), or gone: leave it and its parents
+
+
+@contextlib.contextmanager
+def _staging_under_lock(destination: Path, force: bool) -> Iterator[Staging]:
     with _writer_lock(destination):
         _sweep_leftovers(destination)
         if _exists(destination) and not force:
@@ -226,6 +262,8 @@ def staged_folder(destination: Path, force: bool = False) -> Iterator[Staging]:
         prefix = f".{destination.name}.partial-{os.getpid()}-"
         try:
             staging = Staging(Path(tempfile.mkdtemp(prefix=prefix, dir=destination.parent)), destination, force)
+            # mkdtemp makes the folder private (0700); the artifact is an ordinary folder.
+            os.chmod(staging.folder, 0o777 & ~_umask())
         except OSError as error:
             raise EdgegenError(f"cannot write {destination}: {error.strerror or first_line(error)}") from None
         try:

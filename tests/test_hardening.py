@@ -425,7 +425,7 @@ def test_a_full_disk_while_writing_an_artifact_names_the_file_and_leaves_nothing
     result = _export(pipeline_dir, out)
     assert result.exit_code == 2, result.output
     assert result.stderr.strip() == f"error: cannot write {out.resolve()}/text_encoder-onnx/{file}: No space left on device; nothing was written"
-    assert list(out.iterdir()) == []  # no staging folder, no lock, no half artifact
+    assert not out.exists()  # no staging folder, no lock, no half artifact, not even the -o folder it made
 
 
 def test_a_read_only_output_folder_names_the_artifact(pipeline_dir, tmp_path, monkeypatch):
@@ -449,7 +449,7 @@ def test_a_read_only_output_folder_names_the_artifact(pipeline_dir, tmp_path, mo
     assert result.exit_code == 2, result.output
     assert len(result.stderr.strip().splitlines()) == 1
     assert f"cannot write {out.resolve()}/text_encoder-onnx: " in result.stderr
-    assert list(out.iterdir()) == []
+    assert not out.exists()
 
 
 def _limited(limit):
@@ -467,7 +467,7 @@ def test_a_real_write_failure_during_export_names_the_model_file(pipeline_dir, t
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == f"error: cannot write {out.resolve()}/text_encoder-onnx/model.onnx: File too large; nothing was written"
-    assert list(out.iterdir()) == []
+    assert not out.exists()
 
 
 CHECKPOINT_WRITE = """
@@ -489,7 +489,7 @@ def test_a_checkpoint_that_does_not_fit_names_its_file_and_leaves_nothing(tmp_pa
     result = subprocess.run([sys.executable, "-c", CHECKPOINT_WRITE, str(folder)], capture_output=True, text=True, timeout=120, preexec_fn=_limited(50_000))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"cannot write {folder.resolve()}/state.pt: the write failed"), result.stdout
-    assert list(folder.parent.iterdir()) == []
+    assert not folder.parent.exists()
 
 
 RESULTS_APPEND = """
@@ -554,3 +554,30 @@ def test_a_cleaning_report_on_a_full_disk_is_named_and_not_left_half_written(tmp
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == f"error: cannot write {report}: File too large"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_write_leaves_no_empty_output_folder_and_a_written_one_is_not_private(tmp_path):
+    import stat
+
+    from edgegen.artifact import atomic_folder
+    from edgegen.errors import EdgegenError
+
+    out = tmp_path / "new" / "deeper"
+    with pytest.raises(EdgegenError, match="simulated"):
+        with atomic_folder(out / "denoiser-onnx") as staging:
+            (staging / "model.onnx").write_bytes(b"half")
+            raise EdgegenError("simulated converter failure")
+    assert not (tmp_path / "new").exists()  # the folders this write created are gone with it
+
+    with atomic_folder(out / "denoiser-onnx") as staging:
+        (staging / "model.onnx").write_bytes(b"whole")
+    mode = stat.S_IMODE((out / "denoiser-onnx").stat().st_mode)
+    assert mode == 0o777 & ~_current_umask(), oct(mode)  # not mkdtemp's private 0700
+
+
+def _current_umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
