@@ -41,6 +41,7 @@ FAMILIES = Registry(
         # Before stable-diffusion: an SD folder whose UNet takes a guidance embedding is LCM's.
         "latent-consistency": "edgegen.families.latent_consistency:FAMILY",
         "stable-diffusion": "edgegen.families.stable_diffusion:FAMILY",
+        "pixart": "edgegen.families.pixart:FAMILY",
         "flux": "edgegen.families.flux:FAMILY",
     },
 )

@@ -135,6 +135,33 @@ def _strip_node_metadata(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def drop_noop_squeezes(program) -> list[str]:
+    """Replace each ``Squeeze`` of a static dimension that is not 1 by an ``Identity``.
+
+    ``torch.squeeze(x, dim)`` leaves a dimension that is not 1 alone, but torch.onnx writes it as
+    an ONNX ``Squeeze``, which onnxruntime refuses to load (PixArt's transformer squeezes its
+    token dimension this way).
+    """
+    import onnx_ir as ir
+
+    graph = program.model.graph
+    noops = []
+    for node in list(graph):
+        if node.op_type != "Squeeze" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        data, axes = node.inputs
+        tensor = ir.convenience.get_const_tensor(axes) if axes is not None else None
+        if data is None or data.shape is None or tensor is None or not data.shape.is_static():
+            continue
+        dims = [int(axis) for axis in tensor.numpy().reshape(-1)]
+        if all(data.shape[axis] != 1 for axis in dims):
+            noops.append(node)
+    for node in noops:
+        identity = ir.Node("", "Identity", inputs=[node.inputs[0]])
+        ir.convenience.replace_nodes_and_values(graph, node, [node], [identity], node.outputs, identity.outputs)
+    return [f"Squeeze of a dimension that is not 1 x{len(noops)} -> Identity"] if noops else []
+
+
 class OnnxExporter:
     name = "onnx"
     backends: tuple[str, ...] = ()
@@ -162,6 +189,7 @@ class OnnxExporter:
                 output_names=[spec.name for spec in component.outputs],
                 verbose=False,
             )
+        rewrites = drop_noop_squeezes(program)
         quantization = Quantization()
         if options.quantize == "none":
             program.save(str(path))
@@ -179,7 +207,7 @@ class OnnxExporter:
         delegation = delegation_from_ops("onnxruntime-cpu", onnx_op_counts(path))
         return ExportedModel(
             model_file=MODEL_FILE, inputs=inputs, outputs=outputs, delegation=delegation, quantization=quantization,
-            min_psnr_db=min_psnr_db(options.quantize),
+            min_psnr_db=min_psnr_db(options.quantize), graph_rewrites=rewrites,
         )
 
 

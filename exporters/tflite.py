@@ -140,20 +140,32 @@ def _float_boundary_quantizer(ops: tuple[str, ...]):
         source = edge[0] if isinstance(edge, tuple) else edge
         return isinstance(source, torch.fx.Node) and source.op == "placeholder"
 
+    def feeds_an_output(node) -> bool:
+        # Through layout-only ops (a DiT's unpatchify: squeeze, reshape, an einsum permutation,
+        # the learned-sigma slice) the converter carries a quantized type on to the model output.
+        for user in node.users:
+            if user.op == "output":
+                return True
+            seen_through = layout_ops + ("slice", "einsum")
+            if user.op == "call_function" and any(name in str(user.target) for name in seen_through) and feeds_an_output(user):
+                return True
+        return False
+
     class FloatBoundaryQuantizer(PT2EQuantizer):
         STATIC_OPS = list(ops)
 
         def annotate(self, model):
             model = super().annotate(model)
-            outputs = {node for node in model.graph.nodes if node.op == "output"}
             for node in model.graph.nodes:
                 annotation = node.meta.get("quantization_annotation")
                 if annotation is None:
                     continue
-                if not is_float(node) or any(user in outputs for user in node.users) or shares_an_input(annotation.output_qspec):
+                if not is_float(node) or feeds_an_output(node) or shares_an_input(annotation.output_qspec):
                     annotation.output_qspec = None
-                for source in list(annotation.input_qspec_map):
-                    if not is_float(source) or reads_a_model_input(source):
+                for source, spec in list(annotation.input_qspec_map.items()):
+                    # A spec shared with an output kept float above would have nothing to share.
+                    shares_a_float_output = type(spec).__name__ == "SharedQuantizationSpec" and feeds_an_output(source)
+                    if not is_float(source) or reads_a_model_input(source) or shares_a_float_output:
                         del annotation.input_qspec_map[source]
             return model
 

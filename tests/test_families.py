@@ -25,7 +25,7 @@ from tests.helpers import require_export, require_runtime
 # Whole-pipeline agreement of a float32 artifact set with eager PyTorch, same latents, 2 steps.
 MIN_RUNNER_IMAGE_PSNR_DB = 40.0
 FRESH_PROMPT = "two purple dots, one small and one large"
-UNSUPPORTED = ("PixArtAlphaPipeline", "StableDiffusion3Pipeline", "StableDiffusionXLPipeline", "AudioLDMPipeline")
+UNSUPPORTED = ("StableDiffusion3Pipeline", "StableDiffusionXLPipeline", "AudioLDMPipeline")
 
 
 @pytest.fixture(scope="session")
@@ -96,14 +96,14 @@ def test_unsupported_pipeline_is_refused_before_anything_is_written(tmp_path, pi
 def test_compare_refuses_an_unsupported_teacher_in_one_line(tmp_path, pipeline_dir):
     from edgegen.cli import app
 
-    teacher = _unsupported_folder(tmp_path, "PixArtSigmaPipeline")
+    teacher = _unsupported_folder(tmp_path, "AudioLDMPipeline")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n")
     result = CliRunner().invoke(
         app, ["compare", "--prompts", str(prompts), "--teacher", str(teacher), "--student", str(pipeline_dir), "-o", str(tmp_path / "r.jsonl")]
     )
     assert result.exit_code == 2, result.output
-    assert "PixArtSigmaPipeline is not supported" in result.stderr and "FileNotFoundError" not in result.output
+    assert "AudioLDMPipeline is not supported" in result.stderr and "FileNotFoundError" not in result.output
     assert not (tmp_path / "r.jsonl").exists()
 
 
