@@ -92,7 +92,8 @@ def to_tensor(image: np.ndarray) -> Any:
     """uint8 HxWx3 -> float32 3xHxW in [-1, 1]."""
     import torch
 
-    return torch.from_numpy(image).permute(2, 0, 1).float().div(127.5).sub(1.0)
+    # A copy: images decoded by PIL are read-only arrays, which torch warns about on every call.
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
 def _sample(seed: int, index: int, image_size: int, with_audio: bool) -> tuple[np.ndarray, str, dict, np.ndarray | None]:
