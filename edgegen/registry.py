@@ -41,7 +41,9 @@ FAMILIES = Registry(
         # Before stable-diffusion: an SD folder whose UNet takes a guidance embedding is LCM's.
         "latent-consistency": "edgegen.families.latent_consistency:FAMILY",
         "stable-diffusion": "edgegen.families.stable_diffusion:FAMILY",
+        "stable-diffusion-xl": "edgegen.families.stable_diffusion_xl:FAMILY",
         "pixart": "edgegen.families.pixart:FAMILY",
+        "stable-diffusion-3": "edgegen.families.stable_diffusion_3:FAMILY",
         "flux": "edgegen.families.flux:FAMILY",
     },
 )
