@@ -45,6 +45,7 @@ FAMILIES = Registry(
         "pixart": "edgegen.families.pixart:FAMILY",
         "stable-diffusion-3": "edgegen.families.stable_diffusion_3:FAMILY",
         "flux": "edgegen.families.flux:FAMILY",
+        "sana": "edgegen.families.sana:FAMILY",
     },
 )
 

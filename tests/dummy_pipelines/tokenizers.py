@@ -34,3 +34,27 @@ def t5_tokenizer(max_length: int = 32):
 
 def vocabulary_size(tokenizer) -> int:
     return len(tokenizer.get_vocab())
+
+
+def gemma_tokenizer(texts: tuple[str, ...] = (), max_length: int = 512):
+    """A Gemma (byte-fallback BPE) tokenizer: the specials, 256 byte tokens, single characters, and
+    every word of ``texts`` as one token (merged letter by letter), so long instructions stay short."""
+    from transformers import GemmaTokenizer
+
+    vocab = {token: index for index, token in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"])}
+    for byte in range(256):
+        vocab[f"<0x{byte:02X}>"] = len(vocab)
+    for char in "▁" + string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation:
+        vocab.setdefault(char, len(vocab))
+    merges = []
+    for text in texts:
+        for word in text.replace("\n", " ").split(" "):
+            piece = "▁"
+            for char in word:
+                if char not in vocab:
+                    break
+                if piece + char not in vocab:
+                    vocab[piece + char] = len(vocab)
+                    merges.append((piece, char))
+                piece += char
+    return GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=max_length, add_bos_token=True)
