@@ -28,8 +28,13 @@ def pipeline(folder):
 
     from edgegen.families.loading import load_pipeline
 
+    # Grad mode is global: switched off for this module's comparisons only, then restored.
+    previous = torch.is_grad_enabled()
     torch.set_grad_enabled(False)
-    return load_pipeline(folder)
+    try:
+        yield load_pipeline(folder)
+    finally:
+        torch.set_grad_enabled(previous)
 
 
 def _case(folder, steps: int, guidance_scale: float):
