@@ -133,6 +133,37 @@ class Family(Protocol):
 # helpers every family uses
 
 
+def require(pipeline: Any, attribute: str, component: str) -> Any:
+    """The loaded pipeline's sub-model ``attribute``, or one line naming the component that needs it."""
+    value = getattr(pipeline, attribute, None)
+    if value is None:
+        raise EdgegenError(f"{type(pipeline).__name__} has no '{attribute}', so it has no {component} component")
+    return value
+
+
+def traced_component(
+    name: str, module: Any, inputs: dict[str, Any], output_names: list[str], spec: ComponentSpec, source: Any, rewrites: list[str]
+) -> Component:
+    """``module`` as a Component on its reference ``inputs``; one eager run names and shapes its outputs."""
+    import torch
+
+    component = Component(
+        name=name,
+        module=module,
+        inputs=[tensor_spec(key, value) for key, value in inputs.items()],
+        outputs=[],
+        reference_inputs=inputs,
+        source_subfolder=spec.subfolder,
+        source_class=type(source).__name__,
+        graph_rewrites=rewrites,
+    )
+    with torch.no_grad():
+        result = module(*component.example_args())
+    results = result if isinstance(result, tuple) else (result,)
+    component.outputs = [tensor_spec(n, t) for n, t in zip(output_names, results, strict=True)]
+    return component
+
+
 def component_names(family: Family) -> tuple[str, ...]:
     return tuple(spec.name for spec in family.components)
 
@@ -201,11 +232,9 @@ def use_plain_attention(model: Any) -> list[str]:
     """
     if not hasattr(model, "set_attn_processor"):
         return []
-    from diffusers.models.attention_processor import AttnProcessor
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     from edgegen.models.scman import SCMANProcessor
-
-    from diffusers.models.attention_processor import AttnProcessor2_0
 
     # Only the plain SDPA processor has a plain twin; joint (SD3), Flux and linear (Sana) attention
     # processors compute something else and stay.

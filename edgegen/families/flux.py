@@ -32,8 +32,9 @@ from edgegen.families.base import (
     component_spec,
     no_student,
     read_config,
-    tensor_spec,
+    require,
     tokenizer_digest,
+    traced_component,
     vae_decoder_module,
 )
 from edgegen.families.base import tokenize as tokenize_prompts
@@ -151,13 +152,6 @@ def _wrappers():
     return PooledTextEncoder, T5TextEncoder, Denoiser, GuidedDenoiser
 
 
-def _require(pipeline: Any, attribute: str, component: str) -> Any:
-    value = getattr(pipeline, attribute, None)
-    if value is None:
-        raise EdgegenError(f"{type(pipeline).__name__} has no '{attribute}', so it has no {component} component")
-    return value
-
-
 def t5_length(tokenizer: Any) -> int:
     return min(int(tokenizer.model_max_length), T5_MAX_LENGTH)
 
@@ -177,13 +171,13 @@ def build_component(
     spec = component_spec(FAMILY, name)
     PooledTextEncoder, T5TextEncoder, Denoiser, GuidedDenoiser = _wrappers()
     generator = torch.Generator().manual_seed(seed)
-    clip_tokenizer = _require(pipeline, "tokenizer", "text_encoder")
-    t5_tokenizer = _require(pipeline, "tokenizer_2", "text_encoder_2")
+    clip_tokenizer = require(pipeline, "tokenizer", "text_encoder")
+    t5_tokenizer = require(pipeline, "tokenizer_2", "text_encoder_2")
     clip_ids = tokenize_prompts(clip_tokenizer, [prompt] * batch_size).input_ids
     t5_ids = tokenize_prompts(t5_tokenizer, [prompt] * batch_size, t5_length(t5_tokenizer)).input_ids
-    clip = PooledTextEncoder(_require(pipeline, "text_encoder", "text_encoder")).eval()
-    t5 = T5TextEncoder(_require(pipeline, "text_encoder_2", "text_encoder_2")).eval()
-    vae = _require(pipeline, "vae", "vae_decoder")
+    clip = PooledTextEncoder(require(pipeline, "text_encoder", "text_encoder")).eval()
+    t5 = T5TextEncoder(require(pipeline, "text_encoder_2", "text_encoder_2")).eval()
+    vae = require(pipeline, "vae", "vae_decoder")
     height, width = latent_grid(vae.config)
 
     rewrites: list[str] = []
@@ -192,7 +186,7 @@ def build_component(
     elif name == "text_encoder_2":
         module, source, inputs, output_names = t5, pipeline.text_encoder_2, {"input_ids": t5_ids}, ["text_embeddings"]
     elif name == "denoiser":
-        transformer = _require(pipeline, "transformer", "denoiser")
+        transformer = require(pipeline, "transformer", "denoiser")
         with torch.no_grad():
             pooled, states = clip(clip_ids), t5(t5_ids)
         channels = transformer.config.in_channels // 4
@@ -213,21 +207,7 @@ def build_component(
         latents = torch.randn((batch_size, vae.config.latent_channels, height, width), generator=generator)
         module, source, inputs, output_names = vae_decoder_module(vae), vae, {"latents": latents}, ["image"]
 
-    component = Component(
-        name=name,
-        module=module,
-        inputs=[tensor_spec(key, value) for key, value in inputs.items()],
-        outputs=[],
-        reference_inputs=inputs,
-        source_subfolder=spec.subfolder,
-        source_class=type(source).__name__,
-        graph_rewrites=rewrites,
-    )
-    with torch.no_grad():
-        result = module(*component.example_args())
-    results = result if isinstance(result, tuple) else (result,)
-    component.outputs = [tensor_spec(n, t) for n, t in zip(output_names, results, strict=True)]
-    return component
+    return traced_component(name, module, inputs, output_names, spec, source, rewrites)
 
 
 def calibration_inputs(pipeline: Any, name: str, batch_size: int = 1, count: int = len(CALIBRATION_PROMPTS)) -> list[dict[str, Any]]:

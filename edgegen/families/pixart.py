@@ -42,9 +42,10 @@ from edgegen.families.base import (
     component_spec,
     no_student,
     read_config,
+    require,
     spatial_size,
-    tensor_spec,
     tokenizer_digest,
+    traced_component,
     use_plain_attention,
     vae_decoder_module,
 )
@@ -158,13 +159,6 @@ def tokenize(tokenizer: Any, prompts: list[str], length: int, tensors: str = "pt
     )
 
 
-def _require(pipeline: Any, attribute: str, component: str) -> Any:
-    value = getattr(pipeline, attribute, None)
-    if value is None:
-        raise EdgegenError(f"{type(pipeline).__name__} has no '{attribute}', so it has no {component} component")
-    return value
-
-
 def _passes_resolution(pipeline_class: str, sample_size: int) -> bool:
     return pipeline_class == "PixArtAlphaPipeline" and sample_size == _RESOLUTION_SAMPLE_SIZE
 
@@ -204,8 +198,8 @@ def build_component(
     spec = component_spec(FAMILY, name)
     TextEncoder, Denoiser = _wrappers()
     generator = torch.Generator().manual_seed(seed)
-    text_model = _require(pipeline, "text_encoder", "text_encoder")
-    tokenizer = _require(pipeline, "tokenizer", "text_encoder")
+    text_model = require(pipeline, "text_encoder", "text_encoder")
+    tokenizer = require(pipeline, "tokenizer", "text_encoder")
     tokens = tokenize(tokenizer, [prompt] * batch_size, sequence_length(type(pipeline).__name__, tokenizer))
     text_encoder = TextEncoder(text_model).eval()
     encoder_rewrites = constant_position_bias(text_model, tokens.input_ids.shape[1])
@@ -215,7 +209,7 @@ def build_component(
         inputs = {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask}
         output_names = ["text_embeddings"]
     elif name == "denoiser":
-        transformer = _require(pipeline, "transformer", "denoiser")
+        transformer = require(pipeline, "transformer", "denoiser")
         _check_transformer(type(pipeline).__name__, dict(transformer.config), type(pipeline).__name__)
         with torch.no_grad():
             embeddings = text_encoder(tokens.input_ids, tokens.attention_mask)
@@ -234,29 +228,15 @@ def build_component(
         }
         output_names = ["noise_pred"]
     else:
-        vae = _require(pipeline, "vae", "vae_decoder")
-        size = spatial_size(_require(pipeline, "transformer", "vae_decoder").config.sample_size)
+        vae = require(pipeline, "vae", "vae_decoder")
+        size = spatial_size(require(pipeline, "transformer", "vae_decoder").config.sample_size)
         latents = torch.randn((batch_size, vae.config.latent_channels, *size), generator=generator)
         module = vae_decoder_module(vae)
         rewrites, source = use_plain_attention(vae), vae
         inputs = {"latents": latents}
         output_names = ["image"]
 
-    component = Component(
-        name=name,
-        module=module,
-        inputs=[tensor_spec(key, value) for key, value in inputs.items()],
-        outputs=[],
-        reference_inputs=inputs,
-        source_subfolder=spec.subfolder,
-        source_class=type(source).__name__,
-        graph_rewrites=rewrites,
-    )
-    with torch.no_grad():
-        result = module(*component.example_args())
-    results = result if isinstance(result, tuple) else (result,)
-    component.outputs = [tensor_spec(n, t) for n, t in zip(output_names, results, strict=True)]
-    return component
+    return traced_component(name, module, inputs, output_names, spec, source, rewrites)
 
 
 def calibration_inputs(pipeline: Any, name: str, batch_size: int = 1, count: int = len(CALIBRATION_PROMPTS)) -> list[dict[str, Any]]:

@@ -37,9 +37,10 @@ from edgegen.families.base import (
     component_spec,
     no_student,
     read_config,
+    require,
     spatial_size,
-    tensor_spec,
     tokenizer_digest,
+    traced_component,
     use_plain_attention,
     vae_decoder_module,
 )
@@ -256,13 +257,6 @@ def _linear_attention_processor() -> type:
     return TensorEpsilonLinearAttnProcessor
 
 
-def _require(pipeline: Any, attribute: str, component: str) -> Any:
-    value = getattr(pipeline, attribute, None)
-    if value is None:
-        raise EdgegenError(f"{type(pipeline).__name__} has no '{attribute}', so it has no {component} component")
-    return value
-
-
 def build_component(
     pipeline: Any, name: str, batch_size: int = 1, prompt: str = DEFAULT_PROMPT, seed: int = 0, timestep: float | None = None
 ) -> Component:
@@ -272,8 +266,8 @@ def build_component(
     spec = component_spec(FAMILY, name)
     TextEncoder, Denoiser = _wrappers()
     generator = torch.Generator().manual_seed(seed)
-    tokenizer = _require(pipeline, "tokenizer", "text_encoder")
-    text_encoder = TextEncoder(_require(pipeline, "text_encoder", "text_encoder")).eval()
+    tokenizer = require(pipeline, "tokenizer", "text_encoder")
+    text_encoder = TextEncoder(require(pipeline, "text_encoder", "text_encoder")).eval()
     tokens = tokenize(tokenizer, [prompt] * batch_size)
     ids, mask = tokens.input_ids, tokens.attention_mask
 
@@ -283,7 +277,7 @@ def build_component(
         if source.config._attn_implementation == "eager":
             rewrites = [f"{type(source).__name__} attention masks: built by comparisons in the wrapper, not by transformers (new_ones)"]
     elif name == "denoiser":
-        transformer = _require(pipeline, "transformer", "denoiser")
+        transformer = require(pipeline, "transformer", "denoiser")
         latent_channels = transformer.config.in_channels
         with torch.no_grad():
             states = text_encoder(ids, mask)
@@ -298,28 +292,14 @@ def build_component(
         inputs = {"hidden_states": sample, "timestep": timesteps, "encoder_hidden_states": states, "encoder_attention_mask": selected_mask}
         output_names = ["noise_pred"]
     else:
-        vae = _require(pipeline, "vae", "vae_decoder")
+        vae = require(pipeline, "vae", "vae_decoder")
         transformer = getattr(pipeline, "transformer", None)
         size = spatial_size(transformer.config.sample_size) if transformer is not None else (vae.config.sample_size,) * 2
         latents = torch.randn((batch_size, vae.config.latent_channels, *size), generator=generator)
         module, source, inputs, output_names = vae_decoder_module(vae), vae, {"latents": latents}, ["image"]
         rewrites = exportable_multiscale_attention(vae)
 
-    component = Component(
-        name=name,
-        module=module,
-        inputs=[tensor_spec(key, value) for key, value in inputs.items()],
-        outputs=[],
-        reference_inputs=inputs,
-        source_subfolder=spec.subfolder,
-        source_class=type(source).__name__,
-        graph_rewrites=rewrites,
-    )
-    with torch.no_grad():
-        result = module(*component.example_args())
-    results = result if isinstance(result, tuple) else (result,)
-    component.outputs = [tensor_spec(n, t) for n, t in zip(output_names, results, strict=True)]
-    return component
+    return traced_component(name, module, inputs, output_names, spec, source, rewrites)
 
 
 def calibration_inputs(pipeline: Any, name: str, batch_size: int = 1, count: int = len(CALIBRATION_PROMPTS)) -> list[dict[str, Any]]:

@@ -27,10 +27,11 @@ from edgegen.families.base import (
     ConditioningEncoder,
     component_spec,
     read_config,
+    require,
     spatial_size,
-    tensor_spec,
     text_encoder_wrapper,
     tokenizer_digest,
+    traced_component,
     use_plain_attention,
     vae_decoder_module,
 )
@@ -65,13 +66,6 @@ def _wrappers():
 
 def tokenize(pipeline: Any, prompts: list[str]) -> Any:
     return tokenize_prompts(pipeline.tokenizer, prompts).input_ids
-
-
-def _require(pipeline: Any, attribute: str, component: str) -> Any:
-    value = getattr(pipeline, attribute, None)
-    if value is None:
-        raise EdgegenError(f"{type(pipeline).__name__} has no '{attribute}', so it has no {component} component")
-    return value
 
 
 def _check_unet(config: Any, where: str) -> None:
@@ -115,8 +109,8 @@ def build_sd_component(
     Denoiser = denoiser_wrapper or _wrappers()
     check_unet = check_unet or _check_unet
     generator = torch.Generator().manual_seed(seed)
-    text_model = _require(pipeline, "text_encoder", "text_encoder")
-    _require(pipeline, "tokenizer", "text_encoder")
+    text_model = require(pipeline, "text_encoder", "text_encoder")
+    require(pipeline, "tokenizer", "text_encoder")
     input_ids = tokenize(pipeline, [prompt] * batch_size)
     text_encoder = text_encoder_wrapper(text_model, ENCODER)
 
@@ -125,7 +119,7 @@ def build_sd_component(
         inputs = {"input_ids": input_ids}
         output_names = ["text_embeddings"]
     elif name == "denoiser":
-        unet = _require(pipeline, "unet", "denoiser")
+        unet = require(pipeline, "unet", "denoiser")
         check_unet(unet.config, type(pipeline).__name__)
         with torch.no_grad():
             embeddings = text_encoder(input_ids)
@@ -140,7 +134,7 @@ def build_sd_component(
             inputs.update(extra_denoiser_inputs(unet, batch_size))
         output_names = ["noise_pred"]
     else:
-        vae = _require(pipeline, "vae", "vae_decoder")
+        vae = require(pipeline, "vae", "vae_decoder")
         unet = getattr(pipeline, "unet", None)
         if unet is not None:
             size = spatial_size(unet.config.sample_size)
@@ -153,21 +147,7 @@ def build_sd_component(
         inputs = {"latents": latents}
         output_names = ["image"]
 
-    component = Component(
-        name=name,
-        module=module,
-        inputs=[tensor_spec(key, value) for key, value in inputs.items()],
-        outputs=[],
-        reference_inputs=inputs,
-        source_subfolder=spec.subfolder,
-        source_class=type(source).__name__,
-        graph_rewrites=rewrites,
-    )
-    with torch.no_grad():
-        result = module(*component.example_args())
-    results = result if isinstance(result, tuple) else (result,)
-    component.outputs = [tensor_spec(n, t) for n, t in zip(output_names, results, strict=True)]
-    return component
+    return traced_component(name, module, inputs, output_names, spec, source, rewrites)
 
 
 def calibration_inputs(

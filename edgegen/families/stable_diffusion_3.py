@@ -33,10 +33,11 @@ from edgegen.families.base import (
     component_spec,
     no_student,
     read_config,
+    require,
     spatial_size,
-    tensor_spec,
     text_encoder_wrapper,
     tokenizer_digest,
+    traced_component,
     use_plain_attention,
     vae_decoder_module,
 )
@@ -79,13 +80,6 @@ def _denoiser_wrapper():
             )[0]
 
     return Denoiser
-
-
-def _require(pipeline: Any, attribute: str, component: str) -> Any:
-    value = getattr(pipeline, attribute, None)
-    if value is None:
-        raise EdgegenError(f"{type(pipeline).__name__} has no '{attribute}', so it has no {component} component")
-    return value
 
 
 def join_conditioning(clip_states: list[np.ndarray], clip_pooled: list[np.ndarray], t5_states: np.ndarray) -> dict[str, np.ndarray]:
@@ -141,14 +135,14 @@ class StableDiffusion3Family:
         rewrites: list[str] = []
         if spec.role == "encoder":
             encoder = next(e for e in self.encoders if e.component == name)
-            source = _require(pipeline, name, name)
-            tokenizer = _require(pipeline, encoder.tokenizer_subfolder, name)
+            source = require(pipeline, name, name)
+            tokenizer = require(pipeline, encoder.tokenizer_subfolder, name)
             length = encoder.max_length or pipeline.tokenizer_max_length  # both CLIPs take the first's length
             module = text_encoder_wrapper(source, encoder)
             inputs = {"input_ids": tokenize_prompts(tokenizer, [prompt] * batch_size, length).input_ids}
             output_names = ["text_embeddings", "pooled_text_embeddings"] if encoder.pooled_output else ["text_embeddings"]
         elif name == "denoiser":
-            source = _require(pipeline, "transformer", "denoiser")
+            source = require(pipeline, "transformer", "denoiser")
             config = source.config
             size = spatial_size(config.sample_size)
             hidden_states = torch.randn((batch_size, config.in_channels, *size), generator=generator)
@@ -169,7 +163,7 @@ class StableDiffusion3Family:
             }
             output_names = [self.denoiser_output]
         else:
-            source = _require(pipeline, "vae", "vae_decoder")
+            source = require(pipeline, "vae", "vae_decoder")
             transformer = getattr(pipeline, "transformer", None)
             if transformer is not None:
                 size, channels = spatial_size(transformer.config.sample_size), transformer.config.in_channels
@@ -181,21 +175,7 @@ class StableDiffusion3Family:
             inputs = {"latents": latents}
             output_names = [self.decoder_output]
 
-        component = Component(
-            name=name,
-            module=module,
-            inputs=[tensor_spec(key, value) for key, value in inputs.items()],
-            outputs=[],
-            reference_inputs=inputs,
-            source_subfolder=spec.subfolder,
-            source_class=type(source).__name__,
-            graph_rewrites=rewrites,
-        )
-        with torch.no_grad():
-            result = module(*component.example_args())
-        results = result if isinstance(result, tuple) else (result,)
-        component.outputs = [tensor_spec(n, t) for n, t in zip(output_names, results, strict=True)]
-        return component
+        return traced_component(name, module, inputs, output_names, spec, source, rewrites)
 
     def calibration_inputs(self, pipeline: Any, name: str, batch_size: int = 1, count: int = len(CALIBRATION_PROMPTS)) -> list[dict[str, Any]]:
         """``count`` input sets for ``name``: other prompts, seeds and timesteps than the reference."""

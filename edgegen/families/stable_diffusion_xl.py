@@ -38,10 +38,11 @@ from edgegen.families.base import (
     component_spec,
     no_student,
     read_config,
+    require,
     spatial_size,
-    tensor_spec,
     text_encoder_wrapper,
     tokenizer_digest,
+    traced_component,
     use_plain_attention,
     vae_decoder_module,
 )
@@ -137,13 +138,6 @@ def _denoiser_module(unet: Any) -> Any:
     return Denoiser(unet).eval()
 
 
-def _require(pipeline: Any, attribute: str, component: str) -> Any:
-    value = getattr(pipeline, attribute, None)
-    if value is None:
-        raise EdgegenError(f"{type(pipeline).__name__} has no '{attribute}', so it has no {component} component")
-    return value
-
-
 def _pipeline_time_ids(pipeline: Any) -> Any:
     """The pipeline's own ``_get_add_time_ids`` for its default size (it checks the UNet's sizes)."""
     import torch
@@ -159,8 +153,8 @@ def _conditioning(pipeline: Any, prompt: str, batch_size: int) -> dict[str, Any]
     prompt is the unconditional conditioning (zeros under force_zeros_for_empty_prompt)."""
     import torch
 
-    encoders = [text_encoder_wrapper(_require(pipeline, spec.component, spec.component), spec) for spec in (ENCODER, ENCODER_2)]
-    ids = [tokenize_prompts(_require(pipeline, spec.tokenizer_subfolder, spec.component), [prompt] * batch_size).input_ids for spec in (ENCODER, ENCODER_2)]
+    encoders = [text_encoder_wrapper(require(pipeline, spec.component, spec.component), spec) for spec in (ENCODER, ENCODER_2)]
+    ids = [tokenize_prompts(require(pipeline, spec.tokenizer_subfolder, spec.component), [prompt] * batch_size).input_ids for spec in (ENCODER, ENCODER_2)]
     with torch.no_grad():
         states = encoders[0](ids[0])
         states_2, pooled = encoders[1](ids[1])
@@ -185,13 +179,13 @@ def build_component(
     generator = torch.Generator().manual_seed(seed)
     if name in ("text_encoder", "text_encoder_2"):
         encoder = ENCODER if name == "text_encoder" else ENCODER_2
-        source = _require(pipeline, name, name)
-        tokenizer = _require(pipeline, encoder.tokenizer_subfolder, name)
+        source = require(pipeline, name, name)
+        tokenizer = require(pipeline, encoder.tokenizer_subfolder, name)
         module, rewrites = text_encoder_wrapper(source, encoder), []
         inputs = {"input_ids": tokenize_prompts(tokenizer, [prompt] * batch_size, encoder.max_length).input_ids}
         output_names = ["text_embeddings", "pooled_text_embeddings"] if encoder.pooled_output else ["text_embeddings"]
     elif name == "denoiser":
-        unet = _require(pipeline, "unet", "denoiser")
+        unet = require(pipeline, "unet", "denoiser")
         conditioning = _conditioning(pipeline, prompt, batch_size)
         size = spatial_size(unet.config.sample_size)
         sample = torch.randn((batch_size, unet.config.in_channels, *size), generator=generator)
@@ -207,7 +201,7 @@ def build_component(
         module, rewrites, source = _denoiser_module(unet), use_plain_attention(unet), unet
         output_names = ["noise_pred"]
     else:
-        vae = _require(pipeline, "vae", "vae_decoder")
+        vae = require(pipeline, "vae", "vae_decoder")
         unet = getattr(pipeline, "unet", None)
         if unet is not None:
             size = spatial_size(unet.config.sample_size)
@@ -217,21 +211,7 @@ def build_component(
         module, rewrites, source = _decoder_module(vae), use_plain_attention(vae), vae
         output_names = ["image"]
 
-    component = Component(
-        name=name,
-        module=module,
-        inputs=[tensor_spec(key, value) for key, value in inputs.items()],
-        outputs=[],
-        reference_inputs=inputs,
-        source_subfolder=spec.subfolder,
-        source_class=type(source).__name__,
-        graph_rewrites=rewrites,
-    )
-    with torch.no_grad():
-        result = module(*component.example_args())
-    results = result if isinstance(result, tuple) else (result,)
-    component.outputs = [tensor_spec(n, t) for n, t in zip(output_names, results, strict=True)]
-    return component
+    return traced_component(name, module, inputs, output_names, spec, source, rewrites)
 
 
 def calibration_inputs(pipeline: Any, name: str, batch_size: int = 1, count: int = len(CALIBRATION_PROMPTS)) -> list[dict[str, Any]]:
