@@ -1,6 +1,6 @@
 """Real-size denoisers with random weights: export time, peak RAM, size, latency vs eager, delegation.
 
-    python benchmarks/scale.py [--model sd15-unet ...] [--target onnx ...] [--precision float|int8] [--work DIR] [--runs 3]
+    python benchmarks/scale.py [--model sd15-unet ...] [--target onnx ...] [--precision float|float16|int8] [--work DIR] [--runs 3]
 
 Users' models are 0.6-12 B parameters; the hub is not reachable here, so each model is its real
 configuration with random weights, saved once as a diffusers pipeline folder under --work. Only
@@ -146,6 +146,8 @@ def export_measured(folder: Path, target: str, precision: str, out: Path, scheme
 
     command = [sys.executable, "-m", "edgegen.cli", "export", str(folder), "-o", str(out), "--target", target,
                "--component", "denoiser", "--force"] + (["--quantize", scheme] if precision == "int8" and scheme else [])
+    if precision == "float16":
+        command += ["--dtype", "float16"]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     watched, peak = psutil.Process(process.pid), 0
@@ -161,19 +163,20 @@ def export_measured(folder: Path, target: str, precision: str, out: Path, scheme
     return {"export_s": round(seconds, 1), "peak_ram_gib": round(peak / 2**30, 2), "ok": process.returncode == 0, "message": message[:300]}
 
 
-def latency_vs_eager(folder: Path, artifact_dir: Path, runs: int) -> dict:
+def latency_vs_eager(folder: Path, artifact_dir: Path, runs: int, dtype: str) -> dict:
     import torch
 
     from edgegen.artifact import load_artifact
     from edgegen.families import family_of
-    from edgegen.families.loading import load_pipeline
+    from edgegen.families.loading import LoadOptions, load_pipeline
     from edgegen.measure.profiling import interleaved_medians
     from edgegen.session import open_artifact
 
     torch.set_num_threads(1)
     artifact = load_artifact(artifact_dir)
     session = open_artifact(artifact, threads=1)
-    component = family_of(folder).build_component(load_pipeline(folder), "denoiser")
+    # Eager in the dtype the artifact was loaded in: the float16 model against its own artifact.
+    component = family_of(folder).build_component(load_pipeline(folder, LoadOptions(dtype=dtype)), "denoiser")
     inputs = {name: tensor.numpy() for name, tensor in component.reference_inputs.items()}
     medians = interleaved_medians({"artifact": lambda: session.run(inputs), "eager": component.run_eager}, runs=runs, warmup=1, rounds=runs)
     return {"artifact_ms": round(medians["artifact"], 1), "eager_ms": round(medians["eager"], 1), "ratio": round(medians["artifact"] / medians["eager"], 3)}
@@ -183,7 +186,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", choices=list(MODELS), help="repeatable; default: all")
     parser.add_argument("--target", action="append", help="repeatable; default: every exportable target")
-    parser.add_argument("--precision", action="append", choices=["float", "int8"], help="repeatable; default: float")
+    parser.add_argument("--precision", action="append", choices=["float", "float16", "int8"], help="repeatable; default: float")
     parser.add_argument("--work", type=Path, default=Path("out/scale"))
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
@@ -214,8 +217,10 @@ def main() -> int:
                     result["delegated"] = manifest.delegation.delegated_fraction if manifest.delegation else None
                     result["fallback_ops"] = manifest.delegation.fallback_ops if manifest.delegation else {}
                     if runtime_for(manifest).unavailable_reason(manifest) is None:
-                        result.update(latency_vs_eager(folder, artifact_dir, args.runs))
+                        result.update(latency_vs_eager(folder, artifact_dir, args.runs, manifest.source.dtype))
                 results.append(result)
+                with (args.work / "scale.jsonl").open("a") as log:  # each row as it lands: a crash loses none
+                    log.write(json.dumps(result) + "\n")
                 rows.append([
                     model, f"{result['parameters_b']:.2f}", target, precision, "yes" if result["ok"] else result["message"][:60],
                     fmt(result.get("export_s"), "{:.0f}"), fmt(result.get("peak_ram_gib"), "{:.1f}"), fmt(result.get("size_gib"), "{:.2f}"),

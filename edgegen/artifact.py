@@ -301,14 +301,14 @@ class Artifact:
 
     @property
     def model_bytes(self) -> int:
-        """The model file (or package) alone: what ships, without the reference tensors."""
-        model = self.manifest.model_file
-        return sum(e.bytes for e in self.manifest.files if e.path == model or e.path.startswith(model + "/"))
+        """The model file (or package) and its weight files: what ships, without the reference tensors."""
+        model, weights = self.manifest.model_file, set(self.manifest.weight_files)
+        return sum(e.bytes for e in self.manifest.files if e.path == model or e.path.startswith(model + "/") or e.path in weights)
 
     def check_paths(self) -> None:
         """Fail in one line if a path the manifest names leads outside the folder (a link included)."""
         root = self.folder.resolve()
-        named = [entry.path for entry in self.manifest.files] + [self.manifest.model_file, self.manifest.reference_file]
+        named = [entry.path for entry in self.manifest.files] + [self.manifest.model_file, self.manifest.reference_file, *self.manifest.weight_files]
         for relative in named:
             if not (self.folder / relative).resolve().is_relative_to(root):
                 raise EdgegenError(f"artifact {self.folder}: {relative} leads outside the artifact folder")

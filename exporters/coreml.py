@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgegen.exporting.base import ExportedModel, ExportOptions, count_ops, delegation_from_ops, min_psnr_db, missing_packages
+from edgegen.families.base import in_float32
 from edgegen.schema.manifest import CoremlDeployment, Quantization, TensorSpec
 
 if TYPE_CHECKING:
@@ -135,6 +136,7 @@ class CoremlExporter:
     backends: tuple[str, ...] = ()
     quantizations = ("none", "int8-weights", "palettize-6bit", "palettize-4bit")
     packages = ("coremltools",)
+    separate_weights = False  # the weights are inside the model file (Core ML: inside its package)
 
     def unavailable_reason(self) -> str | None:
         return missing_packages(self.packages, "coreml")
@@ -146,12 +148,16 @@ class CoremlExporter:
 
         args = component.example_args()
         precision = _PRECISION[options.quantize]
+        module = component.module
+        if options.load.dtype == "float16":
+            # coremltools converts float32 graphs; float16 is its compute precision.
+            module, precision = in_float32(module), "float16"
         _register_missing_converters()
         with torch.no_grad(), warnings.catch_warnings():
             # Tracing warns where the models branch on shapes; shapes are static here, so the
             # traced branch is the only one ever taken.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            traced = torch.jit.trace(component.module, args, check_trace=False)
+            traced = torch.jit.trace(module, args, check_trace=False)
         # Core ML has no int64 features: integer inputs (token ids) are declared int32.
         inputs = [
             ct.TensorType(

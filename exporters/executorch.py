@@ -9,6 +9,7 @@ ones left to ExecuTorch's portable kernels, which run far slower on a phone.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,14 +25,20 @@ from edgegen.exporting.base import (
     ExportOptions,
     delegation_from_ops,
     missing_packages,
+    wants_separate_weights,
 )
 from edgegen.exporting.quantize import learned_int8_module, learned_scales_quantization, quantize_static, xnnpack_quantizer
+from edgegen.exporting.rewrites import explicit_type_promotion
 from edgegen.schema.manifest import CoremlDeployment, Delegation, Quantization, TensorSpec
 
 if TYPE_CHECKING:
     from edgegen.families import Component
 
 MODEL_FILE = "model.pte"
+# ExecuTorch's separate weight data: every constant, delegated or not, tagged with this name is
+# written to <tag>.ptd, which the runtime loads beside the program.
+WEIGHTS_TAG = "weights"
+WEIGHTS_FILE = f"{WEIGHTS_TAG}.ptd"
 
 # ExecuTorch ScalarType codes -> numpy dtype names.
 SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64", 11: "bool"}
@@ -57,14 +64,65 @@ def pte_io_specs(model_path: Path, input_names: list[str], output_names: list[st
     )
 
 
-def delegation_report(edge_program, backend: str) -> Delegation:
+def _weights_tagged_external(program, args):
+    """``program`` re-exported with every weight tagged for the .ptd file (the delegates read the
+    tag from the unlifted module's constants, as ExecuTorch's own LLM export does)."""
+    import torch
+    from executorch.exir.passes.external_constants_pass import delegate_external_constants_pass_unlifted
+
+    module = program.module()
+    delegate_external_constants_pass_unlifted(module, gen_tag_fn=lambda node: WEIGHTS_TAG)
+    return torch.export.export(module, args, strict=False)
+
+
+# ExecuTorch's XNNPACK partitioner logs, at debug level, why it refused each node.
+_PARTITIONER_LOGGERS = {"xnnpack": "executorch.backends.xnnpack.partition"}
+NO_PARTITIONER_SUPPORT = "the partitioner has no support for this op"
+
+
+@contextlib.contextmanager
+def partitioner_refusals(backend: str):
+    """Collect {op type: reason} from the partitioner's refusals while lowering, without printing them."""
+    import logging
+    import re
+
+    reasons: dict[str, str] = {}
+    name = _PARTITIONER_LOGGERS.get(backend)
+    if name is None:
+        yield reasons
+        return
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            why = record.msg  # a WhyNoPartition, reused for the next node: read it now
+            node = getattr(why, "node", None)
+            if node is not None:
+                reasons.setdefault(re.sub(r"_\d+$", "", node.name), str(why.reason))
+
+    logger, handler = logging.getLogger(name), Collect(logging.DEBUG)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        yield reasons
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def delegation_report(edge_program, backend: str, reasons: dict[str, str] | None = None) -> Delegation:
     from executorch.devtools.backend_debug import get_delegation_info
 
     info = get_delegation_info(edge_program.exported_program().graph_module)
     # getitem only unpacks a delegate's outputs; it is not counted when left outside.
     fallback = {name: row.non_delegated for name, row in info.delegation_by_operator.items() if name != "getitem"}
     ops = {name: row.delegated + fallback.get(name, 0) for name, row in info.delegation_by_operator.items()}
-    return delegation_from_ops(backend, ops, fallback, subgraphs=info.num_delegated_subgraphs)
+    report = delegation_from_ops(backend, ops, fallback, subgraphs=info.num_delegated_subgraphs)
+    if reasons is not None:
+        report.fallback_reasons = {op: reasons.get(op, NO_PARTITIONER_SUPPORT) for op in report.fallback_ops}
+    return report
 
 
 @dataclass(frozen=True)
@@ -130,13 +188,14 @@ class ExecutorchExporter:
     backends = tuple(PROVIDERS)
     quantizations = tuple(dict.fromkeys(q for provider in PROVIDERS.values() for q in provider.quantizations))
     packages = ("executorch", "torchao", "coremltools")
+    separate_weights = True  # can write the weights to a file beside the model
 
     def unavailable_reason(self) -> str | None:
         return missing_packages(("executorch",), "executorch")
 
     def export(self, component: Component, folder: Path, options: ExportOptions) -> ExportedModel:
         import torch
-        from executorch.exir import to_edge_transform_and_lower
+        from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
 
         provider = PROVIDERS[options.backend or self.backends[0]]
         if options.quantize not in provider.quantizations:
@@ -149,6 +208,12 @@ class ExecutorchExporter:
         # A QAT student lowers its own learned scales; anything else is calibrated here.
         learned = learned_int8_module(component) if options.quantize == "int8" else None
         module = component.module if learned is None else learned
+        if options.load.dtype == "float16" and provider.float_precision == "float16":
+            # The Core ML delegate computes in float16 from a float32 graph; coremltools refuses
+            # float16 graphs (layer_norm's epsilon stays float32).
+            from edgegen.families.base import in_float32
+
+            module = in_float32(module)
         if provider.rewrites and learned is None:
             # Exact rewrites (decomposed norms, concat upsampling, ...) so that the whole graph
             # is one XNNPACK subgraph; on a copy, since the module is shared with the pipeline.
@@ -156,6 +221,7 @@ class ExecutorchExporter:
 
             module = copy.deepcopy(module)
             rewrites = make_delegable(module)
+        separate = wants_separate_weights(component, options)
         with torch.no_grad():
             program = torch.export.export(module, args, strict=False)
             if learned is not None:
@@ -168,10 +234,21 @@ class ExecutorchExporter:
                     scheme="int8", details={**CALIBRATED_INT8, "calibration_sets": len(component.calibration)}
                 )
                 min_psnr = MIN_PSNR_DB_INT8
-            edge = to_edge_transform_and_lower(program, partitioner=provider.partitioners())
-        delegation = delegation_report(edge, provider.name)
+            if separate:
+                program = _weights_tagged_external(program, args)
+            rewrites += explicit_type_promotion(program)
+            with partitioner_refusals(provider.name) as reasons:
+                edge = to_edge_transform_and_lower(program, partitioner=provider.partitioners())
+        delegation = delegation_report(edge, provider.name, reasons if provider.name in _PARTITIONER_LOGGERS else None)
         path = folder / MODEL_FILE
-        path.write_bytes(edge.to_executorch().buffer)
+        config = ExecutorchBackendConfig(external_constants=(lambda node: WEIGHTS_TAG) if separate else False)
+        executable = edge.to_executorch(config)
+        with path.open("wb") as handle:  # streamed: no second copy of the program in memory
+            executable.write_to_file(handle)
+        weight_files = []
+        if separate:
+            executable.write_tensor_data_to_file(str(folder))
+            weight_files = [WEIGHTS_FILE]
         inputs, outputs = pte_io_specs(
             path, [s.name for s in component.inputs], [s.name for s in component.outputs]
         )
@@ -180,6 +257,7 @@ class ExecutorchExporter:
         return ExportedModel(
             model_file=MODEL_FILE, inputs=inputs, outputs=outputs, delegation=delegation, backend=provider.name,
             quantization=quantization, graph_rewrites=rewrites, min_psnr_db=min_psnr, coreml=provider.coreml,
+            weight_files=weight_files,
         )
 
 

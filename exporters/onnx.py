@@ -5,8 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgegen.exporting.base import ExportedModel, ExportOptions, count_ops, delegation_from_ops, min_psnr_db, missing_packages
+from edgegen.exporting.base import (
+    ExportedModel,
+    ExportOptions,
+    count_ops,
+    delegation_from_ops,
+    min_psnr_db,
+    missing_packages,
+    wants_separate_weights,
+)
 from edgegen.exporting.quantize import drop_zero_baddbmm_inputs, learned_int8_module, learned_scales_quantization
+from edgegen.exporting.rewrites import explicit_type_promotion
 from edgegen.schema.manifest import Quantization, TensorSpec
 
 if TYPE_CHECKING:
@@ -167,6 +176,7 @@ class OnnxExporter:
     backends: tuple[str, ...] = ()
     quantizations = ("none", "int8", "int8-dynamic")
     packages = ("onnx", "onnxscript", "onnxruntime")
+    separate_weights = True  # can write the weights to a file beside the model
 
     def unavailable_reason(self) -> str | None:
         return missing_packages(("onnx", "onnxscript"), "onnx")
@@ -179,7 +189,13 @@ class OnnxExporter:
         # dequantize ops as QuantizeLinear/DequantizeLinear with the learned scales (QDQ format).
         learned = learned_int8_module(component) if options.quantize == "int8" else None
         module = component.module if learned is None else drop_zero_baddbmm_inputs(learned)
+        promotions = []
         with torch.no_grad():
+            if options.load.dtype != "float32":
+                # torch.onnx writes torch's implicit float16/float32 promotion as ops of mixed
+                # types, which onnxruntime refuses; the promotions are made explicit first.
+                module = torch.export.export(module, component.example_args(), strict=False)
+                promotions = explicit_type_promotion(module)
             program = torch.onnx.export(
                 module,
                 component.example_args(),
@@ -189,12 +205,14 @@ class OnnxExporter:
                 output_names=[spec.name for spec in component.outputs],
                 verbose=False,
             )
-        rewrites = drop_noop_squeezes(program)
+        rewrites = promotions + drop_noop_squeezes(program)
         quantization = Quantization()
+        # None: torch.onnx writes external data only where the protobuf would pass 2 GiB.
+        external = True if wants_separate_weights(component, options) else None
         if options.quantize == "none":
-            program.save(str(path))
+            program.save(str(path), external_data=external)
         elif learned is not None:
-            program.save(str(path))
+            program.save(str(path), external_data=external)
             _strip_node_metadata(path)
             quantization = learned_scales_quantization(format="QDQ")
         else:
@@ -205,9 +223,10 @@ class OnnxExporter:
         inputs, outputs = onnx_io_specs(path)
         # onnxruntime's CPU provider takes every standard op; there is no partial delegation.
         delegation = delegation_from_ops("onnxruntime-cpu", onnx_op_counts(path))
+        weight_files = [name for name in (MODEL_FILE + ".data",) if (folder / name).is_file()]
         return ExportedModel(
             model_file=MODEL_FILE, inputs=inputs, outputs=outputs, delegation=delegation, quantization=quantization,
-            min_psnr_db=min_psnr_db(options.quantize), graph_rewrites=rewrites,
+            min_psnr_db=min_psnr_db(options.quantize), graph_rewrites=rewrites, weight_files=weight_files,
         )
 
 

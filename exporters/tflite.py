@@ -14,11 +14,14 @@ libraries on the device and are listed as fallbacks.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgegen.exporting.base import ExportedModel, ExportOptions, count_ops, delegation_from_ops, min_psnr_db, missing_packages
 from edgegen.exporting.quantize import learned_scales_not_lowered, quantize_static
+from edgegen.families.base import in_float32
 from edgegen.schema.manifest import Delegation, Quantization, TensorSpec
 
 if TYPE_CHECKING:
@@ -88,7 +91,7 @@ def tflite_io_specs(path: Path, component: Component) -> tuple[list[TensorSpec],
     )
 
 
-def _named_io(component: Component):
+def _named_io(component: Component, module=None):
     """Wrap the module so the converted signature carries the declared input and output names."""
     import torch
 
@@ -105,7 +108,7 @@ def _named_io(component: Component):
             results = result if isinstance(result, tuple) else (result,)
             return dict(zip(output_names, results, strict=True))
 
-    return NamedIO(component.module).eval()
+    return NamedIO(component.module if module is None else module).eval()
 
 
 def _float_boundary_quantizer(ops: tuple[str, ...]):
@@ -215,11 +218,19 @@ QUANTIZATION_DETAILS = {
 }
 
 
+FLOAT16_DETAILS = {
+    "tool": "litert-torch full_fp16_recipe (ai-edge-quantizer)",
+    "weights": "float16",
+    "activations": "float16 on the GPU delegate, float32 on the CPU",
+}
+
+
 class TfliteExporter:
     name = "tflite"
     backends: tuple[str, ...] = ()
     quantizations = ("none", "int8", "int8-dynamic", "int8-weights")
     packages = ("litert-torch", "ai-edge-litert")
+    separate_weights = False  # the weights are inside the model file (Core ML: inside its package)
 
     def unavailable_reason(self) -> str | None:
         return missing_packages(self.packages, "tflite")
@@ -228,9 +239,17 @@ class TfliteExporter:
         import litert_torch
         import torch
 
-        module = _named_io(component)
+        float16 = options.load.dtype == "float16"
+        # LiteRT converts float32 graphs; its float16 recipe stores the weights in float16, which
+        # the GPU delegate computes in and the CPU widens to float32 once, at load.
+        module = _named_io(component, in_float32(component.module) if float16 else None)
         kwargs = {spec.name: component.reference_inputs[spec.name] for spec in component.inputs}
         quantization, quant_config = Quantization(), None
+        if float16:
+            from litert_torch.generative.quantize import quant_recipes
+
+            quant_config = quant_recipes.full_fp16_recipe()
+            quantization = Quantization(scheme="none", details=FLOAT16_DETAILS)
         if options.quantize == "int8":
             module, quant_config = _static_int8(module, kwargs, component)
         elif options.quantize != "none":
@@ -247,7 +266,9 @@ class TfliteExporter:
                     details.update(learned_scales_not_lowered("LiteRT needs one scale across concatenation inputs"))
             quantization = Quantization(scheme=options.quantize, details=details)
         path = folder / MODEL_FILE
-        with torch.no_grad():
+        # ai-edge-quantizer prints a size and timing report to stdout, which is the CLI's (--json),
+        # and progress bars it takes no switch for to stderr.
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             litert_torch.convert(module, (), sample_kwargs=kwargs, quant_config=quant_config).export(str(path))
         inputs, outputs = tflite_io_specs(path, component)
         return ExportedModel(

@@ -20,7 +20,10 @@ class ExecutorchBackend:
     def __init__(self, artifact: Artifact):
         from executorch.runtime import Runtime
 
-        self.method = Runtime.get().load_program(artifact.model_path).load_method("forward")
+        # A program exported with separate weight data loads it from the .ptd beside it.
+        data = [artifact.folder / name for name in artifact.manifest.weight_files if name.endswith(".ptd")]
+        program = Runtime.get().load_program(artifact.model_path, data_path=data[0] if data else None)
+        self.method = program.load_method("forward")
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         import torch

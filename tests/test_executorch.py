@@ -29,6 +29,28 @@ def test_delegation_report_names_what_fell_back(exported):
     delegation = exported("text_encoder", "executorch").manifest.delegation
     assert 0 < delegation.delegated_nodes < delegation.total_nodes
     assert sum(delegation.fallback_ops.values()) == delegation.total_nodes - delegation.delegated_nodes
+    # ... and why each fell off: the partitioner's own reason, or that it has no support at all.
+    assert set(delegation.fallback_reasons) == set(delegation.fallback_ops)
+    assert all(reason for reason in delegation.fallback_reasons.values())
+
+
+def test_the_partitioners_reasons_are_collected_without_printing(caplog):
+    import logging
+
+    from edgegen.exporters.executorch import partitioner_refusals
+
+    logger = logging.getLogger("executorch.backends.xnnpack.partition.config.node_configs")
+
+    class Node:
+        name = "aten_mean_dim_3"
+
+    from executorch.exir.backend.utils import WhyNoPartition
+
+    with caplog.at_level(logging.DEBUG), partitioner_refusals("xnnpack") as reasons:
+        WhyNoPartition(logger=logger)(Node(), reason="mean.dim only supports averaging 4D tensors")
+    assert reasons == {"aten_mean_dim": "mean.dim only supports averaging 4D tensors"}
+    assert not [r for r in caplog.records if r.name.startswith("executorch.backends.xnnpack")]
+    assert logging.getLogger("executorch.backends.xnnpack.partition").propagate  # restored
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +84,23 @@ def test_coreml_backend_refuses_int8(pipeline, pipeline_dir, tmp_path):
     with pytest.raises(EdgegenError, match="--target coreml"):
         export_component(pipeline, pipeline_dir, "vae_decoder", "executorch", tmp_path, ExportOptions(backend="coreml", quantize="int8"))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("family", "component"), [("stable_diffusion_3", "text_encoder_3"), ("sana", "text_encoder")])
+def test_int8_text_encoders_with_integer_position_arithmetic(tmp_path, family, component):
+    """T5 (SD3) and Gemma-2 (Sana) compute positions in integers; their int8 export used to fail
+    with "Tensor dtype mismatch! Expected: Long, Got: float"."""
+    import importlib
+
+    from typer.testing import CliRunner
+
+    from edgegen.artifact import load_artifact
+    from edgegen.cli import app
+    from edgegen.exporting.base import MIN_PSNR_DB_INT8
+
+    folder = importlib.import_module(f"tests.dummy_pipelines.{family}").build(tmp_path / "pipeline")
+    result = CliRunner().invoke(app, ["export", str(folder), "-o", str(tmp_path / "out"), "--target", "executorch", "--quantize", "int8", "--component", component])
+    assert result.exit_code == 0, result.output
+    manifest = load_artifact(tmp_path / "out" / f"{component}-executorch-xnnpack-int8").manifest
+    assert manifest.quantization.scheme == "int8"
+    assert manifest.parity.measured and manifest.parity.psnr_db >= MIN_PSNR_DB_INT8

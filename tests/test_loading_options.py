@@ -149,7 +149,7 @@ def test_a_variant_folder_loads_with_variant_and_says_so_without(tmp_path, fp16_
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_a_version_1_manifest_still_loads(tmp_path, sd_dir):
+def test_version_1_and_2_manifests_still_load(tmp_path, sd_dir):
     from edgegen.artifact import load_artifact
     from edgegen.schema.manifest import MANIFEST_FILENAME
 
@@ -157,7 +157,8 @@ def test_a_version_1_manifest_still_loads(tmp_path, sd_dir):
     path = tmp_path / "text_encoder-onnx" / MANIFEST_FILENAME
     data = json.loads(path.read_text())
     data["schema_version"] = 1
-    del data["source"]["variant"], data["source"]["adapters"]
+    del data["source"]["variant"], data["source"]["adapters"], data["source"]["dtype"]
     path.write_text(json.dumps(data))
     manifest = load_artifact(tmp_path / "text_encoder-onnx").manifest
-    assert manifest.schema_version == 2 and manifest.source.adapters == [] and manifest.source.variant is None
+    assert manifest.schema_version == 3 and manifest.source.adapters == [] and manifest.source.variant is None
+    assert manifest.source.dtype == "float32"

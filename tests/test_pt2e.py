@@ -60,3 +60,33 @@ def test_a_corrupt_qat_state_is_named_in_one_line(pipeline, tmp_path):
     with pytest.raises(EdgegenError, match=r"cannot read the QAT state .*unet/qat.safetensors") as caught:
         fake_quant_module(component)
     assert "\n" not in str(caught.value)
+
+
+def test_integer_arithmetic_stays_integer_through_int8_calibration():
+    """The XNNPACK quantizer turns a scalar operand into a float32 constant and annotates by op
+    type; integer position ids (``arange + offset``, Gemma-2's) must come out integer."""
+    from edgegen.exporting.quantize import quantize_static, xnnpack_quantizer
+
+    class PositionsAndFeatures(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(8, 8)
+            self.table = torch.nn.Embedding(16, 8)
+
+        def forward(self, x):
+            positions = (torch.arange(4) + 3) * 2  # integer add/mul with scalars
+            return self.linear(x) + self.table(positions)
+
+    torch.manual_seed(0)
+    module = PositionsAndFeatures().eval()
+    x = torch.randn(1, 4, 8)
+    program = torch.export.export(module, (x,), strict=False)
+    batches = [{"x": torch.randn(1, 4, 8)} for _ in range(4)]
+    quantized = quantize_static(program.module(), xnnpack_quantizer(), batches, ["x"])
+    integer_nodes = [n for n in quantized.graph.nodes if n.op == "call_function" and "val" in n.meta
+                     and isinstance(n.meta["val"], torch.Tensor) and not n.meta["val"].dtype.is_floating_point]
+    assert {str(n.target) for n in integer_nodes} >= {"aten.add.Scalar", "aten.mul.Scalar"}
+    with torch.no_grad():
+        expected, got = module(x), quantized(x)
+    # int8 error only: the positions (and so the embedding rows) are exact.
+    assert (got - expected).abs().max() < 0.1 * expected.abs().max()

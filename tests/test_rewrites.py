@@ -73,6 +73,34 @@ def test_layer_norm_matches(make):
     assert_weights_load(original, changed)
 
 
+@pytest.mark.parametrize("name", ["T5LayerNorm", "Gemma2RMSNorm"])
+def test_text_encoder_rms_norms_match_and_lower_whole(name):
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from transformers.models.gemma2.modeling_gemma2 import Gemma2RMSNorm
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    base = {"T5LayerNorm": T5LayerNorm, "Gemma2RMSNorm": Gemma2RMSNorm}[name]
+    original = torch.nn.Sequential(randomized(base(32, eps=1e-6)))
+    changed, changes = rewritten(original, rewrites.decompose_text_encoder_rms_norms)
+    assert changes == [f"{name} x1 -> decomposed {name} (reshape, mul, mean, rsqrt, scale)"]
+    x = 2.0 * torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(3)) - 0.5
+    assert_same(original, changed, x)
+    assert_weights_load(original, changed)
+    # The point of it: the whole norm is one XNNPACK subgraph (the original's 3-D mean is refused).
+    with torch.no_grad():
+        edge = to_edge_transform_and_lower(torch.export.export(changed, (x,)), partitioner=[XnnpackPartitioner()])
+    calls = [n for n in edge.exported_program().graph.nodes if n.op == "call_function"]
+    assert [str(n.target) for n in calls if "getitem" not in str(n.target)] == ["executorch_call_delegate"]
+
+
+def test_a_float16_text_encoder_norm_is_left_alone():
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    original = torch.nn.Sequential(T5LayerNorm(32).half())
+    assert rewrites.decompose_text_encoder_rms_norms(copy.deepcopy(original)) == []
+
+
 @pytest.mark.parametrize("use_conv", [True, False])
 def test_upsample_matches_nearest_interpolation(use_conv):
     from diffusers.models.upsampling import Upsample2D

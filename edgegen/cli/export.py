@@ -22,7 +22,10 @@ def export_command(
     batch_size: Annotated[int, typer.Option(help=f"Static batch size of the exported components (1..{MAX_BATCH_SIZE}: shapes are static and memory grows with the batch).", min=1, max=MAX_BATCH_SIZE)] = 1,
     lora: Annotated[list[Path] | None, typer.Option(help="A LoRA adapter (.safetensors) to fuse before export (repeatable).")] = None,
     lora_scale: Annotated[list[float] | None, typer.Option(help="Scale of each --lora, in order (default 1.0 each).")] = None,
-    variant: Annotated[str | None, typer.Option(help="Weight variant to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors); exported in float32.")] = None,
+    variant: Annotated[str | None, typer.Option(help="Weight variant to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).")] = None,
+    dtype: Annotated[str, typer.Option(help="Load the weights as float32 or float16 (diffusers' torch_dtype); float16 halves the export's memory and the artifact computes in float16.")] = "float32",
+    separate_weights: Annotated[bool | None, typer.Option("--separate-weights/--embedded-weights", help="Weights in a file beside the model (ExecuTorch .ptd, ONNX external data); default: only above 1 GiB of weights.", show_default=False)] = None,
+    memory_check: Annotated[bool, typer.Option("--memory-check/--no-memory-check", help="Refuse an export whose estimated peak memory exceeds what is available.")] = True,
     force: Annotated[bool, typer.Option(help="Replace existing artifact folders.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the manifests as JSON.")] = False,
 ) -> None:
@@ -32,8 +35,11 @@ def export_command(
     from edgegen.families.adapters import lora_requests
     from edgegen.families.loading import LoadOptions
 
-    load = LoadOptions(variant=variant, loras=lora_requests(lora, lora_scale))
-    options = ExportOptions(backend=backend, quantize=quantize, min_psnr_db=min_psnr, batch_size=batch_size, load=load)
+    load = LoadOptions(variant=variant, loras=lora_requests(lora, lora_scale), dtype=dtype)
+    options = ExportOptions(
+        backend=backend, quantize=quantize, min_psnr_db=min_psnr, batch_size=batch_size, load=load, check_memory=memory_check,
+        separate_weights=separate_weights,
+    )
     with console.status(f"exporting to {target}..."):
         artifacts = export_pipeline(pipeline_dir, target, output, component, options, force)
     if json_output:

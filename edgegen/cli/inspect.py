@@ -25,6 +25,10 @@ def inspect_command(
         return
     backend = f" ({manifest.backend})" if manifest.backend else ""
     console.print(f"[bold]{manifest.component}[/] for {manifest.target}{backend}, {fmt_kb(artifact.size_bytes)} KiB, quantization {manifest.quantization.scheme}")
+    if manifest.source.dtype != "float32":
+        console.print(f"loaded and computed in {manifest.source.dtype}")
+    if manifest.weight_files:
+        console.print(f"weights beside the model in {', '.join(manifest.weight_files)}")
     io = Table("", "name", "shape", "dtype", "eager dtype", title="inputs and outputs as converted")
     eager = {s.name: s.dtype for s in manifest.eager_inputs + manifest.eager_outputs}
     for kind, specs in (("in", manifest.inputs), ("out", manifest.outputs)):
@@ -46,7 +50,7 @@ def inspect_command(
             f"({delegation.delegated_fraction:.0%}) in {delegation.delegate_subgraphs} delegate subgraph(s)"
         )
         if delegation.fallback_ops:
-            fallback = Table("op left outside the delegate", "nodes")
+            fallback = Table("op left outside the delegate", "nodes", "why (the partitioner's words)")
             for op, count in delegation.fallback_ops.items():
-                fallback.add_row(op, str(count))
+                fallback.add_row(op, str(count), delegation.fallback_reasons.get(op, "not recorded"))
             console.print(fallback)

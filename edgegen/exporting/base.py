@@ -36,6 +36,21 @@ class ExportOptions:
     min_psnr_db: float | None = None
     batch_size: int = 1
     load: LoadOptions = field(default_factory=LoadOptions)  # how the pipeline folder is loaded
+    check_memory: bool = True  # refuse an export whose estimated peak exceeds the memory available
+    # Weights in a file beside the model (ExecuTorch .ptd, ONNX external data); None: only where
+    # the weights exceed SEPARATE_WEIGHTS_BYTES.
+    separate_weights: bool | None = None
+
+
+# Above this, weights go to a file of their own: the app can map it, ship it apart from the
+# program and share it between programs (and ONNX's protobuf cannot hold more than 2 GiB).
+SEPARATE_WEIGHTS_BYTES = 1 << 30
+
+
+def wants_separate_weights(component: Component, options: ExportOptions) -> bool:
+    if options.separate_weights is not None:
+        return options.separate_weights
+    return sum(p.numel() * p.element_size() for p in component.module.parameters()) > SEPARATE_WEIGHTS_BYTES
 
 
 @dataclass
@@ -46,6 +61,7 @@ class ExportedModel:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     quantization: Quantization = field(default_factory=Quantization)
+    weight_files: list[str] = field(default_factory=list)  # beside model_file, loaded with it
     delegation: Delegation | None = None
     backend: str | None = None
     min_psnr_db: float = MIN_PSNR_DB_FLOAT32
@@ -58,6 +74,7 @@ class Exporter(Protocol):
     backends: tuple[str, ...]  # the first is the default; empty if the target has none
     quantizations: tuple[str, ...]
     packages: tuple[str, ...]  # toolchain packages recorded in the manifest
+    separate_weights: bool  # whether it can write the weights to a file beside the model
 
     def unavailable_reason(self) -> str | None: ...
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgegen.artifact import Artifact, atomic_folder, describe_files, load_artifact, staged_folder, write_failure, write_manifest
+from edgegen.exporting.capacity import check_fits
 from edgegen.families import Component, component_spec, family_of
 from edgegen.errors import EdgegenError, first_line
 # What an exporter is and returns (and the parity thresholds) live in edgegen.exporting.base.
@@ -36,7 +37,7 @@ from edgegen.schema.manifest import (
     Source,
 )
 from edgegen.families.adapters import adapter_records
-from edgegen.families.loading import check_load_options, checkpoint_sha256, load_pipeline
+from edgegen.families.loading import check_dtype, check_load_options, checkpoint_sha256, load_pipeline
 from edgegen.versions import edgegen_version, versions_of
 
 
@@ -46,10 +47,21 @@ def artifact_name(component: str, target: str, options: ExportOptions) -> str:
         parts.append(options.backend)
     if options.quantize != "none":
         parts.append(options.quantize)
+    if options.load.dtype != "float32":
+        parts.append(options.load.dtype)
     return "-".join(parts)
 
 
 def check_options(exporter: Exporter, options: ExportOptions) -> ExportOptions:
+    check_dtype(options.load.dtype)
+    if options.load.dtype != "float32" and options.quantize != "none":
+        raise EdgegenError(
+            f"--quantize {options.quantize} starts from float32 weights; drop --dtype {options.load.dtype} "
+            "(a float16 export is a precision of its own)"
+        )
+    if options.separate_weights and not exporter.separate_weights:
+        able = ", ".join(name for name in EXPORTERS.names() if EXPORTERS.get(name).separate_weights)
+        raise EdgegenError(f"target '{exporter.name}' keeps the weights inside its model; --separate-weights applies to {able}")
     if options.quantize not in exporter.quantizations:
         raise EdgegenError(
             f"target '{exporter.name}' does not support --quantize {options.quantize}; "
@@ -169,6 +181,9 @@ def _write_artifact(
     tensors.update({f"output.{k}": v for k, v in expected.items()})
     save_file(tensors, str(folder / REFERENCE_FILENAME))
     min_psnr = options.min_psnr_db if options.min_psnr_db is not None else exported.min_psnr_db
+    if options.min_psnr_db is None and options.load.dtype == "float16":
+        # Reference and artifact both compute in float16, but accumulate in different orders.
+        min_psnr = min(min_psnr, MIN_PSNR_DB_FLOAT16)
     manifest = ArtifactManifest(
         edgegen_version=edgegen_version(),
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -176,6 +191,7 @@ def _write_artifact(
         backend=exported.backend or options.backend,
         component=component_name,
         model_file=exported.model_file,
+        weight_files=exported.weight_files,
         files=describe_files(folder),
         inputs=exported.inputs,
         outputs=exported.outputs,
@@ -188,6 +204,7 @@ def _write_artifact(
             component_class=component.source_class,
             checkpoint_sha256=checkpoint_sha256(pipeline_dir, component.source_subfolder),
             variant=options.load.variant,
+            dtype=options.load.dtype,
             adapters=[Adapter(**asdict(record)) for record in adapter_records(options.load.loras)],
         ),
         toolchain=versions_of(("torch", *exporter.packages)),
@@ -254,6 +271,9 @@ def export_pipeline(
     for destination in destinations.values():
         _check_destination(destination, force)
     check_load_options(Path(pipeline_dir), options.load)
+    if options.check_memory:
+        subfolders = {name: component_spec(family, name).subfolder for name in names}
+        check_fits(Path(pipeline_dir), subfolders, target, options.quantize, options.load.variant, options.load.dtype)
     with contextlib.ExitStack() as stack:
         # The destinations are locked before the pipeline loads: a second export into the same
         # folder is refused at once, not after the load.

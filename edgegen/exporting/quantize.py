@@ -78,7 +78,7 @@ def quantize_static(
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    prepared = prepare_pt2e(zero_uninitialised(graph_module), quantizer)
+    prepared = prepare_pt2e(integer_ops_left_float(zero_uninitialised(graph_module)), quantizer)
     with torch.no_grad():
         for batch in batches:
             if keyword:
@@ -94,7 +94,7 @@ def prepare_fake_quant(module: Any, example_args: tuple) -> Any:
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     program = torch.export.export(module, example_args, strict=False)
-    return prepare_qat_pt2e(zero_uninitialised(program.module()), xnnpack_quantizer(qat=True))
+    return prepare_qat_pt2e(integer_ops_left_float(zero_uninitialised(program.module())), xnnpack_quantizer(qat=True))
 
 
 # Rebuilding costs an export and a prepare: once per component object, which an int8 export
@@ -162,6 +162,39 @@ def learned_scales_quantization(**details: Any) -> Quantization:
 def learned_scales_not_lowered(reason: str) -> dict[str, str]:
     """Quantization details of an int8 export of a QAT component that calibrated instead, and why."""
     return {"qat_scales": f"not lowered: {reason}; recalibrated"}
+
+
+def integer_ops_left_float(graph_module: Any) -> Any:
+    """``graph_module`` with the ops that compute on integer tensors kept out of quantization.
+
+    Two things in the XNNPACK quantizer assume every ``add``/``mul`` is float: it turns a scalar
+    operand into a float32 tensor constant (Gemma-2's integer position ids, ``arange + offset``,
+    then came out float and the rotary embedding's dtype assertion refused them), and it
+    annotates by op type alone. Integer ``add``/``mul`` with a scalar take their ``.Scalar``
+    overload (the same arithmetic, which it leaves alone), and every integer op is marked as
+    annotated already, so that no observer is put on it.
+    """
+    import torch
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    aten = torch.ops.aten
+    scalar_overloads = {aten.add.Tensor: aten.add.Scalar, aten.mul.Tensor: aten.mul.Scalar}
+
+    def integer(value: Any) -> bool:
+        return isinstance(value, torch.Tensor) and not value.dtype.is_floating_point
+
+    changed = False
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function" or not integer(node.meta.get("val")):
+            continue
+        if node.target in scalar_overloads and len(node.args) == 2 and not isinstance(node.args[1], torch.fx.Node):
+            node.target = scalar_overloads[node.target]
+            changed = True
+        if all(integer(arg.meta.get("val")) for arg in node.all_input_nodes if "val" in arg.meta):
+            node.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
+    if changed:
+        graph_module.recompile()
+    return graph_module
 
 
 def zero_uninitialised(graph_module: Any) -> Any:

@@ -7,8 +7,9 @@ its delegate, splitting the graph into many delegate pieces:
 - ``native_group_norm`` / ``native_layer_norm``: rewritten as a 4-D reshape, ``mean`` over the two
   innermost dims with keepdim (the only mean XNNPACK takes), subtract, square by ``mul``,
   ``rsqrt`` and an elementwise affine;
-- ``mean`` over the last dim of diffusers ``RMSNorm`` (SD3.5's query/key norm): the same
-  reshape to 4-D and ``mean`` over the two innermost dims;
+- ``mean`` over the last dim of diffusers ``RMSNorm`` (SD3.5's query/key norm) and of
+  transformers' ``T5LayerNorm`` and ``Gemma2RMSNorm`` (the T5 and Gemma-2 text encoders): the
+  same reshape to 4-D and ``mean`` over the two innermost dims;
 - ``upsample_nearest2d`` (diffusers ``Upsample2D``): rewritten as two ``cat`` + reshape steps. A
   depthwise all-ones ``ConvTranspose2d`` is delegated too but ran ~1.6x slower in XNNPACK;
 - ``arange``/``exp``/``unsqueeze`` of the sinusoidal timestep embedding (diffusers ``Timesteps``):
@@ -26,6 +27,9 @@ place (never ``module`` itself) and returns human-readable descriptions of what 
 Limits: results match the originals within float rounding (the norms' reductions run in another
 order), not bitwise. An instance-level ``forward`` override (an accelerate offload hook) is not
 carried over to the swapped module. Only the stock classes are rewritten, never subclasses.
+
+One pass works on an exported program's graph instead: ``explicit_type_promotion``, for models
+loaded in float16 whose few float32 parts (kept so by transformers) mix with float16 ones.
 """
 
 from __future__ import annotations
@@ -96,6 +100,8 @@ def _classes() -> dict[str, type]:
     from diffusers.models.normalization import RMSNorm
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
     from diffusers.models.upsampling import Upsample2D
+    from transformers.models.gemma2.modeling_gemma2 import Gemma2RMSNorm
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
 
     class DecomposedGroupNorm(torch.nn.GroupNorm):
         """``nn.GroupNorm`` from reshape/mean/sub/mul/rsqrt; same parameters, same state_dict."""
@@ -137,6 +143,26 @@ def _classes() -> dict[str, type]:
                 if self.bias is not None:
                     y = y + self.bias
             return y
+
+    class DecomposedT5LayerNorm(T5LayerNorm):
+        """transformers' ``T5LayerNorm`` (T5's RMS norm: PixArt, SD3, Flux) over a 4-D view; same
+        parameters, same state_dict."""
+
+        def forward(self, hidden_states):
+            shape = hidden_states.shape
+            view = hidden_states.reshape(1, -1, 1, shape[-1])
+            variance = (view * view).mean(dim=(2, 3), keepdim=True)
+            return self.weight * (view * (variance + self.variance_epsilon).rsqrt()).reshape(shape)
+
+    class DecomposedGemma2RMSNorm(Gemma2RMSNorm):
+        """transformers' ``Gemma2RMSNorm`` (Sana's text encoder) over a 4-D view, scaling by
+        ``1 + weight``; same parameters, same state_dict."""
+
+        def forward(self, x):
+            shape = x.shape
+            view = x.reshape(1, -1, 1, shape[-1])
+            variance = (view * view).mean(dim=(2, 3), keepdim=True)
+            return (view * (variance + self.eps).rsqrt()).reshape(shape) * (1.0 + self.weight)
 
     class NearestUpsample2x(torch.nn.Module):
         """Nearest 2x upsampling of NCHW as two concatenations of a tensor with itself.
@@ -211,6 +237,8 @@ def _classes() -> dict[str, type]:
         "GroupNorm": DecomposedGroupNorm,
         "LayerNorm": DecomposedLayerNorm,
         "RMSNorm": DecomposedRMSNorm,
+        "T5LayerNorm": DecomposedT5LayerNorm,
+        "Gemma2RMSNorm": DecomposedGemma2RMSNorm,
         "NearestUpsample2x": NearestUpsample2x,
         "Upsample2D": DelegableUpsample2D,
         "Timesteps": PrecomputedTimesteps,
@@ -256,6 +284,26 @@ def decompose_rms_norms(module: Any) -> list[str]:
         return _adopt(cls, child) if float32 else None
 
     return _describe(_swap(module, convert), "decomposed RMSNorm (reshape, mul, mean, rsqrt, affine)")
+
+
+def decompose_text_encoder_rms_norms(module: Any) -> list[str]:
+    """Replace every float32 ``T5LayerNorm`` and ``Gemma2RMSNorm`` below ``module`` by one whose
+    mean XNNPACK takes (over the last dim of a 3-D tensor it is refused)."""
+    import torch
+    from transformers.models.gemma2.modeling_gemma2 import Gemma2RMSNorm
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    changes = []
+    for name, base in (("T5LayerNorm", T5LayerNorm), ("Gemma2RMSNorm", Gemma2RMSNorm)):
+        cls = _classes()[name]
+
+        def convert(child, base=base, cls=cls):
+            if not _exactly(child, base, cls) or child.weight.dtype != torch.float32:
+                return None  # half-precision norms cast in between; those stay as transformers computes them
+            return _adopt(cls, child)
+
+        changes += _describe(_swap(module, convert), f"decomposed {name} (reshape, mul, mean, rsqrt, scale)")
+    return changes
 
 
 def concat_nearest_upsampling(module: Any) -> list[str]:
@@ -343,6 +391,7 @@ REWRITES = (
     decompose_group_norms,
     decompose_layer_norms,
     decompose_rms_norms,
+    decompose_text_encoder_rms_norms,
     concat_nearest_upsampling,
     precompute_timestep_frequencies,
     slice_geglu,
@@ -357,3 +406,55 @@ def make_delegable(module: Any) -> list[str]:
     for rewrite in REWRITES:
         changes.extend(rewrite(module))
     return changes
+
+
+def explicit_type_promotion(program: Any) -> list[str]:
+    """Cast, in an exported program's graph, every float input of an op that mixes float dtypes
+    to the dtype the op returns; in place, and recorded like the module rewrites.
+
+    torch promotes mixed float dtypes implicitly (SDXL concatenates float16 text embeddings with
+    float32 time embeddings; T5 adds its float16 residual to the output of the ``wo`` layer that
+    transformers keeps in float32), but ExecuTorch's edge dialect and ONNX need one dtype across
+    such an op's inputs. The casts are exactly the promotion torch performs.
+    """
+    import torch
+
+    graph = program.graph_module.graph
+    casts = 0
+    for node in list(graph.nodes):
+        result = node.meta.get("val")
+        if node.op != "call_function" or not isinstance(result, torch.Tensor) or not result.dtype.is_floating_point:
+            continue
+
+        def tensors(value):
+            return [value] if isinstance(value, torch.fx.Node) else [v for v in value if isinstance(v, torch.fx.Node)] if isinstance(value, (list, tuple)) else []
+
+        mixed = {
+            arg.meta["val"].dtype
+            for value in (*node.args, *node.kwargs.values())
+            for arg in tensors(value)
+            if isinstance(arg.meta.get("val"), torch.Tensor) and arg.meta["val"].dtype.is_floating_point
+        }
+        if len(mixed) < 2:
+            continue
+
+        def cast(value):
+            nonlocal casts
+            if isinstance(value, (list, tuple)):
+                return type(value)(cast(v) for v in value)
+            if not isinstance(value, torch.fx.Node):
+                return value
+            found = value.meta.get("val")
+            if not isinstance(found, torch.Tensor) or not found.dtype.is_floating_point or found.dtype == result.dtype:
+                return value
+            with graph.inserting_before(node):
+                converted = graph.call_function(torch.ops.aten._to_copy.default, (value,), {"dtype": result.dtype})
+            converted.meta["val"] = found.to(result.dtype)
+            casts += 1
+            return converted
+
+        node.args = cast(node.args)
+        node.kwargs = {key: cast(value) for key, value in node.kwargs.items()}
+    if casts:
+        program.graph_module.recompile()
+    return [f"implicit float type promotion made explicit: x{casts} cast"] if casts else []

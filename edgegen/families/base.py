@@ -10,6 +10,8 @@ the denoiser, and which subfolders fingerprint a checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -144,9 +146,20 @@ def require(pipeline: Any, attribute: str, component: str) -> Any:
 def traced_component(
     name: str, module: Any, inputs: dict[str, Any], output_names: list[str], spec: ComponentSpec, source: Any, rewrites: list[str]
 ) -> Component:
-    """``module`` as a Component on its reference ``inputs``; one eager run names and shapes its outputs."""
+    """``module`` as a Component on its reference ``inputs``; one eager run names and shapes its outputs.
+
+    A module loaded in float16 (``--dtype float16``) computes in float16 behind float32 inputs
+    and outputs, so every artifact, runner and reference file keeps one float32 interface.
+    """
     import torch
 
+    dtype = weights_dtype(module)
+    if dtype != torch.float32:
+        module = float32_io(module, dtype)
+        # Reference inputs made by the pipeline's own float16 sub-models (a denoiser's text
+        # embeddings) are float16 too; the artifact takes float32.
+        inputs = {key: value.float() if value.is_floating_point() else value for key, value in inputs.items()}
+        rewrites = [*rewrites, f"float32 inputs and outputs around a {str(dtype).removeprefix('torch.')} model"]
     component = Component(
         name=name,
         module=module,
@@ -162,6 +175,78 @@ def traced_component(
     results = result if isinstance(result, tuple) else (result,)
     component.outputs = [tensor_spec(n, t) for n, t in zip(output_names, results, strict=True)]
     return component
+
+
+def weights_dtype(module: Any) -> Any:
+    """The dtype of ``module``'s first floating-point parameter (float32 for one without any)."""
+    import torch
+
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+
+
+def float32_io(module: Any, dtype: Any) -> Any:
+    """``module`` (holding ``dtype`` weights) behind float32 inputs and outputs.
+
+    Exported (``torch.export``), it computes in its weights' dtype: the graph a float16 artifact
+    holds. Run eagerly, it computes in float32 on those same weights, upcast for the call: CPUs
+    without float16 arithmetic run torch's float16 kernels 50-300x slower (measured here: a
+    1024x1024 matmul 54x, a 3x3 convolution 300x), and this is the float16 model's function
+    without its activations' rounding, which the parity gate then measures. The wrapper's
+    ``forward`` keeps the wrapped module's signature: exporters name the graph's inputs from it
+    and the export checks it against the declared inputs.
+    """
+    import inspect
+
+    import torch
+
+    class Float32IO(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = module
+
+        def forward(self, *args):
+            if torch.compiler.is_exporting():
+                return self._run(args)
+            with computing_in_float32(self.inner):
+                return self._run(args)
+
+        def _run(self, args):
+            compute = weights_dtype(self.inner)
+            cast = [arg.to(compute) if arg.is_floating_point() else arg for arg in args]
+            result = self.inner(*cast)
+            if isinstance(result, tuple):
+                return tuple(tensor.to(torch.float32) for tensor in result)
+            return result.to(torch.float32)
+
+    Float32IO.forward.__signature__ = inspect.signature(Float32IO.forward).replace(
+        parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *inspect.signature(module.forward).parameters.values()]
+    )
+    return Float32IO().eval()
+
+
+@contextlib.contextmanager
+def computing_in_float32(module: Any):
+    """Every floating-point parameter and buffer of ``module`` in float32 inside the block, and
+    back to its own dtype after (float16 -> float32 -> float16 is exact)."""
+    import torch
+
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point() and t.dtype != torch.float32]
+    dtypes = [t.dtype for t in tensors]
+    for tensor in tensors:
+        tensor.data = tensor.data.float()
+    try:
+        yield module
+    finally:
+        for tensor, dtype in zip(tensors, dtypes, strict=True):
+            tensor.data = tensor.data.to(dtype)
+
+
+def in_float32(module: Any) -> Any:
+    """A float32 copy of a module loaded in float16, for converters that take float32 graphs and
+    store or compute them in float16 themselves (LiteRT's float16 weights, Core ML's precision)."""
+    import copy
+
+    return copy.deepcopy(module).float()
 
 
 def component_names(family: Family) -> tuple[str, ...]:

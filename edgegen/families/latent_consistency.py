@@ -52,7 +52,8 @@ def _denoiser_wrapper():
             self.embedding_dim = int(unet.config.time_cond_proj_dim)
 
         def forward(self, sample, timestep, encoder_hidden_states, guidance_scale):
-            timestep_cond = guidance_embedding(guidance_scale, self.embedding_dim)
+            # In the latents' dtype, as LatentConsistencyModelPipeline casts it (float16 models).
+            timestep_cond = guidance_embedding(guidance_scale, self.embedding_dim).to(sample.dtype)
             return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False)[0]
 
     return Denoiser

@@ -100,8 +100,19 @@ def check_no_pickle_weights(pipeline_dir: Path) -> None:
 class LoadOptions:
     """How a teacher folder is loaded, as diffusers offers it: a weight variant and LoRA adapters."""
 
-    variant: str | None = None  # "fp16": diffusion_pytorch_model.fp16.safetensors, upcast to float32
+    variant: str | None = None  # "fp16": diffusion_pytorch_model.fp16.safetensors
     loras: tuple[LoraRequest, ...] = ()
+    # The dtype the weights are loaded and computed in (diffusers' torch_dtype): float16 halves
+    # the memory an export of a large model needs, and the artifact computes in float16.
+    dtype: str = "float32"
+
+
+LOAD_DTYPES = ("float32", "float16")
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype not in LOAD_DTYPES:
+        raise EdgegenError(f"--dtype {dtype}: edgegen loads weights as {' or '.join(LOAD_DTYPES)}")
 
 
 # <weights>.<variant>.safetensors, or a shard of it: <weights>.<variant>-00001-of-00002.safetensors
@@ -119,6 +130,16 @@ def weight_variants(pipeline_dir: Path) -> tuple[set[str], bool]:
         elif _PLAIN_FILE.match(path.name):
             plain = True
     return variants, plain
+
+
+def variant_weight_files(folder: Path, variant: str | None) -> list[Path]:
+    """The .safetensors files diffusers reads from one component folder for ``variant`` (None: the plain ones)."""
+    files = []
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        match = _VARIANT_FILE.match(path.name)
+        if (match and match.group(1) == variant) or (variant is None and _PLAIN_FILE.match(path.name)):
+            files.append(path)
+    return files
 
 
 def check_variant(pipeline_dir: Path, variant: str | None) -> None:
@@ -142,12 +163,13 @@ def check_load_options(pipeline_dir: Path, options: LoadOptions) -> None:
 
     check_no_pickle_weights(pipeline_dir)
     check_variant(pipeline_dir, options.variant)
+    check_dtype(options.dtype)
     for request in options.loras:
         check_adapter_file(request.path)
 
 
 def load_pipeline(pipeline_dir: Path, options: LoadOptions = LoadOptions()) -> Any:
-    """``DiffusionPipeline.from_pretrained`` on a local folder, in float32 on the CPU.
+    """``DiffusionPipeline.from_pretrained`` on a local folder, on the CPU, in ``options.dtype``.
 
     An unsupported pipeline class, a component class its library lacks, pickled weights (unless
     EDGEGEN_ALLOW_PICKLE=1), a variant the folder lacks and an unreadable LoRA adapter are refused
@@ -171,7 +193,7 @@ def load_pipeline(pipeline_dir: Path, options: LoadOptions = LoadOptions()) -> A
     left_out = {name: None for name, entry in index.items() if not name.startswith("_") and entry == [None, None]}
     try:
         pipeline = DiffusionPipeline.from_pretrained(
-            str(pipeline_dir), local_files_only=True, dtype=torch.float32,
+            str(pipeline_dir), local_files_only=True, dtype=getattr(torch, options.dtype),
             use_safetensors=None if allow_pickle else True,  # None: safetensors first, then the pickle
             variant=options.variant,
             **left_out,

@@ -37,10 +37,11 @@ def validate_strict(data: Any, model: type[Model], supported_version: int, where
         raise EdgegenError(f"{where} has no integer schema_version")
     if version > supported_version:
         raise EdgegenError(f"{where} has schema version {version}, newer than this edgegen reads ({supported_version}); upgrade edgegen")
-    if version < supported_version:
+    while version < supported_version:  # each migration lifts one version
         if not migrations or version not in migrations:
             raise EdgegenError(f"{where} has schema version {version}, older than this edgegen reads ({supported_version}); make it again")
         data = migrations[version](data)
+        version = data["schema_version"]
     try:
         return model.model_validate(data)
     except ValidationError as error:

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from edgegen.schema.base import StrictModel
 
 # 2: the source records the weight variant and the LoRA adapters fused before export.
-ARTIFACT_SCHEMA_VERSION = 2
+ARTIFACT_SCHEMA_VERSION = 3
 MANIFEST_FILENAME = "manifest.json"
 REFERENCE_FILENAME = "reference.safetensors"
 
@@ -68,8 +68,9 @@ class Source(StrictModel):
     pipeline_class: str
     component_class: str
     checkpoint_sha256: str  # the base weights; adapters below are fused on top
-    variant: str | None = None  # the weight files loaded, e.g. fp16 (always exported in float32)
+    variant: str | None = None  # the weight files loaded, e.g. fp16
     adapters: list[Adapter] = []
+    dtype: Literal["float32", "float16"] = "float32"  # what the weights were loaded and computed in
 
 
 def _lift_v1(data: dict[str, Any]) -> dict[str, Any]:
@@ -77,7 +78,12 @@ def _lift_v1(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": 2}
 
 
-MANIFEST_MIGRATIONS = {1: _lift_v1}
+def _lift_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 manifests had no load dtype: every one was loaded and exported in float32."""
+    return {**data, "schema_version": 3}
+
+
+MANIFEST_MIGRATIONS = {1: _lift_v1, 2: _lift_v2}
 
 
 class FakeQuantParity(StrictModel):
@@ -109,6 +115,9 @@ class Delegation(StrictModel):
     delegated_nodes: int
     delegate_subgraphs: int
     fallback_ops: dict[str, int] = {}
+    # Why the delegate's partitioner refused each fallback op, in its own words (the first
+    # refusal seen); an op it never considered has no partitioner support at all.
+    fallback_reasons: dict[str, str] = {}
 
     @property
     def delegated_fraction(self) -> float:
@@ -124,6 +133,9 @@ class ArtifactManifest(StrictModel):
     backend: str | None = None
     component: str
     model_file: str
+    # Files beside the model holding its weights, which a runtime loads with it (ExecuTorch's
+    # .ptd, ONNX external data); empty when the weights are inside the model file.
+    weight_files: list[str] = []
     files: list[ArtifactFile]
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
@@ -152,4 +164,8 @@ class ArtifactManifest(StrictModel):
             raise ValueError(f"model_file {self.model_file!r} is not listed in files")
         if self.reference_file not in paths:
             raise ValueError(f"reference_file {self.reference_file!r} is not listed in files")
+        for weights in self.weight_files:
+            relative_path(weights)
+            if weights not in paths:
+                raise ValueError(f"weight file {weights!r} is not listed in files")
         return self
