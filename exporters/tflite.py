@@ -15,6 +15,7 @@ libraries on the device and are listed as fallbacks.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -125,23 +126,31 @@ def _float_boundary_quantizer(ops: tuple[str, ...]):
         value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
         return isinstance(value, torch.Tensor) and value.dtype.is_floating_point
 
-    layout_ops = ("transpose", "permute", "view", "reshape", "unsqueeze", "squeeze", "expand", "clone", "contiguous", "_to_copy")
+    layout_ops = ("transpose", "permute", "view", "reshape", "unsqueeze", "squeeze", "expand", "clone", "contiguous", "_to_copy", "aten.to.")
 
     def reads_a_model_input(node) -> bool:
-        # An input seen through layout-only ops (SCMAN's summary reads the transposed context):
-        # quantizing there, the converter moves the quantize onto the model input itself.
-        while node.op == "call_function" and any(name in str(node.target) for name in layout_ops) and node.args and isinstance(node.args[0], torch.fx.Node):
-            node = node.args[0]
-        return node.op == "placeholder"
+        # An input seen through layout-only ops (SCMAN's summary reads the transposed context)
+        # or a concatenation (SDXL's text_embeds beside its time embeddings): quantizing there,
+        # the converter moves the quantize onto the model input itself.
+        if node.op == "placeholder":
+            return True
+        if node.op != "call_function":
+            return False
+        if any(name in str(node.target) for name in layout_ops) and node.args and isinstance(node.args[0], torch.fx.Node):
+            return reads_a_model_input(node.args[0])
+        if any(name in str(node.target) for name in ("aten.cat", "aten.concat")):
+            return any(reads_a_model_input(source) for source in node.args[0] if isinstance(source, torch.fx.Node))
+        return False
 
     def shares_an_input(spec) -> bool:
-        # A view-like op (reshape, pooling) shares its input's qparams; on a model input that
-        # would quantize the input itself, so such an op stays float.
+        # A view-like op (reshape, pooling, a concatenation) shares its input's qparams; on a
+        # model input, even seen through layout ops, that would quantize the input itself, so
+        # such an op stays float.
         if type(spec).__name__ != "SharedQuantizationSpec":
             return False
         edge = spec.edge_or_node
         source = edge[0] if isinstance(edge, tuple) else edge
-        return isinstance(source, torch.fx.Node) and source.op == "placeholder"
+        return isinstance(source, torch.fx.Node) and reads_a_model_input(source)
 
     def feeds_an_output(node) -> bool:
         # Through layout-only ops (a DiT's unpatchify: squeeze, reshape, an einsum permutation,
@@ -250,7 +259,13 @@ class TfliteExporter:
 
             quant_config = quant_recipes.full_fp16_recipe()
             quantization = Quantization(scheme="none", details=FLOAT16_DETAILS)
+        rewrites = []
         if options.quantize == "int8":
+            from edgegen.exporting.rewrites import explicit_padding_for_strided_convs
+
+            # On a copy: the module is shared with the pipeline (the padding is moved, not changed).
+            module = copy.deepcopy(module)
+            rewrites = explicit_padding_for_strided_convs(module)
             module, quant_config = _static_int8(module, kwargs, component)
         elif options.quantize != "none":
             quant_config = _quant_config(options.quantize)
@@ -273,7 +288,7 @@ class TfliteExporter:
         inputs, outputs = tflite_io_specs(path, component)
         return ExportedModel(
             model_file=MODEL_FILE, inputs=inputs, outputs=outputs, quantization=quantization,
-            delegation=delegation_report(path), min_psnr_db=min_psnr_db(options.quantize),
+            delegation=delegation_report(path), min_psnr_db=min_psnr_db(options.quantize), graph_rewrites=rewrites,
         )
 
 

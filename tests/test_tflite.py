@@ -94,3 +94,39 @@ def test_scman_student_int8_keeps_float_inputs(pipeline_dir, tmp_path):
     artifact = export_component(load_pipeline(student_dir), student_dir, "denoiser", "tflite", tmp_path / "a", ExportOptions(quantize="int8"))
     assert [spec.dtype for spec in artifact.manifest.inputs] == ["float32", "float32", "float32"]
     assert artifact.manifest.parity.psnr_db >= 20
+
+
+@pytest.mark.parametrize("family", ["stable_diffusion", "stable_diffusion_xl"])
+def test_static_int8_of_diffusers_test_unets(tmp_path, family):
+    """diffusers' own test UNets: a stride-2 padded convolution made LiteRT refuse the int8 graph
+    ("'tfl.pad' op quantization parameters violate the same scale constraint"), and SDXL's
+    text_embeds, concatenated before a quantized linear, came out an int8 model input."""
+    import importlib
+
+    from edgegen.artifact import load_artifact
+    from edgegen.exporting.base import MIN_PSNR_DB_INT8
+    from edgegen.families.loading import load_pipeline
+
+    folder = importlib.import_module(f"tests.dummy_pipelines.{family}").build(tmp_path / "pipeline")
+    artifact = export_component(load_pipeline(folder), folder, "denoiser", "tflite", tmp_path / "out", ExportOptions(quantize="int8"))
+    manifest = load_artifact(artifact.folder).manifest
+    assert any("explicit pad, then the convolution without padding" in line for line in manifest.graph_rewrites)
+    assert {spec.dtype for spec in manifest.inputs} == {"float32"}
+    assert manifest.parity.measured and manifest.parity.psnr_db >= MIN_PSNR_DB_INT8
+
+
+def test_explicit_padding_is_exact():
+    import copy
+
+    import torch
+
+    from edgegen.exporting.rewrites import explicit_padding_for_strided_convs
+
+    torch.manual_seed(0)
+    original = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.Conv2d(4, 4, 3, padding=1))
+    changed = copy.deepcopy(original)
+    assert explicit_padding_for_strided_convs(changed) == ["Conv2d x1 -> explicit pad, then the convolution without padding"]
+    x = torch.randn(1, 3, 9, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(changed(x), original(x), rtol=0, atol=0)
+    assert original[0].padding == (1, 1)  # the original is left as it was

@@ -21,13 +21,24 @@ from edgegen.families.loading import variant_weight_files
 GIB = 2**30
 
 # Peak resident memory of an export over the bytes of the converted component's weights, as
-# loaded (SD 1.5's UNet, 0.86 B parameters in float32: benchmarks/scale.py on this 2-core host).
+# loaded, per target and load dtype (benchmarks/scale.py on this 2-core host: the peak resident
+# memory of `edgegen export --component denoiser` of a real-size configuration).
 PEAK_PER_WEIGHT_BYTE = {
-    "onnx": 2.9,  # 9.2 GiB for 3.2 GiB: the module, the ONNX graph's initializers, onnxruntime's copy
-    "executorch": 5.3,  # 17.0 GiB: exported program, edge program, XNNPACK's packed weights, the .pte buffer
-    "tflite": 5.3,
-    "coreml": 5.3,
+    # SD 1.5's UNet (0.86 B) in float32: 9.2 GiB for 3.2 GiB (module, ONNX initializers, onnxruntime's copy).
+    ("onnx", "float32"): 2.9,
+    # SDXL's UNet (2.6 B) in float16: 20.8 GiB for 4.8 GiB. onnxruntime's CPU provider upcasts
+    # float16 weights to float32 for its kernels, and the eager reference runs in float32.
+    ("onnx", "float16"): 4.3,
+    # SD 1.5's UNet in float32: 17.0 GiB (exported program, edge program, XNNPACK's packed weights).
+    ("executorch", "float32"): 5.3,
+    ("executorch", "float16"): 5.3,  # assumed as float32: XNNPACK packs float16 weights the same way
+    ("tflite", "float32"): 5.3,  # assumed as ExecuTorch: both convert a torch.export program
+    ("coreml", "float32"): 5.3,  # assumed as ExecuTorch
+    # Both convert a float32 copy (twice the float16 bytes), at their float32 overhead.
+    ("tflite", "float16"): 1 + 2 * 5.3,
+    ("coreml", "float16"): 1 + 2 * 5.3,
 }
+TARGETS = tuple(dict.fromkeys(target for target, _ in PEAK_PER_WEIGHT_BYTE))
 # int8 also holds the prepared (observed) module and the converted one.
 INT8_EXTRA_PER_WEIGHT_BYTE = 2.0
 BASELINE_BYTES = 1 * GIB  # the interpreter with torch, diffusers and a toolchain imported
@@ -80,9 +91,9 @@ def available_bytes() -> int:
     return psutil.virtual_memory().available
 
 
-def estimated_peak(component_bytes: dict[str, int], target: str, quantize: str) -> int:
-    """The peak of exporting every component in ``component_bytes`` in one process."""
-    factor = PEAK_PER_WEIGHT_BYTE[target] + (INT8_EXTRA_PER_WEIGHT_BYTE if quantize != "none" else 0.0)
+def estimated_peak(component_bytes: dict[str, int], target: str, quantize: str, dtype: str = "float32") -> int:
+    """The peak of exporting every component in ``component_bytes`` (loaded in ``dtype``) in one process."""
+    factor = PEAK_PER_WEIGHT_BYTE[target, dtype] + (INT8_EXTRA_PER_WEIGHT_BYTE if quantize != "none" else 0.0)
     loaded = sum(component_bytes.values())
     return int(BASELINE_BYTES + loaded + (factor - 1) * max(component_bytes.values(), default=0))
 
@@ -94,19 +105,24 @@ def check_fits(pipeline_dir: Path, subfolders: dict[str, str], target: str, quan
     """
     def peak(target: str, dtype: str) -> int:
         sizes = {name: loaded_bytes(pipeline_dir, folder, variant, dtype) for name, folder in subfolders.items()}
-        return estimated_peak(sizes, target, quantize)
+        return estimated_peak(sizes, target, quantize, dtype)
 
     need, have = peak(target, dtype), available_bytes()
     if need <= have:
         return
     largest = max(subfolders, key=lambda name: loaded_bytes(pipeline_dir, subfolders[name], variant, dtype))
-    alternatives = [
-        f"--target {other} (about {peak(other, dtype) / GIB:.1f} GiB)"
-        for other in PEAK_PER_WEIGHT_BYTE
-        if other != target and peak(other, dtype) <= have
-    ]
-    if dtype == "float32" and quantize == "none" and peak(target, "float16") <= have:
-        alternatives.insert(0, f"--dtype float16 (about {peak(target, 'float16') / GIB:.1f} GiB)")
+    # The same target in float16 first, then other targets (in float16 where only that fits).
+    options = [(target, "float16")] if dtype == "float32" and quantize == "none" else []
+    for other in TARGETS:
+        if other != target:
+            options += [(other, dtype)] + ([(other, "float16")] if dtype == "float32" and quantize == "none" else [])
+    alternatives, placed = [], set()
+    for other, other_dtype in options:
+        if other in placed or peak(other, other_dtype) > have:
+            continue
+        placed.add(other)
+        flags = ([] if other == target else [f"--target {other}"]) + ([] if other_dtype == dtype else [f"--dtype {other_dtype}"])
+        alternatives.append(f"{' '.join(flags)} (about {peak(other, other_dtype) / GIB:.1f} GiB)")
     instead = "; what fits: " + ", ".join(alternatives) if alternatives else "; nothing fits on this machine"
     raise EdgegenError(
         f"exporting {largest} ({loaded_bytes(pipeline_dir, subfolders[largest], variant, dtype) / GIB:.1f} GiB of {dtype} weights) "

@@ -34,6 +34,7 @@ loaded in float16 whose few float32 parts (kept so by transformers) mix with flo
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections import Counter
@@ -458,3 +459,35 @@ def explicit_type_promotion(program: Any) -> list[str]:
     if casts:
         program.graph_module.recompile()
     return [f"implicit float type promotion made explicit: x{casts} cast"] if casts else []
+
+
+def explicit_padding_for_strided_convs(module: Any) -> list[str]:
+    """Give every zero-padded ``Conv2d`` with a stride above 1 below ``module`` an explicit
+    ``pad`` in front (and no padding of its own); exact.
+
+    LiteRT lowers such a convolution (PyTorch pads both sides, TensorFlow's SAME pads the end)
+    as ``tfl.pad`` + ``conv``; in a statically quantized graph that pad then sits between two
+    quantizations of one tensor with different scales, which the converter refuses ("'tfl.pad'
+    op quantization parameters violate the same scale constraint"). Padded in float before the
+    convolution's input is quantized, the pad has nothing to violate.
+    """
+    import torch
+
+    class PaddedConv2d(torch.nn.Module):
+        def __init__(self, conv):
+            super().__init__()
+            # F.pad takes (left, right, top, bottom): the last dimension first.
+            self.padding = tuple(p for p in reversed(conv.padding) for _ in range(2))
+            self.conv = copy.copy(conv)
+            self.conv.padding = (0, 0)
+
+        def forward(self, x):
+            return self.conv(torch.nn.functional.pad(x, self.padding))
+
+    def convert(child):
+        strided = isinstance(child, torch.nn.Conv2d) and not isinstance(child, PaddedConv2d) and child.stride != (1, 1)
+        if strided and child.padding_mode == "zeros" and not isinstance(child.padding, str) and any(child.padding):
+            return PaddedConv2d(child)
+        return None
+
+    return _describe(_swap(module, convert), "explicit pad, then the convolution without padding")
