@@ -189,6 +189,13 @@ class OnnxExporter:
         # dequantize ops as QuantizeLinear/DequantizeLinear with the learned scales (QDQ format).
         learned = learned_int8_module(component) if options.quantize == "int8" else None
         module = component.module if learned is None else drop_zero_baddbmm_inputs(learned)
+        if learned is None and options.quantize != "none":
+            # onnxruntime's quantization preprocessing folds the attention's beta=0 baddbmm input
+            # into a float constant of tokens x tokens (4 MB for diffusers' test VAE, 64 MB at
+            # SD's 64x64 latents); the graph computes bmm * scale instead, as for QAT graphs.
+            with torch.no_grad():
+                traced = torch.export.export(module, component.example_args(), strict=False).module()
+            module = drop_zero_baddbmm_inputs(traced)
         promotions = []
         with torch.no_grad():
             if options.load.dtype != "float32":

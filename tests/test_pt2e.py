@@ -90,3 +90,21 @@ def test_integer_arithmetic_stays_integer_through_int8_calibration():
         expected, got = module(x), quantized(x)
     # int8 error only: the positions (and so the embedding rows) are exact.
     assert (got - expected).abs().max() < 0.1 * expected.abs().max()
+
+
+def test_calibrated_onnx_int8_holds_no_attention_score_sized_constant(tmp_path):
+    """onnxruntime's quantization preprocessing folded the attention's beta=0 baddbmm input into a
+    tokens x tokens float constant (4 MB in diffusers' test VAE, ten times its weights)."""
+    import numpy as np
+    import onnx
+
+    from edgegen.exporting.orchestration import ExportOptions, export_pipeline
+    from tests.dummy_pipelines import stable_diffusion
+
+    folder = stable_diffusion.build(tmp_path / "pipeline")
+    [artifact] = export_pipeline(folder, "onnx", tmp_path / "out", ["vae_decoder"], ExportOptions(quantize="int8"))
+    assert artifact.manifest.parity.psnr_db >= 20.0
+    graph = onnx.load(str(artifact.model_path)).graph
+    largest = max(int(np.prod(t.dims)) if t.dims else 1 for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+    tokens = 32 * 32  # the test VAE decodes 32x32 latents; its mid-block attends over them
+    assert largest < tokens * tokens / 16, largest
