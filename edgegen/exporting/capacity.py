@@ -32,11 +32,15 @@ PEAK_PER_WEIGHT_BYTE = {
     # SD 1.5's UNet in float32: 17.0 GiB (exported program, edge program, XNNPACK's packed weights).
     ("executorch", "float32"): 5.3,
     ("executorch", "float16"): 5.3,  # assumed as float32: XNNPACK packs float16 weights the same way
-    ("tflite", "float32"): 5.3,  # assumed as ExecuTorch: both convert a torch.export program
-    ("coreml", "float32"): 5.3,  # assumed as ExecuTorch
+    # PixArt-Sigma's transformer (0.6 B) in float32: 9.3 GiB for 2.27 GiB (litert-torch 0.10);
+    # kept at ExecuTorch's figure until a UNet is measured.
+    ("tflite", "float32"): 5.3,
+    # PixArt-Sigma's transformer (0.6 B) in float32: coremltools was killed out of memory at
+    # 21.0 GiB for 2.27 GiB of weights, so it needs at least this.
+    ("coreml", "float32"): 9.5,
     # Both convert a float32 copy (twice the float16 bytes), at their float32 overhead.
     ("tflite", "float16"): 1 + 2 * 5.3,
-    ("coreml", "float16"): 1 + 2 * 5.3,
+    ("coreml", "float16"): 1 + 2 * 9.5,
 }
 TARGETS = tuple(dict.fromkeys(target for target, _ in PEAK_PER_WEIGHT_BYTE))
 # int8 also holds the prepared (observed) module and the converted one.
