@@ -136,7 +136,7 @@ class CoremlExporter:
     backends: tuple[str, ...] = ()
     quantizations = ("none", "int8-weights", "palettize-6bit", "palettize-4bit")
     packages = ("coremltools",)
-    separate_weights = False  # the weights are inside the model file (Core ML: inside its package)
+    separate_weights = False  # the weights are inside the .mlpackage
 
     def unavailable_reason(self) -> str | None:
         return missing_packages(self.packages, "coreml")

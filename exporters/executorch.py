@@ -29,6 +29,7 @@ from edgegen.exporting.base import (
 )
 from edgegen.exporting.quantize import learned_int8_module, learned_scales_quantization, quantize_static, xnnpack_quantizer
 from edgegen.exporting.rewrites import explicit_type_promotion
+from edgegen.families.base import in_float32
 from edgegen.schema.manifest import CoremlDeployment, Delegation, Quantization, TensorSpec
 
 if TYPE_CHECKING:
@@ -211,8 +212,6 @@ class ExecutorchExporter:
         if options.load.dtype == "float16" and provider.float_precision == "float16":
             # The Core ML delegate computes in float16 from a float32 graph; coremltools refuses
             # float16 graphs (layer_norm's epsilon stays float32).
-            from edgegen.families.base import in_float32
-
             module = in_float32(module)
         if provider.rewrites and learned is None:
             # Exact rewrites (decomposed norms, concat upsampling, ...) so that the whole graph

@@ -239,7 +239,7 @@ class TfliteExporter:
     backends: tuple[str, ...] = ()
     quantizations = ("none", "int8", "int8-dynamic", "int8-weights")
     packages = ("litert-torch", "ai-edge-litert")
-    separate_weights = False  # the weights are inside the model file (Core ML: inside its package)
+    separate_weights = False  # the weights are inside the .tflite flatbuffer
 
     def unavailable_reason(self) -> str | None:
         return missing_packages(self.packages, "tflite")

@@ -22,11 +22,11 @@ from tests.dummy_pipelines import pixart, stable_diffusion, stable_diffusion_xl
 MIN_PSNR_DB_FLOAT16_VS_FLOAT32 = 50.0
 
 TARGETS = [
-    pytest.param(["--target", "onnx"], "denoiser-onnx-float16", id="onnx"),
-    pytest.param(["--target", "executorch"], "denoiser-executorch-xnnpack-float16", id="executorch-xnnpack"),
-    pytest.param(["--target", "executorch", "--backend", "coreml"], "denoiser-executorch-coreml-float16", id="executorch-coreml"),
-    pytest.param(["--target", "tflite"], "denoiser-tflite-float16", id="tflite"),
-    pytest.param(["--target", "coreml"], "denoiser-coreml-float16", id="coreml"),
+    pytest.param(("--target", "onnx"), "denoiser-onnx-float16", id="onnx"),
+    pytest.param(("--target", "executorch"), "denoiser-executorch-xnnpack-float16", id="executorch-xnnpack"),
+    pytest.param(("--target", "executorch", "--backend", "coreml"), "denoiser-executorch-coreml-float16", id="executorch-coreml"),
+    pytest.param(("--target", "tflite"), "denoiser-tflite-float16", id="tflite"),
+    pytest.param(("--target", "coreml"), "denoiser-coreml-float16", id="coreml"),
 ]
 
 
@@ -49,16 +49,31 @@ def _export(*args: str):
     return CliRunner().invoke(app, ["export", *args])
 
 
+@pytest.fixture(scope="module")
+def float16_denoisers(sd_dir, tmp_path_factory):
+    """The denoiser exported with --dtype float16 once per target: (target flags) -> its folder."""
+    root = tmp_path_factory.mktemp("float16")
+    exported = {}
+
+    def get(target: tuple[str, ...], name: str):
+        if target not in exported:
+            result = _export(str(sd_dir), "-o", str(root), "--component", "denoiser", "--dtype", "float16", *target)
+            assert result.exit_code == 0, result.output
+            exported[target] = root / name
+        return exported[target]
+
+    return get
+
+
 @pytest.mark.parametrize(("target", "name"), TARGETS)
-def test_a_float16_export_computes_in_float16_behind_float32_io(tmp_path, sd_dir, float32_denoiser, target, name):
+def test_a_float16_export_computes_in_float16_behind_float32_io(float16_denoisers, float32_denoiser, target, name):
     from safetensors.numpy import load_file
 
     from edgegen.artifact import load_artifact
     from edgegen.measure.metrics import psnr_db
 
-    result = _export(str(sd_dir), "-o", str(tmp_path), "--component", "denoiser", "--dtype", "float16", *target)
-    assert result.exit_code == 0, result.output
-    artifact = load_artifact(tmp_path / name)
+    folder = float16_denoisers(tuple(target), name)
+    artifact = load_artifact(folder)
     manifest = artifact.manifest
     assert manifest.source.dtype == "float16"
     assert {spec.dtype for spec in manifest.inputs + manifest.outputs} == {"float32"}
@@ -69,18 +84,17 @@ def test_a_float16_export_computes_in_float16_behind_float32_io(tmp_path, sd_dir
     else:  # Core ML programs, and ExecuTorch's Core ML delegate, run on Apple hosts only
         assert sys.platform != "darwin" and "coreml" in name and "not measured on this host" in manifest.parity.reason
     # The float16 reference is the float32 model within float16 rounding, not another model.
-    reference = load_file(str(tmp_path / name / "reference.safetensors"))
+    reference = load_file(str(folder / "reference.safetensors"))
     float32 = float32_denoiser.run_eager()
     for spec in float32_denoiser.outputs:
         assert reference[f"output.{spec.name}"].dtype == np.float32
         assert psnr_db(float32[spec.name].numpy(), reference[f"output.{spec.name}"]) >= MIN_PSNR_DB_FLOAT16_VS_FLOAT32
 
 
-def test_the_onnx_file_holds_float16_weights(tmp_path, sd_dir):
+def test_the_onnx_file_holds_float16_weights(float16_denoisers):
     import onnx
 
-    assert _export(str(sd_dir), "-o", str(tmp_path), "--component", "denoiser", "--dtype", "float16").exit_code == 0
-    graph = onnx.load(str(tmp_path / "denoiser-onnx-float16" / "model.onnx")).graph
+    graph = onnx.load(str(float16_denoisers(("--target", "onnx"), "denoiser-onnx-float16") / "model.onnx")).graph
     elements = {onnx.TensorProto.FLOAT: 0, onnx.TensorProto.FLOAT16: 0}
     for tensor in graph.initializer:
         if tensor.data_type in elements:
@@ -88,12 +102,12 @@ def test_the_onnx_file_holds_float16_weights(tmp_path, sd_dir):
     assert elements[onnx.TensorProto.FLOAT16] >= 0.9 * sum(elements.values()), elements
 
 
-def test_the_tflite_file_holds_float16_weights(tmp_path, sd_dir):
+def test_the_tflite_file_holds_float16_weights(sd_dir, float16_denoisers):
     from ai_edge_litert.interpreter import Interpreter
     from safetensors import safe_open
 
-    assert _export(str(sd_dir), "-o", str(tmp_path), "--component", "denoiser", "--dtype", "float16", "--target", "tflite").exit_code == 0
-    details = Interpreter(model_path=str(tmp_path / "denoiser-tflite-float16" / "model.tflite")).get_tensor_details()
+    folder = float16_denoisers(("--target", "tflite"), "denoiser-tflite-float16")
+    details = Interpreter(model_path=str(folder / "model.tflite")).get_tensor_details()
     float16 = sum(int(np.prod(d["shape"])) for d in details if d["dtype"] == np.float16)
     with safe_open(str(sd_dir / "unet" / "diffusion_pytorch_model.safetensors"), "np") as weights:
         parameters = sum(int(np.prod(weights.get_slice(key).get_shape())) for key in weights.keys())
@@ -167,3 +181,13 @@ def test_eager_runs_compute_in_float32_on_the_float16_weights_and_leave_them_flo
     program = torch.export.export(wrapped, (x,), strict=False)
     convolution = next(n for n in program.graph.nodes if "conv" in str(n.target))
     assert convolution.meta["val"].dtype == torch.float16
+
+
+def test_an_export_asked_for_a_dtype_the_pipeline_was_not_loaded_in_is_refused(tmp_path, sd_dir):
+    from edgegen.errors import EdgegenError
+    from edgegen.exporting.orchestration import ExportOptions, export_component
+    from edgegen.families.loading import LoadOptions, load_pipeline
+
+    with pytest.raises(EdgegenError, match="denoiser was loaded in float32 but the export was asked for --dtype float16"):
+        export_component(load_pipeline(sd_dir), sd_dir, "denoiser", "onnx", tmp_path, ExportOptions(load=LoadOptions(dtype="float16")))
+    assert list(tmp_path.iterdir()) == []

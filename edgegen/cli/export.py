@@ -23,7 +23,7 @@ def export_command(
     lora: Annotated[list[Path] | None, typer.Option(help="A LoRA adapter (.safetensors) to fuse before export (repeatable).")] = None,
     lora_scale: Annotated[list[float] | None, typer.Option(help="Scale of each --lora, in order (default 1.0 each).")] = None,
     variant: Annotated[str | None, typer.Option(help="Weight variant to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).")] = None,
-    dtype: Annotated[str, typer.Option(help="Load the weights as float32 or float16 (diffusers' torch_dtype); float16 halves the export's memory and the artifact computes in float16.")] = "float32",
+    dtype: Annotated[str, typer.Option(help="Load the weights as float32 or float16 (diffusers' torch_dtype); float16 halves the weights' memory while converting and the artifact computes in float16.")] = "float32",
     separate_weights: Annotated[bool | None, typer.Option("--separate-weights/--embedded-weights", help="Weights in a file beside the model (ExecuTorch .ptd, ONNX external data); default: only above 1 GiB of weights.", show_default=False)] = None,
     memory_check: Annotated[bool, typer.Option("--memory-check/--no-memory-check", help="Refuse an export whose estimated peak memory exceeds what is available.")] = True,
     force: Annotated[bool, typer.Option(help="Replace existing artifact folders.")] = False,

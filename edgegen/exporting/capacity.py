@@ -10,9 +10,8 @@ and what would fit instead; ``--no-memory-check`` tries anyway.
 
 from __future__ import annotations
 
-import json
+import math
 import os
-import struct
 from pathlib import Path
 
 from edgegen.errors import EdgegenError
@@ -48,38 +47,26 @@ INT8_EXTRA_PER_WEIGHT_BYTE = 2.0
 BASELINE_BYTES = 1 * GIB  # the interpreter with torch, diffusers and a toolchain imported
 MEMORY_LIMIT_ENV = "EDGEGEN_MEMORY_LIMIT_GIB"  # overrides the memory counted as available
 
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-
-
-def safetensors_elements(path: Path) -> tuple[int, int]:
-    """(floating-point elements, bytes of everything else) from a .safetensors header, without reading the tensors."""
-    with path.open("rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
-    floating, other = 0, 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        count = 1
-        for size in entry["shape"]:
-            count *= size
-        if entry["dtype"] in ("F64", "F32", "F16", "BF16"):
-            floating += count
-        else:
-            other += count * _DTYPE_BYTES.get(entry["dtype"], 8)
-    return floating, other
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+_OTHER_DTYPE_BYTES = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 def loaded_bytes(pipeline_dir: Path, subfolder: str, variant: str | None, dtype: str) -> int:
-    """The bytes ``subfolder``'s weights take once loaded in ``dtype``."""
+    """The bytes ``subfolder``'s weights take once loaded in ``dtype``, from the files' headers
+    (safetensors reads shapes and dtypes without reading the tensors)."""
+    from safetensors import SafetensorError, safe_open
+
     width = 2 if dtype == "float16" else 4
     total = 0
     for path in variant_weight_files(Path(pipeline_dir) / subfolder, variant):
         try:
-            floating, other = safetensors_elements(path)
-        except (OSError, ValueError, KeyError, struct.error) as error:
+            with safe_open(str(path), framework="numpy") as weights:
+                for key in weights.keys():
+                    tensor = weights.get_slice(key)
+                    kind = tensor.get_dtype()
+                    total += math.prod(tensor.get_shape()) * (width if kind in _FLOAT_DTYPES else _OTHER_DTYPE_BYTES.get(kind, 8))
+        except (OSError, SafetensorError) as error:
             raise EdgegenError(f"cannot read the header of {path}: {error}") from None
-        total += floating * width + other
     return total
 
 
@@ -107,19 +94,21 @@ def check_fits(pipeline_dir: Path, subfolders: dict[str, str], target: str, quan
 
     ``subfolders`` maps each component to export to the folder holding its weights.
     """
+    dtypes = (dtype, "float16") if dtype == "float32" and quantize == "none" else (dtype,)
+    sizes = {each: {name: loaded_bytes(pipeline_dir, folder, variant, each) for name, folder in subfolders.items()} for each in dtypes}
+
     def peak(target: str, dtype: str) -> int:
-        sizes = {name: loaded_bytes(pipeline_dir, folder, variant, dtype) for name, folder in subfolders.items()}
-        return estimated_peak(sizes, target, quantize, dtype)
+        return estimated_peak(sizes[dtype], target, quantize, dtype)
 
     need, have = peak(target, dtype), available_bytes()
     if need <= have:
         return
-    largest = max(subfolders, key=lambda name: loaded_bytes(pipeline_dir, subfolders[name], variant, dtype))
+    largest = max(sizes[dtype], key=sizes[dtype].get)
     # The same target in float16 first, then other targets (in float16 where only that fits).
-    options = [(target, "float16")] if dtype == "float32" and quantize == "none" else []
+    options = [(target, each) for each in dtypes[1:]]
     for other in TARGETS:
         if other != target:
-            options += [(other, dtype)] + ([(other, "float16")] if dtype == "float32" and quantize == "none" else [])
+            options += [(other, each) for each in dtypes]
     alternatives, placed = [], set()
     for other, other_dtype in options:
         if other in placed or peak(other, other_dtype) > have:
@@ -129,7 +118,7 @@ def check_fits(pipeline_dir: Path, subfolders: dict[str, str], target: str, quan
         alternatives.append(f"{' '.join(flags)} (about {peak(other, other_dtype) / GIB:.1f} GiB)")
     instead = "; what fits: " + ", ".join(alternatives) if alternatives else "; nothing fits on this machine"
     raise EdgegenError(
-        f"exporting {largest} ({loaded_bytes(pipeline_dir, subfolders[largest], variant, dtype) / GIB:.1f} GiB of {dtype} weights) "
+        f"exporting {largest} ({sizes[dtype][largest] / GIB:.1f} GiB of {dtype} weights) "
         f"to {target} needs about {need / GIB:.1f} GiB of memory and {have / GIB:.1f} GiB is available{instead} "
         "(or --no-memory-check to try anyway); nothing was written"
     )

@@ -11,7 +11,6 @@ the denoiser, and which subfolders fingerprint a checkpoint.
 from __future__ import annotations
 
 import contextlib
-
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -189,8 +188,9 @@ def float32_io(module: Any, dtype: Any) -> Any:
 
     Exported (``torch.export``), it computes in its weights' dtype: the graph a float16 artifact
     holds. Run eagerly, it computes in float32 on those same weights, upcast for the call: CPUs
-    without float16 arithmetic run torch's float16 kernels 50-300x slower (measured here: a
-    1024x1024 matmul 54x, a 3x3 convolution 300x), and this is the float16 model's function
+    without float16 arithmetic run torch's float16 kernels 50-300x slower
+    (``benchmarks/float16_cpu.py`` here: a 1024^3 matmul 79x, a 3x3 convolution 336x), and this
+    is the float16 model's function
     without its activations' rounding, which the parity gate then measures. The wrapper's
     ``forward`` keeps the wrapped module's signature: exporters name the graph's inputs from it
     and the export checks it against the declared inputs.

@@ -103,7 +103,7 @@ class LoadOptions:
     variant: str | None = None  # "fp16": diffusion_pytorch_model.fp16.safetensors
     loras: tuple[LoraRequest, ...] = ()
     # The dtype the weights are loaded and computed in (diffusers' torch_dtype): float16 halves
-    # the memory an export of a large model needs, and the artifact computes in float16.
+    # the weights' memory while loading and converting, and the artifact computes in float16.
     dtype: str = "float32"
 
 
