@@ -15,7 +15,6 @@ libraries on the device and are listed as fallbacks.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -261,10 +260,10 @@ class TfliteExporter:
             quantization = Quantization(scheme="none", details=FLOAT16_DETAILS)
         rewrites = []
         if options.quantize == "int8":
-            from edgegen.exporting.rewrites import explicit_padding_for_strided_convs
+            from edgegen.exporting.rewrites import explicit_padding_for_strided_convs, sharing_weights_copy
 
             # On a copy: the module is shared with the pipeline (the padding is moved, not changed).
-            module = copy.deepcopy(module)
+            module = sharing_weights_copy(module)
             rewrites = explicit_padding_for_strided_convs(module)
             module, quant_config = _static_int8(module, kwargs, component)
         elif options.quantize != "none":

@@ -104,3 +104,19 @@ def test_int8_text_encoders_with_integer_position_arithmetic(tmp_path, family, c
     manifest = load_artifact(tmp_path / "out" / f"{component}-executorch-xnnpack-int8").manifest
     assert manifest.quantization.scheme == "int8"
     assert manifest.parity.measured and manifest.parity.psnr_db >= MIN_PSNR_DB_INT8
+
+
+def test_an_export_leaves_no_lowered_graph_behind(pipeline, pipeline_dir, tmp_path):
+    # ExecuTorch's memoized is_same_node would otherwise keep the lowered graph, and the
+    # delegate's copy of the weights, alive while parity loads the program beside it.
+    import gc
+
+    from executorch.exir.lowered_backend_module import LoweredBackendModule
+
+    def alive() -> int:
+        gc.collect()
+        return sum(isinstance(o, LoweredBackendModule) for o in gc.get_objects())
+
+    before = alive()
+    export_component(pipeline, pipeline_dir, "vae_decoder", "executorch", tmp_path, ExportOptions())
+    assert alive() <= before

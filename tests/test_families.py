@@ -192,6 +192,19 @@ def test_conformance_export_and_manifest_round_trip(dummy_dir, dummy_exports, fa
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES.names())
+def test_conformance_xnnpack_takes_each_denoiser_whole(dummy_exports, family):
+    # The graph rewrites (attention, chunk, unbind, unsqueeze, expand, ...) leave one XNNPACK
+    # subgraph per denoiser; at most a float scalar's constant is made outside it (Sana's 1e-15).
+    require_export("executorch")
+    denoiser = next(a for a in dummy_exports(family, "executorch") if a.manifest.component == "denoiser")
+    delegation = denoiser.manifest.delegation
+    assert delegation.delegate_subgraphs == 1, (family, delegation.fallback_ops)
+    assert set(delegation.fallback_ops) <= {"aten_full_default", "dim_order_ops__to_dim_order_copy_default"}, delegation.fallback_ops
+    assert sum(delegation.fallback_ops.values()) <= 2
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("family, target", CASES)
 def test_conformance_parity_on_fresh_inputs(dummy_dir, dummy_exports, family, target):
     from edgegen.families import family_of

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 
@@ -213,3 +214,111 @@ def test_rewritten_vae_decoder_lowers_to_fewer_xnnpack_pieces(delegable):
     assert after.delegated_fraction > before.delegated_fraction
     assert not any("group_norm" in op or "upsample" in op for op in after.fallback_ops)
     torch.testing.assert_close(outputs["after"], expected, atol=PTE_ATOL, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# graph rewrites: what XNNPACK refuses inside a transformer block, in an exported program
+
+
+def lowered(module: torch.nn.Module, *args) -> tuple[list[str], list[str], object]:
+    """The graph rewrites' descriptions, the ops left outside XNNPACK once lowered, and the
+    rewritten program."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    program = torch.export.export(module, args, strict=False)
+    changes = rewrites.delegable_graph_ops(program)
+    edge = to_edge_transform_and_lower(copy.deepcopy(program), partitioner=[XnnpackPartitioner()])
+    outside = [
+        re.sub(r"_\d+$", "", node.name) for node in edge.exported_program().graph.nodes
+        if node.op == "call_function" and "getitem" not in str(node.target) and "call_delegate" not in str(node.target)
+    ]
+    return changes, outside, program
+
+
+class BlockShapes(torch.nn.Module):
+    """The shape ops of PixArt's, SD3's and Flux's blocks around their linears."""
+
+    def forward(self, x, table, mask):
+        shift, scale = (table[None] + table[:, None]).chunk(2, dim=1)  # unsqueeze, chunk
+        real, imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)  # Flux's rotary embedding
+        heads = mask[:, None, None, :].expand(2, 3, 1, mask.shape[-1])  # the mask over heads
+        repeated = mask.repeat_interleave(3, dim=0)
+        y = x * (1 + scale) + shift  # an int scalar in float arithmetic
+        return y, real * imag.squeeze(0), heads, repeated
+
+
+def test_shape_ops_become_delegable_and_stay_exact():
+    args = (torch.randn(2, 6, 8), torch.randn(2, 8), torch.randn(2, 6))
+    with torch.no_grad():
+        expected = BlockShapes()(*args)
+        changes, outside, program = lowered(BlockShapes(), *args)
+        actual = program.module()(*args)
+    for want, got in zip(expected, actual):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+    for rewrite in ("chunk/split", "unbind", "unsqueeze/squeeze", "expand", "repeat_interleave", "int scalar"):
+        assert any(change.startswith(rewrite) for change in changes), (rewrite, changes)
+    assert outside == []
+
+
+class Attention(torch.nn.Module):
+    def forward(self, q, k, v, mask=None):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_becomes_bmm_softmax_bmm_inside_xnnpack(masked):
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 16, 8, generator=generator) for _ in range(3))
+    args = (q, k, v) + ((torch.randn(2, 1, 1, 16, generator=generator),) if masked else ())
+    with torch.no_grad():
+        expected = Attention()(*args)
+        changes, outside, program = lowered(Attention(), *args)
+        torch.testing.assert_close(program.module()(*args), expected, atol=1e-5, rtol=0)
+    assert any(change.startswith("scaled_dot_product_attention") for change in changes)
+    # Without the rewrite, ExecuTorch's safe softmax leaves eq/any/where/full_like outside.
+    assert outside == []
+
+
+def test_attention_with_a_boolean_mask_is_left_alone():
+    q = k = v = torch.randn(1, 2, 4, 8)
+    program = torch.export.export(Attention(), (q, k, v, torch.ones(1, 1, 4, 4, dtype=torch.bool)), strict=False)
+    assert not any(change.startswith("scaled_dot_product_attention") for change in rewrites.delegable_graph_ops(program))
+
+
+class Float16Activations(torch.nn.Module):
+    def forward(self, q, k):
+        scores = torch.baddbmm(torch.empty(2, 16, 16, dtype=q.dtype), q, k.transpose(1, 2), beta=0, alpha=0.5)
+        return torch.nn.functional.gelu(scores) + torch.nn.functional.silu(scores)
+
+
+def test_float16_activations_stay_inside_xnnpack_and_gelu_is_within_float16_rounding():
+    generator = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 16, 8, generator=generator) for _ in range(2))
+    half = (q.half(), k.half())
+    changes, outside, program = lowered(Float16Activations(), *half)
+    for rewrite in ("baddbmm", "silu", "float16 gelu"):
+        assert any(change.startswith(rewrite) for change in changes), (rewrite, changes)
+    # Only the 0-d scalar constants' float32 -> float16 casts run outside, before the delegate.
+    assert set(outside) <= {"dim_order_ops__to_dim_order_copy_default"}
+    with torch.no_grad():
+        expected = Float16Activations()(*(t.float() for t in half))  # the erf GELU, in float32
+        actual = program.module()(*half).float()
+    # Within float16's rounding of values up to ~10 (its spacing there is 2**-7).
+    torch.testing.assert_close(actual, expected, atol=2e-2, rtol=1e-2)
+    # tanh's approximation against the erf form, in float32, over the range activations take.
+    x = torch.linspace(-8, 8, 4001)
+    approximation = x * torch.sigmoid(2 * (2 / torch.pi) ** 0.5 * (x + 0.044715 * x**3))
+    assert (approximation - torch.nn.functional.gelu(x)).abs().max() < 5e-4
+
+
+def test_the_rewritten_copy_shares_the_weights_and_leaves_the_original_alone(pipeline):
+    component = build_component(pipeline, "vae_decoder")
+    copied = rewrites.sharing_weights_copy(component.module)
+    changes = rewrites.make_delegable(copied)
+    assert changes and rewrites.make_delegable(copy.deepcopy(component.module)) == changes
+    # No second copy of the weights: the export of a large model holds them once.
+    originals = {tensor.data_ptr() for tensor in component.module.state_dict().values()}
+    assert {tensor.data_ptr() for tensor in copied.state_dict().values()} == originals
+    assert any(type(m) is torch.nn.GroupNorm for m in component.module.modules())  # the original is not rewritten
+    assert_same(component.module, copied, *component.example_args())

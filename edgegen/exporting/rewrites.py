@@ -42,6 +42,17 @@ from collections.abc import Callable
 from typing import Any
 
 
+def sharing_weights_copy(module: Any) -> Any:
+    """A deep copy of ``module`` whose parameters and buffers are the original's tensors.
+
+    The rewrites swap submodules and set attributes, never tensor data; a full ``deepcopy``
+    would hold a second copy of the weights through the export (4.8 GiB for SDXL's float16
+    UNet).
+    """
+    memo = {id(tensor): tensor for tensor in (*module.parameters(), *module.buffers())}
+    return copy.deepcopy(module, memo)
+
+
 def _adopt(cls: type, module: Any) -> Any:
     """A ``cls`` instance sharing ``module``'s attributes, parameters, buffers and children.
 
@@ -145,6 +156,19 @@ def _classes() -> dict[str, type]:
                     y = y + self.bias
             return y
 
+    class DecomposedTorchRMSNorm(torch.nn.RMSNorm):
+        """``torch.nn.RMSNorm`` over the last dim (Flux's query/key norm) on a 4-D view; same
+        parameters, same state_dict."""
+
+        def forward(self, x):
+            shape = x.shape
+            if len(self.normalized_shape) != 1:
+                return super().forward(x)
+            eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
+            view = x.reshape(1, -1, 1, shape[-1])
+            y = (view * ((view * view).mean(dim=(2, 3), keepdim=True) + eps).rsqrt()).reshape(shape)
+            return y * self.weight if self.weight is not None else y
+
     class DecomposedT5LayerNorm(T5LayerNorm):
         """transformers' ``T5LayerNorm`` (T5's RMS norm: PixArt, SD3, Flux) over a 4-D view; same
         parameters, same state_dict."""
@@ -238,6 +262,7 @@ def _classes() -> dict[str, type]:
         "GroupNorm": DecomposedGroupNorm,
         "LayerNorm": DecomposedLayerNorm,
         "RMSNorm": DecomposedRMSNorm,
+        "TorchRMSNorm": DecomposedTorchRMSNorm,
         "T5LayerNorm": DecomposedT5LayerNorm,
         "Gemma2RMSNorm": DecomposedGemma2RMSNorm,
         "NearestUpsample2x": NearestUpsample2x,
@@ -271,7 +296,8 @@ def decompose_layer_norms(module: Any) -> list[str]:
 
 
 def decompose_rms_norms(module: Any) -> list[str]:
-    """Replace every float32 diffusers ``RMSNorm`` below ``module`` by one whose mean XNNPACK takes."""
+    """Replace every float32 diffusers ``RMSNorm`` and ``torch.nn.RMSNorm`` below ``module`` by one
+    whose mean XNNPACK takes."""
     import torch
     from diffusers.models.normalization import RMSNorm
 
@@ -284,7 +310,15 @@ def decompose_rms_norms(module: Any) -> list[str]:
         float32 = child.weight is None or child.weight.dtype == torch.float32
         return _adopt(cls, child) if float32 else None
 
-    return _describe(_swap(module, convert), "decomposed RMSNorm (reshape, mul, mean, rsqrt, affine)")
+    changes = _describe(_swap(module, convert), "decomposed RMSNorm (reshape, mul, mean, rsqrt, affine)")
+    torch_cls = _classes()["TorchRMSNorm"]
+
+    def convert_torch(child):
+        if not _exactly(child, torch.nn.RMSNorm, torch_cls) or (child.weight is not None and child.weight.dtype != torch.float32):
+            return None
+        return _adopt(torch_cls, child)
+
+    return changes + _describe(_swap(module, convert_torch), "decomposed RMSNorm (reshape, mul, mean, rsqrt, affine)")
 
 
 def decompose_text_encoder_rms_norms(module: Any) -> list[str]:
@@ -491,3 +525,241 @@ def explicit_padding_for_strided_convs(module: Any) -> list[str]:
         return None
 
     return _describe(_swap(module, convert), "explicit pad, then the convolution without padding")
+
+
+# Rows longer than this are not tiled by ``cat``: a copy that large is better left to the
+# portable kernel than unrolled into the graph.
+_MAX_TILED_COPIES = 256
+
+
+def delegable_graph_ops(program: Any) -> list[str]:
+    """Rewrite, in an exported program's graph, the ops XNNPACK leaves outside its delegate into
+    equal ones it takes; in place, and recorded like the module rewrites.
+
+    Each of these splits a transformer's graph into one delegate piece per block, and the pieces
+    between run on ExecuTorch's portable kernels:
+
+    - ``scaled_dot_product_attention`` (SD3's, Sana's and Flux's processors, transformers' text
+      encoders): decomposed by ExecuTorch into a "safe" softmax whose full-size
+      ``eq``/``any``/``where`` masking of fully masked rows XNNPACK refuses. Rewritten as
+      ``bmm(q * scale, k^T)`` (+ the additive mask), ``softmax``, ``bmm`` with ``v`` over the
+      flattened batch dims. Only without a mask or with a float mask: a fully ``-inf`` masked
+      row would give NaN where the safe softmax gives zeros, and a boolean mask is left as is;
+    - ``unsqueeze`` (all but the trailing dim) and ``squeeze``: a reshape to the same shape;
+    - ``chunk``/``split``: one ``slice`` per piece, and ``unbind`` (Flux's rotary embedding): a
+      ``slice`` and a reshape per piece;
+    - ``matmul`` of two batched tensors (Sana's linear attention): ``bmm`` over the flattened
+      batch dims, without the no-op ``expand`` its decomposition leaves;
+    - ``expand`` and ``repeat_interleave`` of float tensors: ``cat`` of copies (the attention
+      mask broadcast over heads); a no-op ``expand`` is removed;
+    - integer Python scalars in float arithmetic (``1 + scale``): made floats, which removes the
+      int64 -> float cast of a 0-d constant;
+    - ``baddbmm`` with ``beta=0`` (diffusers' attention scores): ``bmm * alpha``;
+    - ``silu``: ``x * sigmoid(x)``, which torch otherwise decomposes in float32 between casts
+      for float16 inputs;
+    - ``gelu`` in float16, which XNNPACK does not take: tanh's approximation as
+      ``x * sigmoid(...)``, the one rewrite that is not exact (within 3e-4 of the erf form).
+
+    Results equal the originals up to float rounding (attention's reductions run in another
+    order), float16 GELU as said.
+    """
+    import operator
+
+    import torch
+    from torch.utils._pytree import tree_map
+
+    aten = torch.ops.aten
+    graph = program.graph_module.graph
+    counts: Counter = Counter()
+    float_arithmetic = (aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor, aten.rsub.Scalar)
+
+    def value(node):
+        return node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+
+    def is_float(node) -> bool:
+        found = value(node)
+        return isinstance(found, torch.Tensor) and found.dtype.is_floating_point
+
+    def static(shape) -> bool:
+        return all(isinstance(size, int) for size in shape)
+
+    def call(before, target, *args):
+        with graph.inserting_before(before):
+            node = graph.call_function(target, args)
+        node.meta["val"] = target(*tree_map(lambda a: value(a) if isinstance(a, torch.fx.Node) else a, args))
+        for key in ("stack_trace", "nn_module_stack", "source_fn_stack"):
+            if key in before.meta:
+                node.meta[key] = before.meta[key]
+        return node
+
+    def tiled(before, node, dim: int, copies: int):
+        """``node`` (size 1 at ``dim``) repeated ``copies`` times along ``dim``, by ``cat``.
+
+        The operands are separate reshape nodes (to a shape of another rank than ``node``'s),
+        since XNNPACK refuses a ``cat`` of one node with itself."""
+        shape = list(value(node).shape)
+        pre, post = math.prod(shape[:dim]), math.prod(shape[dim + 1:])
+        operand = [pre, 1, post] if len(shape) != 3 else [pre, 1, post, 1]
+        joined = call(before, aten.cat.default, [call(before, aten.reshape.default, node, operand) for _ in range(copies)], 1)
+        return call(before, aten.reshape.default, joined, shape[:dim] + [copies] + shape[dim + 1:])
+
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        target, result = node.target, value(node)
+
+        if target in (aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default):
+            if is_float(node.args[0]) and static(result.shape):
+                node.target, node.args, node.kwargs = aten.reshape.default, (node.args[0], list(result.shape)), {}
+                counts["unsqueeze/squeeze -> reshape"] += 1
+
+        elif target in (aten.chunk.default, aten.split.Tensor, aten.split_with_sizes.default):
+            pieces, source = result, node.args[0]
+            dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+            dim %= value(source).dim()
+            users = list(node.users)
+            if is_float(source) and all(user.target is operator.getitem for user in users) and static(value(source).shape):
+                starts = [0]
+                for piece in pieces:
+                    starts.append(starts[-1] + piece.shape[dim])
+                for user in users:
+                    index = user.args[1]
+                    user.target, user.args = aten.slice.Tensor, (source, dim, starts[index], starts[index + 1])
+                graph.erase_node(node)
+                counts["chunk/split -> slices"] += 1
+
+        elif target is aten.expand.default and is_float(node.args[0]) and static(result.shape):
+            source = node.args[0]
+            shape, out = list(value(source).shape), list(result.shape)
+            if shape == out:
+                node.replace_all_uses_with(source)
+                graph.erase_node(node)
+                counts["no-op expand removed"] += 1
+                continue
+            widened = [d for d, size in enumerate([1] * (len(out) - len(shape)) + shape) if size != out[d]]
+            if any(out[d] > _MAX_TILED_COPIES for d in widened):
+                continue
+            current = source
+            if len(shape) != len(out):
+                current = call(node, aten.reshape.default, source, [1] * (len(out) - len(shape)) + shape)
+            for d in widened:
+                current = tiled(node, current, d, out[d])
+            node.replace_all_uses_with(current)
+            graph.erase_node(node)
+            counts["expand -> cat of copies"] += 1
+
+        elif target is aten.repeat_interleave.self_int and is_float(node.args[0]) and static(result.shape):
+            source, repeats = node.args[0], node.args[1]
+            dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim")
+            if dim is None or not isinstance(repeats, int) or repeats > _MAX_TILED_COPIES:
+                continue
+            shape = list(value(source).shape)
+            dim %= len(shape)
+            current = call(node, aten.reshape.default, source, shape[: dim + 1] + [1] + shape[dim + 1:])
+            current = tiled(node, current, dim + 1, repeats)
+            current = call(node, aten.reshape.default, current, list(result.shape))
+            node.replace_all_uses_with(current)
+            graph.erase_node(node)
+            counts["repeat_interleave -> cat of copies"] += 1
+
+        elif target is aten.unbind.int and is_float(node.args[0]) and static(value(node.args[0]).shape):
+            source = node.args[0]
+            dim = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % value(source).dim()
+            users = list(node.users)
+            if all(user.target is operator.getitem for user in users):
+                for user in users:
+                    index = user.args[1]
+                    piece = call(user, aten.slice.Tensor, source, dim, index, index + 1)
+                    user.target, user.args = aten.reshape.default, (piece, list(value(user).shape))
+                graph.erase_node(node)
+                counts["unbind -> slices"] += 1
+
+        elif target is aten.matmul.default and all(is_float(a) for a in node.args[:2]):
+            left, right = (value(a) for a in node.args[:2])
+            batch = list(left.shape[:-2])
+            if left.dim() >= 3 and left.shape[:-2] == right.shape[:-2] and static(left.shape) and static(right.shape):
+                flat = math.prod(batch)
+                product = call(node, aten.bmm.default, call(node, aten.reshape.default, node.args[0], [flat, *left.shape[-2:]]),
+                               call(node, aten.reshape.default, node.args[1], [flat, *right.shape[-2:]]))
+                node.replace_all_uses_with(call(node, aten.reshape.default, product, list(result.shape)))
+                graph.erase_node(node)
+                counts["batched matmul -> bmm"] += 1
+
+        elif target is aten.baddbmm.default and node.kwargs.get("beta", 1) == 0 and is_float(node):
+            # The attention's scores (diffusers' get_attention_scores): torch decomposes it in
+            # float32 for float16 inputs, between casts XNNPACK refuses; the input it ignores is
+            # an uninitialised tensor.
+            alpha = node.kwargs.get("alpha", 1)
+            product = call(node, aten.bmm.default, node.args[1], node.args[2])
+            if alpha != 1:
+                product = call(node, aten.mul.Tensor, product, float(alpha))
+            node.replace_all_uses_with(product)
+            graph.erase_node(node)
+            counts["baddbmm with beta=0 -> bmm * alpha"] += 1
+
+        elif target is aten.silu.default and is_float(node.args[0]):
+            # Decomposed by torch in float32 for float16 inputs, between two casts XNNPACK refuses.
+            node.target, node.args = aten.mul.Tensor, (node.args[0], call(node, aten.sigmoid.default, node.args[0]))
+            counts["silu -> x * sigmoid(x)"] += 1
+
+        elif target is aten.gelu.default and result.dtype == torch.float16:
+            # XNNPACK has no float16 GELU. tanh's approximation, written with a sigmoid
+            # (0.5 * (1 + tanh(z)) = sigmoid(2z)), is within 3e-4 of the erf form: under float16's
+            # rounding of the activations it feeds.
+            source = node.args[0]
+            cubed = call(node, aten.mul.Tensor, call(node, aten.mul.Tensor, source, source), source)
+            inner = call(node, aten.add.Tensor, source, call(node, aten.mul.Tensor, cubed, 0.044715))
+            gate = call(node, aten.sigmoid.default, call(node, aten.mul.Tensor, inner, 2 * math.sqrt(2 / math.pi)))
+            node.target, node.args, node.kwargs = aten.mul.Tensor, (source, gate), {}
+            counts["float16 gelu -> x * sigmoid(1.5958 (x + 0.044715 x^3)), tanh's approximation"] += 1
+
+        elif target is aten.scaled_dot_product_attention.default:
+            replaced = _explicit_attention(node, call, value)
+            if replaced is not None:
+                node.replace_all_uses_with(replaced)
+                graph.erase_node(node)
+                counts["scaled_dot_product_attention -> bmm, softmax, bmm"] += 1
+
+        elif target in float_arithmetic and isinstance(result, torch.Tensor) and result.dtype.is_floating_point:
+            if any(type(a) is int for a in node.args):
+                node.args = tuple(float(a) if type(a) is int else a for a in node.args)
+                counts["int scalar in float arithmetic -> float"] += 1
+
+    if counts:
+        graph.eliminate_dead_code()
+        program.graph_module.recompile()
+    return [f"{what} x{count}" for what, count in sorted(counts.items())]
+
+
+def _explicit_attention(node: Any, call: Callable, value: Callable) -> Any | None:
+    """``scaled_dot_product_attention`` as bmm/softmax/bmm before ``node``; None where it does not
+    apply (dropout, causal, grouped-query, a boolean mask, broadcast batch dims)."""
+    import torch
+
+    aten = torch.ops.aten
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+    defaults = (None, None, None, None, 0.0, False, None, False)
+    bound = dict(zip(names, defaults))
+    bound.update(zip(names, node.args))
+    bound.update(node.kwargs)
+    query, key, values, mask = bound["query"], bound["key"], bound["value"], bound["attn_mask"]
+    if bound["dropout_p"] or bound["is_causal"] or bound["enable_gqa"]:
+        return None
+    q, k, v = value(query), value(key), value(values)
+    if mask is not None and not value(mask).dtype.is_floating_point:
+        return None
+    if q.dim() < 3 or not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]) or not all(isinstance(s, int) for s in (*q.shape, *k.shape, *v.shape)):
+        return None
+    batch, length, source = list(q.shape[:-2]), q.shape[-2], k.shape[-2]
+    flat = math.prod(batch)
+    scale = bound["scale"] if bound["scale"] is not None else 1.0 / math.sqrt(q.shape[-1])
+    scaled = call(node, aten.mul.Tensor, query, float(scale))
+    keys_t = call(node, aten.transpose.int, key, -2, -1)
+    scores = call(node, aten.bmm.default, call(node, aten.reshape.default, scaled, [flat, length, q.shape[-1]]),
+                  call(node, aten.reshape.default, keys_t, [flat, k.shape[-1], source]))
+    if mask is not None:
+        scores = call(node, aten.add.Tensor, call(node, aten.reshape.default, scores, batch + [length, source]), mask)
+        scores = call(node, aten.reshape.default, scores, [flat, length, source])
+    weights = call(node, aten.softmax.int, scores, -1)
+    out = call(node, aten.bmm.default, weights, call(node, aten.reshape.default, values, [flat, source, v.shape[-1]]))
+    return call(node, aten.reshape.default, out, batch + [length, v.shape[-1]])

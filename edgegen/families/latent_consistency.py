@@ -28,13 +28,20 @@ DEFAULT_GUIDANCE_SCALE = 8.5
 _CALIBRATION_GUIDANCE = (1.0, 2.0, 4.0, 6.0, 8.5, 12.0)
 
 
-def guidance_embedding(guidance_scale: Any, dim: int) -> Any:
+def guidance_frequencies(dim: int) -> Any:
+    """The sinusoid frequencies of ``get_guidance_scale_embedding``, shaped [half]."""
+    import torch
+
+    half = dim // 2
+    return torch.exp(torch.arange(half, dtype=torch.float32) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
+
+
+def guidance_embedding(guidance_scale: Any, dim: int, frequencies: Any = None) -> Any:
     """diffusers' ``get_guidance_scale_embedding(w - 1, dim)``, in the graph: [B] scales -> [B, dim]."""
     import torch
 
     w = (guidance_scale.to(torch.float32) - 1.0) * 1000.0
-    half = dim // 2
-    frequencies = torch.exp(torch.arange(half, dtype=torch.float32) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
+    frequencies = guidance_frequencies(dim) if frequencies is None else frequencies
     angles = w[:, None] * frequencies[None, :]
     embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
     return torch.nn.functional.pad(embedding, (0, 1)) if dim % 2 else embedding
@@ -50,10 +57,12 @@ def _denoiser_wrapper():
             super().__init__()
             self.unet = unet
             self.embedding_dim = int(unet.config.time_cond_proj_dim)
+            # A constant, so that no arange is left outside the delegates (the same float32 ops).
+            self.register_buffer("frequencies", guidance_frequencies(self.embedding_dim), persistent=False)
 
         def forward(self, sample, timestep, encoder_hidden_states, guidance_scale):
             # In the latents' dtype, as LatentConsistencyModelPipeline casts it (float16 models).
-            timestep_cond = guidance_embedding(guidance_scale, self.embedding_dim).to(sample.dtype)
+            timestep_cond = guidance_embedding(guidance_scale, self.embedding_dim, self.frequencies).to(sample.dtype)
             return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False)[0]
 
     return Denoiser
