@@ -1,6 +1,7 @@
 """Real-size denoisers with random weights: export time, peak RAM, size, latency vs eager, delegation.
 
     python benchmarks/scale.py [--model sd15-unet ...] [--target onnx ...] [--precision float|float16|int8] [--work DIR] [--runs 3]
+                               [--no-memory-check] [--no-latency]
 
 Users' models are 0.6-12 B parameters; the hub is not reachable here, so each model is its real
 configuration with random weights, saved once as a diffusers pipeline folder under --work. Only
@@ -140,7 +141,7 @@ def pipeline_folder(model: str, work: Path) -> Path:
     return folder
 
 
-def export_measured(folder: Path, target: str, precision: str, out: Path, scheme: str | None) -> dict:
+def export_measured(folder: Path, target: str, precision: str, out: Path, scheme: str | None, memory_check: bool = True) -> dict:
     """`edgegen export` of the denoiser in its own process: wall time, peak RSS (with children), outcome."""
     import psutil
 
@@ -148,6 +149,8 @@ def export_measured(folder: Path, target: str, precision: str, out: Path, scheme
                "--component", "denoiser", "--force"] + (["--quantize", scheme] if precision == "int8" and scheme else [])
     if precision == "float16":
         command += ["--dtype", "float16"]
+    if not memory_check:
+        command.append("--no-memory-check")
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     watched, peak = psutil.Process(process.pid), 0
@@ -189,6 +192,8 @@ def main() -> int:
     parser.add_argument("--precision", action="append", choices=["float", "float16", "int8"], help="repeatable; default: float")
     parser.add_argument("--work", type=Path, default=Path("out/scale"))
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-memory-check", action="store_true", help="try exports the memory check would refuse (to measure them)")
+    parser.add_argument("--no-latency", action="store_true", help="skip the latency step (it holds the eager model beside the session)")
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))  # tests.dummy_pipelines.tokenizers: the offline tokenizers
@@ -209,14 +214,14 @@ def main() -> int:
                 scheme = int8_scheme(target)
                 if precision == "int8" and scheme is None:
                     continue
-                result.update(export_measured(folder, target, precision, out, scheme))
+                result.update(export_measured(folder, target, precision, out, scheme, not args.no_memory_check))
                 if result["ok"]:
                     artifact_dir = next(p for p in out.iterdir() if (p / "manifest.json").is_file())
                     manifest = load_artifact(artifact_dir).manifest
                     result["size_gib"] = round(sum(f.bytes for f in manifest.files) / 2**30, 2)
                     result["delegated"] = manifest.delegation.delegated_fraction if manifest.delegation else None
                     result["fallback_ops"] = manifest.delegation.fallback_ops if manifest.delegation else {}
-                    if runtime_for(manifest).unavailable_reason(manifest) is None:
+                    if not args.no_latency and runtime_for(manifest).unavailable_reason(manifest) is None:
                         result.update(latency_vs_eager(folder, artifact_dir, args.runs, manifest.source.dtype))
                 results.append(result)
                 with (args.work / "scale.jsonl").open("a") as log:  # each row as it lands: a crash loses none

@@ -141,6 +141,20 @@ def forget_lowered_graphs() -> None:
     if clear is not None:
         clear()
     gc.collect()
+    release_free_memory()
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc keeps them after a large export has
+    freed its graphs, and the runtime's packed weights would be added on top)."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if sys.platform.startswith("linux") and (name := ctypes.util.find_library("c")):
+        trim = getattr(ctypes.CDLL(name), "malloc_trim", None)  # glibc only; musl has none
+        if trim is not None:
+            trim(0)
 
 
 @dataclass(frozen=True)
