@@ -322,3 +322,13 @@ def test_the_rewritten_copy_shares_the_weights_and_leaves_the_original_alone(pip
     assert {tensor.data_ptr() for tensor in copied.state_dict().values()} == originals
     assert any(type(m) is torch.nn.GroupNorm for m in component.module.modules())  # the original is not rewritten
     assert_same(component.module, copied, *component.example_args())
+
+
+@pytest.mark.parametrize("eps", [1e-6, None])
+def test_torch_rms_norm_matches(eps):
+    # Flux's query/key norm; torch's own eps (None) is the dtype's machine epsilon.
+    original = randomized(torch.nn.RMSNorm(16, eps=eps))
+    changed, changes = rewritten(torch.nn.Sequential(original), rewrites.decompose_rms_norms)
+    assert changes == ["RMSNorm x1 -> decomposed RMSNorm (reshape, mul, mean, rsqrt, affine)"]
+    assert_same(original, changed[0], torch.randn(2, 5, 3, 16))
+    assert_weights_load(original, changed[0])

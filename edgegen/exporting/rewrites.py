@@ -28,8 +28,10 @@ Limits: results match the originals within float rounding (the norms' reductions
 order), not bitwise. An instance-level ``forward`` override (an accelerate offload hook) is not
 carried over to the swapped module. Only the stock classes are rewritten, never subclasses.
 
-One pass works on an exported program's graph instead: ``explicit_type_promotion``, for models
-loaded in float16 whose few float32 parts (kept so by transformers) mix with float16 ones.
+Two passes work on an exported program's graph instead: ``explicit_type_promotion``, for models
+loaded in float16 whose few float32 parts (kept so by transformers) mix with float16 ones, and
+``delegable_graph_ops``, for the attention and shape ops of the transformer denoisers (and
+float16's activations) that XNNPACK refuses.
 """
 
 from __future__ import annotations
