@@ -1,4 +1,4 @@
-"""Core ML target: torch.jit.trace -> coremltools -> one ML Program ``model.mlpackage`` per component.
+"""Core ML target: torch.export (or torch.jit.trace) -> coremltools -> one ML Program ``model.mlpackage`` per component.
 
 Conversion and weight compression (coremltools.optimize.coreml) run on any host; Core ML
 prediction needs macOS, so on Linux an export is written with its parity marked "not measured".
@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgegen.errors import first_line
 from edgegen.exporting.base import ExportedModel, ExportOptions, count_ops, delegation_from_ops, min_psnr_db, missing_packages
 from edgegen.families.base import in_float32
 from edgegen.schema.manifest import CoremlDeployment, Quantization, TensorSpec
@@ -131,6 +132,33 @@ def _register_missing_converters() -> None:
             context.add(mb.transpose(x=x, perm=perm, name=node.name))
 
 
+def _converted(module, args, convert_options: dict) -> tuple[object, str]:
+    """coremltools' conversion of ``module``, and which of its frontends took it.
+
+    torch.export first: it traces with fake tensors, so the conversion holds the weights and
+    little else. TorchScript tracing keeps every intermediate activation alive until the trace
+    ends (0.35 GiB per PixArt-Sigma block at 1024 px, which put its 28 blocks out of this host's
+    24 GiB); it remains for graphs with ops coremltools' torch.export frontend lacks (the text
+    encoders' ``alias``, ``where.ScalarOther``, ``__and__`` in coremltools 9), and the manifest
+    says which frontend converted the model and why.
+    """
+    import coremltools as ct
+    import torch
+
+    with torch.no_grad():
+        try:
+            program = torch.export.export(module, args, strict=False).run_decompositions({})
+            return ct.convert(program, **convert_options), "torch.export"
+        except Exception as error:  # an op the torch.export frontend lacks; tracing takes it
+            reason = first_line(error)
+        with warnings.catch_warnings():
+            # Tracing warns where the models branch on shapes; shapes are static here, so the
+            # traced branch is the only one ever taken.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(module, args, check_trace=False)
+    return ct.convert(traced, **convert_options), f"torch.jit.trace (torch.export frontend: {reason})"
+
+
 class CoremlExporter:
     name = "coreml"
     backends: tuple[str, ...] = ()
@@ -144,7 +172,6 @@ class CoremlExporter:
     def export(self, component: Component, folder: Path, options: ExportOptions) -> ExportedModel:
         import coremltools as ct
         import numpy as np
-        import torch
 
         args = component.example_args()
         precision = _PRECISION[options.quantize]
@@ -153,11 +180,6 @@ class CoremlExporter:
             # coremltools converts float32 graphs; float16 is its compute precision.
             module, precision = in_float32(module), "float16"
         _register_missing_converters()
-        with torch.no_grad(), warnings.catch_warnings():
-            # Tracing warns where the models branch on shapes; shapes are static here, so the
-            # traced branch is the only one ever taken.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            traced = torch.jit.trace(module, args, check_trace=False)
         # Core ML has no int64 features: integer inputs (token ids) are declared int32.
         inputs = [
             ct.TensorType(
@@ -168,8 +190,7 @@ class CoremlExporter:
             for spec, arg in zip(component.inputs, args, strict=True)
         ]
         outputs = [ct.TensorType(name=spec.name, dtype=np.float32) for spec in component.outputs]
-        model = ct.convert(
-            traced,
+        model, frontend = _converted(module, args, dict(
             inputs=inputs,
             outputs=outputs,
             convert_to="mlprogram",
@@ -177,9 +198,10 @@ class CoremlExporter:
             compute_precision=ct.precision.FLOAT32 if precision == "float32" else ct.precision.FLOAT16,
             compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS),
             skip_model_load=True,
-        )
+        ))
         deployment = CoremlDeployment(deployment_target=DEPLOYMENT_TARGET, compute_units=COMPUTE_UNITS, precision=precision)
         details = deployment.model_dump()  # also here for readers of manifests older than the typed field
+        details["frontend"] = frontend
         if options.quantize != "none":
             compress, config, scheme_details = _compression_config(options.quantize)
             model = compress(model, config)

@@ -43,8 +43,15 @@ def test_float_package_matches_its_manifest(exported, component):
     manifest = artifact.manifest
     assert artifact.model_path.is_dir() and artifact.model_path.name == "model.mlpackage"
     assert any(f.path.startswith("model.mlpackage/") and f.path.endswith("weight.bin") for f in manifest.files)
-    details = manifest.quantization.details
+    details = dict(manifest.quantization.details)
     assert manifest.quantization.scheme == "none"
+    # Which coremltools frontend converted it: torch.export, except where it lacks an op (CLIP's
+    # text encoder: ``alias``), where tracing does and the manifest says why.
+    frontend = details.pop("frontend")
+    if component == "text_encoder":
+        assert frontend.startswith("torch.jit.trace (torch.export frontend: ") and "alias" in frontend
+    else:
+        assert frontend == "torch.export"
     assert details == {"precision": "float32", "deployment_target": "iOS17", "compute_units": "ALL"}
     # The typed field says the same; the runtime reads it, or the details of a manifest without it.
     from edgegen.runtimes.coreml import deployment_of
