@@ -137,18 +137,23 @@ def _converted(module, args, convert_options: dict) -> tuple[object, str]:
 
     torch.export first: it traces with fake tensors, so the conversion holds the weights and
     little else. TorchScript tracing keeps every intermediate activation alive until the trace
-    ends (0.35 GiB per PixArt-Sigma block at 1024 px, which put its 28 blocks out of this host's
-    24 GiB); it remains for graphs with ops coremltools' torch.export frontend lacks (the text
-    encoders' ``alias``, ``where.ScalarOther``, ``__and__`` in coremltools 9), and the manifest
-    says which frontend converted the model and why.
+    ends (0.35 GiB per PixArt-Sigma block at 1024 px). Tracing remains for graphs with ops
+    coremltools' torch.export frontend lacks (the text encoders' ``alias``,
+    ``where.ScalarOther`` and ``__and__`` in coremltools 9), and the manifest says which frontend
+    converted the model and why.
     """
     import coremltools as ct
     import torch
 
+    from edgegen.exporting.quantize import drop_zero_baddbmm_inputs
+
     with torch.no_grad():
         try:
-            program = torch.export.export(module, args, strict=False).run_decompositions({})
-            return ct.convert(program, **convert_options), "torch.export"
+            program = torch.export.export(module, args, strict=False)
+            # The attention's baddbmm(empty(heads, tokens, tokens), ..., beta=0): coremltools
+            # materializes that ignored input, 1 GiB per PixArt-Sigma block at 1024 px.
+            drop_zero_baddbmm_inputs(program.graph_module)
+            return ct.convert(program.run_decompositions({}), **convert_options), "torch.export"
         except Exception as error:  # an op the torch.export frontend lacks; tracing takes it
             reason = first_line(error)
         with warnings.catch_warnings():
