@@ -132,6 +132,17 @@ def _register_missing_converters() -> None:
             context.add(mb.transpose(x=x, perm=perm, name=node.name))
 
 
+def _remove_temporary_packages(models: list) -> None:
+    """Delete the temporary .mlpackage coremltools 9 writes for each converted or compressed ML
+    Program and never removes (in the system's temporary folder: 10 GiB for SDXL's float32
+    UNet); the artifact is the copy ``save`` wrote."""
+    import shutil
+
+    for model in models:
+        if getattr(model, "is_temp_package", False) and getattr(model, "package_path", None):
+            shutil.rmtree(model.package_path, ignore_errors=True)
+
+
 def _converted(module, args, convert_options: dict) -> tuple[object, str]:
     """coremltools' conversion of ``module``, and which of its frontends took it.
 
@@ -207,12 +218,17 @@ class CoremlExporter:
         deployment = CoremlDeployment(deployment_target=DEPLOYMENT_TARGET, compute_units=COMPUTE_UNITS, precision=precision)
         details = deployment.model_dump()  # also here for readers of manifests older than the typed field
         details["frontend"] = frontend
-        if options.quantize != "none":
-            compress, config, scheme_details = _compression_config(options.quantize)
-            model = compress(model, config)
-            details.update(scheme_details, weight_threshold=WEIGHT_THRESHOLD)
         path = folder / MODEL_FILE
-        model.save(str(path))
+        packages = [model]
+        try:
+            if options.quantize != "none":
+                compress, config, scheme_details = _compression_config(options.quantize)
+                model = compress(model, config)
+                packages.append(model)
+                details.update(scheme_details, weight_threshold=WEIGHT_THRESHOLD)
+            model.save(str(path))
+        finally:
+            _remove_temporary_packages(packages)
 
         all_ops = _all_op_types(path)
         if options.quantize != "none":

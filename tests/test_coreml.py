@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from edgegen.cli import app
 from edgegen.families.stable_diffusion import COMPONENT_NAMES, build_component
-from edgegen.exporting.orchestration import MIN_PSNR_DB_INT8
+from edgegen.exporting.orchestration import MIN_PSNR_DB_INT8, ExportOptions, export_component
 from edgegen.registry import EXPORTERS
 
 ON_MACOS = platform.system() == "Darwin"
@@ -160,3 +161,17 @@ def test_unsupported_quantization_lists_what_coreml_supports(pipeline_dir, tmp_p
     assert result.exit_code == 2, result.output
     assert "supports: none, int8-weights, palettize-6bit, palettize-4bit" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_leaves_no_temporary_package_behind(pipeline, pipeline_dir, tmp_path):
+    # coremltools keeps each converted model in a temporary .mlpackage of its own, never deleted:
+    # a second copy of every artifact (10 GiB for SDXL's UNet) in the system's temporary folder.
+    import tempfile
+
+    def packages() -> set:
+        return set(Path(tempfile.gettempdir()).glob("*.mlpackage"))
+
+    before = packages()
+    for quantize in ("none", "int8-weights"):
+        export_component(pipeline, pipeline_dir, "vae_decoder", "coreml", tmp_path / quantize, ExportOptions(quantize=quantize))
+    assert packages() - before == set()
