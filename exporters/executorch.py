@@ -268,7 +268,10 @@ class ExecutorchExporter:
             if separate:
                 program = _weights_tagged_external(program, args)
             rewrites += explicit_type_promotion(program)
-            if provider.rewrites:
+            if provider.rewrites and options.quantize == "none" and learned is None:
+                # Float graphs only: in a quantized graph the reshapes and slices these leave
+                # between quantize/dequantize pairs are refused by XNNPACK when the program
+                # loads (PixArt's and Flux's int8 denoisers: xnn_status_invalid_parameter).
                 rewrites += delegable_graph_ops(program)
             with partitioner_refusals(provider.name) as reasons:
                 edge = to_edge_transform_and_lower(program, partitioner=provider.partitioners())
