@@ -605,6 +605,15 @@ def delegable_graph_ops(program: Any) -> list[str]:
         joined = call(before, aten.cat.default, [call(before, aten.reshape.default, node, operand) for _ in range(copies)], 1)
         return call(before, aten.reshape.default, joined, shape[:dim] + [copies] + shape[dim + 1:])
 
+    # The attention's scores (diffusers' get_attention_scores): torch decomposes baddbmm in
+    # float32 for float16 inputs, between casts XNNPACK refuses; its ignored input is uninitialised.
+    zero_beta = sum(n.target is aten.baddbmm.default and n.kwargs.get("beta", 1) == 0 for n in graph.nodes)
+    if zero_beta:
+        from edgegen.exporting.quantize import drop_zero_baddbmm_inputs
+
+        drop_zero_baddbmm_inputs(program.graph_module)
+        counts["baddbmm with beta=0 -> bmm * alpha"] = zero_beta
+
     for node in list(graph.nodes):
         if node.op != "call_function":
             continue
@@ -686,18 +695,6 @@ def delegable_graph_ops(program: Any) -> list[str]:
                 node.replace_all_uses_with(call(node, aten.reshape.default, product, list(result.shape)))
                 graph.erase_node(node)
                 counts["batched matmul -> bmm"] += 1
-
-        elif target is aten.baddbmm.default and node.kwargs.get("beta", 1) == 0 and is_float(node):
-            # The attention's scores (diffusers' get_attention_scores): torch decomposes it in
-            # float32 for float16 inputs, between casts XNNPACK refuses; the input it ignores is
-            # an uninitialised tensor.
-            alpha = node.kwargs.get("alpha", 1)
-            product = call(node, aten.bmm.default, node.args[1], node.args[2])
-            if alpha != 1:
-                product = call(node, aten.mul.Tensor, product, float(alpha))
-            node.replace_all_uses_with(product)
-            graph.erase_node(node)
-            counts["baddbmm with beta=0 -> bmm * alpha"] += 1
 
         elif target is aten.silu.default and is_float(node.args[0]):
             # Decomposed by torch in float32 for float16 inputs, between two casts XNNPACK refuses.
