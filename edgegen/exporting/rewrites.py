@@ -105,6 +105,13 @@ def _normalize_4d(view: Any, eps: float) -> Any:
     return centered * (variance + eps).rsqrt()
 
 
+def _rms_normalize_last_dim(x: Any, eps: float) -> Any:
+    """``x`` over the root mean square of its last dim, computed on a 4-D view so that XNNPACK
+    takes the mean (dims (2, 3), keepdim: the only mean it takes); same shape as ``x``."""
+    view = x.reshape(1, -1, 1, x.shape[-1])
+    return (view * ((view * view).mean(dim=(2, 3), keepdim=True) + eps).rsqrt()).reshape(x.shape)
+
+
 @functools.cache
 def _classes() -> dict[str, type]:
     # Defined on first use so that importing this module does not import torch or diffusers.
@@ -148,10 +155,7 @@ def _classes() -> dict[str, type]:
         mean is the one XNNPACK takes; same parameters, same state_dict."""
 
         def forward(self, hidden_states):
-            shape = hidden_states.shape
-            view = hidden_states.reshape(1, -1, 1, shape[-1])
-            variance = (view * view).mean(dim=(2, 3), keepdim=True)
-            y = (view * (variance + self.eps).rsqrt()).reshape(shape)
+            y = _rms_normalize_last_dim(hidden_states, self.eps)
             if self.weight is not None:
                 y = y * self.weight
                 if self.bias is not None:
@@ -163,12 +167,9 @@ def _classes() -> dict[str, type]:
         parameters, same state_dict."""
 
         def forward(self, x):
-            shape = x.shape
             if len(self.normalized_shape) != 1:
                 return super().forward(x)
-            eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
-            view = x.reshape(1, -1, 1, shape[-1])
-            y = (view * ((view * view).mean(dim=(2, 3), keepdim=True) + eps).rsqrt()).reshape(shape)
+            y = _rms_normalize_last_dim(x, self.eps if self.eps is not None else torch.finfo(x.dtype).eps)
             return y * self.weight if self.weight is not None else y
 
     class DecomposedT5LayerNorm(T5LayerNorm):
@@ -176,20 +177,14 @@ def _classes() -> dict[str, type]:
         parameters, same state_dict."""
 
         def forward(self, hidden_states):
-            shape = hidden_states.shape
-            view = hidden_states.reshape(1, -1, 1, shape[-1])
-            variance = (view * view).mean(dim=(2, 3), keepdim=True)
-            return self.weight * (view * (variance + self.variance_epsilon).rsqrt()).reshape(shape)
+            return self.weight * _rms_normalize_last_dim(hidden_states, self.variance_epsilon)
 
     class DecomposedGemma2RMSNorm(Gemma2RMSNorm):
         """transformers' ``Gemma2RMSNorm`` (Sana's text encoder) over a 4-D view, scaling by
         ``1 + weight``; same parameters, same state_dict."""
 
         def forward(self, x):
-            shape = x.shape
-            view = x.reshape(1, -1, 1, shape[-1])
-            variance = (view * view).mean(dim=(2, 3), keepdim=True)
-            return (view * (variance + self.eps).rsqrt()).reshape(shape) * (1.0 + self.weight)
+            return _rms_normalize_last_dim(x, self.eps) * (1.0 + self.weight)
 
     class NearestUpsample2x(torch.nn.Module):
         """Nearest 2x upsampling of NCHW as two concatenations of a tensor with itself.
