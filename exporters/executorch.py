@@ -211,7 +211,8 @@ PROVIDERS = {
 CALIBRATED_INT8 = {
     "tool": "torchao PT2E + XNNPACKQuantizer",
     "weights": "int8 symmetric per-channel",
-    "activations": "int8 per-tensor, calibrated",
+    "activations": "int8 per-tensor, calibrated, into and out of the weighted layers",
+    "float": "additions, products, normalisations, softmax and the other elementwise ops",
 }
 
 
@@ -254,6 +255,11 @@ class ExecutorchExporter:
         separate = wants_separate_weights(component, options)
         with torch.no_grad():
             program = torch.export.export(module, args, strict=False)
+            if provider.rewrites and learned is None:
+                # Before calibration, so that the quantizer sees the reshapes and slices these
+                # leave and shares each one's int8 parameters with its input (XNNPACK refuses a
+                # reshape that requantizes).
+                rewrites += explicit_type_promotion(program) + delegable_graph_ops(program)
             if learned is not None:
                 quantization, min_psnr = learned_scales_quantization(), MIN_PSNR_DB_INT8
             elif options.quantize == "int8":
@@ -268,11 +274,6 @@ class ExecutorchExporter:
             if separate:
                 program = _weights_tagged_external(program, args)
             rewrites += explicit_type_promotion(program)
-            if provider.rewrites and options.quantize == "none" and learned is None:
-                # Float graphs only: in a quantized graph the reshapes and slices these leave
-                # between quantize/dequantize pairs are refused by XNNPACK when the program
-                # loads (PixArt's and Flux's int8 denoisers: xnn_status_invalid_parameter).
-                rewrites += delegable_graph_ops(program)
             with partitioner_refusals(provider.name) as reasons:
                 edge = to_edge_transform_and_lower(program, partitioner=provider.partitioners())
         delegation = delegation_report(edge, provider.name, reasons if provider.name in _PARTITIONER_LOGGERS else None)

@@ -108,3 +108,61 @@ def test_calibrated_onnx_int8_holds_no_attention_score_sized_constant(tmp_path):
     largest = max(int(np.prod(t.dims)) if t.dims else 1 for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
     tokens = 32 * 32  # the test VAE decodes 32x32 latents; its mid-block attends over them
     assert largest < tokens * tokens / 16, largest
+
+
+class HeadsAndResidual(torch.nn.Module):
+    """A projection split into heads (Flux's ``unflatten``, a rotary ``unsqueeze``), another
+    projection, and a residual add: the shape ops XNNPACK runs quantized only when their int8
+    parameters equal their input's, and an add that stays float."""
+
+    def __init__(self):
+        super().__init__()
+        self.to_q = torch.nn.Linear(8, 8)
+        self.to_out = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        heads = self.to_q(x).unflatten(-1, (2, 4)).unsqueeze(1)
+        return self.to_out(heads.flatten(-2).squeeze(1)) + x
+
+
+def _calibrated_heads_and_residual():
+    from edgegen.exporting.quantize import quantize_static, xnnpack_quantizer
+
+    torch.manual_seed(0)
+    module = HeadsAndResidual().eval()
+    x = torch.randn(1, 4, 8)
+    program = torch.export.export(module, (x,), strict=False)
+    batches = [{"x": torch.randn(1, 4, 8) * (i + 1)} for i in range(4)]
+    return module, x, quantize_static(program.module(), xnnpack_quantizer(), batches, ["x"])
+
+
+def _quant_params(node):
+    return tuple(node.args[1:3])
+
+
+def test_shape_ops_share_their_inputs_int8_parameters():
+    _, _, quantized = _calibrated_heads_and_residual()
+    shape_ops = {"aten.unflatten.int", "aten.unsqueeze.default", "aten.flatten.using_ints", "aten.squeeze.dims", "aten.squeeze.dim"}
+    checked = 0
+    for node in quantized.graph.nodes:
+        if str(node.target) not in shape_ops:
+            continue
+        [source] = node.all_input_nodes
+        assert "dequantize_per_tensor" in str(source.target), node
+        requantized = [user for user in node.users if str(user.target).endswith("quantize_per_tensor.default") and "dequantize" not in str(user.target)]
+        assert requantized, node
+        assert all(_quant_params(user) == _quant_params(source) for user in requantized), node
+        checked += 1
+    assert checked >= 3
+
+
+def test_calibrated_int8_quantizes_the_weighted_layers_and_leaves_the_add_float():
+    module, x, quantized = _calibrated_heads_and_residual()
+    [add] = [n for n in quantized.graph.nodes if str(n.target) == "aten.add.Tensor"]
+    assert not any("quantize_per_tensor" in str(user.target) for user in add.users)  # its output stays float
+    linears = [n for n in quantized.graph.nodes if str(n.target) == "aten.linear.default"]
+    assert len(linears) == 2
+    assert all("dequantize" in str(n.args[0].target) and "dequantize" in str(n.args[1].target) for n in linears)
+    with torch.no_grad():
+        expected, got = module(x), quantized(x)
+    assert (got - expected).abs().max() < 0.05 * expected.abs().max()
