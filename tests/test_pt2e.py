@@ -166,3 +166,18 @@ def test_calibrated_int8_quantizes_the_weighted_layers_and_leaves_the_add_float(
     with torch.no_grad():
         expected, got = module(x), quantized(x)
     assert (got - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+def test_calibrated_int8_quantizes_convolutions_too():
+    """The conv annotator asks the quantizer's filter about its weight and bias nodes as well."""
+    from edgegen.exporting.quantize import quantize_static, xnnpack_quantizer
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 4, 8, 8)
+    program = torch.export.export(module, (x,), strict=False)
+    quantized = quantize_static(program.module(), xnnpack_quantizer(), [{"x": torch.randn(1, 4, 8, 8)} for _ in range(4)], ["x"])
+    convolutions = [n for n in quantized.graph.nodes if str(n.target) == "aten.conv2d.default"]
+    assert len(convolutions) == 2
+    assert all("dequantize_per_channel" in str(n.args[1].target) for n in convolutions)
+    assert all("dequantize_per_tensor" in str(n.args[0].target) for n in convolutions)

@@ -81,7 +81,10 @@ def xnnpack_quantizer(qat: bool = False) -> Any:
         aten.linear.default, aten.addmm.default, aten.conv1d.default, aten.conv1d.padding, aten.conv2d.default,
         aten.conv2d.padding, aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.relu.default,
     }
-    return WeightedLayersQuantizer().set_global(config).set_filter_function(lambda node: node.target in weighted)
+    # The conv annotator asks the filter about the weight and bias nodes of its match too.
+    return WeightedLayersQuantizer().set_global(config).set_filter_function(
+        lambda node: node.op != "call_function" or node.target in weighted
+    )
 
 
 def shared_through_shape_ops(graph_module: Any) -> Any:
