@@ -1,6 +1,6 @@
 """Where int8 costs caption faithfulness, component by component, and what QAT buys back.
 
-    python benchmarks/int8_faithfulness.py [--qat-steps 300] [--batch-size 32] [--target executorch]
+    python benchmarks/int8_faithfulness.py [--qat-steps 300 (0: none)] [--batch-size 32] [--target executorch]
 
 The embedded default's committed distilled student is exported to ``--target`` in float and in
 post-training int8, one component at a time, and the whole pipeline is sampled over the 48
@@ -61,7 +61,7 @@ def rows_of(results: list, student: str, describe: dict[str, str]) -> list[dict]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--qat-steps", type=int, default=300)
+    parser.add_argument("--qat-steps", type=int, default=300, help="0 skips the QAT student")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--target", default="executorch", choices=["executorch", "onnx", "tflite"])
     args = parser.parse_args()
@@ -88,13 +88,14 @@ def main() -> int:
         results = run_comparison(prompts, teacher, student, [sets], root / "ptq.jsonl", **common)
         rows += rows_of(results, "distilled", {label: f"{text}, post-training" for label, text in describe.items()})
 
-        data = "builtin:shapes?count=20000&seed=7"
-        qat_student = train_qat_student(teacher, student, root / "qat", args.qat_steps, args.batch_size, data)
-        learned = {"den8": {"denoiser"}, "all8": every}
-        sets = artifact_sets(qat_student, args.target, root / "qat-artifacts", learned)
-        results = run_comparison(prompts, teacher, qat_student, [sets], root / "qat.jsonl", **common)
-        describe_qat = {"den8": "denoiser, learned (QAT)", "all8": "denoiser learned, others post-training"}
-        rows += rows_of(results, f"QAT ({args.qat_steps} steps)", describe_qat)
+        if args.qat_steps > 0:  # 0: post-training int8 only
+            data = "builtin:shapes?count=20000&seed=7"
+            qat_student = train_qat_student(teacher, student, root / "qat", args.qat_steps, args.batch_size, data)
+            learned = {"den8": {"denoiser"}, "all8": every}
+            sets = artifact_sets(qat_student, args.target, root / "qat-artifacts", learned)
+            results = run_comparison(prompts, teacher, qat_student, [sets], root / "qat.jsonl", **common)
+            describe_qat = {"den8": "denoiser, learned (QAT)", "all8": "denoiser learned, others post-training"}
+            rows += rows_of(results, f"QAT ({args.qat_steps} steps)", describe_qat)
 
     table = [[r["student"], r["int8"], fmt(r["faithfulness"], "{:.0%}"), fmt(r["image_psnr_db_vs_teacher"], "{:.1f}"), r["bytes"] // 1024] for r in rows]
     emit(f"{len(prompts)} grid captions, 20 steps, {args.target} artifacts", ["student", "int8 components", "faithful", "dB vs teacher", "KiB"], table, rows)
