@@ -50,3 +50,18 @@ def train_qat_student(teacher: Path, student: Path, output: Path, steps: int, ba
         f"teacher={teacher}", f"student={student}", f"output={output}", f"steps={steps}", f"batch_size={batch_size}",
         "learning_rate=1e-4", "qat=true", f"checkpoint_every={steps + 1}", f"data={data}",
     ])
+
+
+def executorch_side_by_side(pipeline: Path | None, output: Path) -> Path:
+    """Quiet logs, one thread for torch and for XNNPACK's threadpool (so two programs timed in
+    turn compete alike); the pipeline folder, the embedded default's when none is given."""
+    import torch
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+    from edgegen.embedded.demo import ensure_default_pipeline
+    from edgegen.terminal import quiet
+
+    quiet()
+    torch.set_num_threads(1)
+    _unsafe_reset_threadpool(1)
+    return pipeline or ensure_default_pipeline(output / "teacher")

@@ -18,7 +18,7 @@ import copy
 import sys
 from pathlib import Path
 
-from _common import emit  # the benchmarks' shared helper, beside this script
+from _common import emit, executorch_side_by_side  # the benchmarks' shared helpers, beside this script
 
 
 
@@ -50,20 +50,12 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=Path("out/bench"))
     args = parser.parse_args()
 
-    import torch
-    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-
-    from edgegen.terminal import quiet
     from edgegen.families import family_of
-    from edgegen.embedded.demo import ensure_default_pipeline
     from edgegen.measure.profiling import interleaved_medians
     from edgegen.exporting.rewrites import make_delegable
     from edgegen.families.loading import load_pipeline
 
-    quiet()
-    torch.set_num_threads(1)
-    _unsafe_reset_threadpool(1)
-    pipeline_dir = args.pipeline or ensure_default_pipeline(args.output / "teacher")
+    pipeline_dir = executorch_side_by_side(args.pipeline, args.output)
     pipeline = load_pipeline(pipeline_dir)
     rows = []
     for name in args.component or ["denoiser", "vae_decoder"]:

@@ -21,7 +21,7 @@ import math
 import sys
 from pathlib import Path
 
-from _common import emit  # the benchmarks' shared helper, beside this script
+from _common import emit, executorch_side_by_side  # the benchmarks' shared helpers, beside this script
 
 
 def every_op_quantizer():
@@ -79,20 +79,12 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=Path("out/bench"))
     args = parser.parse_args()
 
-    import torch
-    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-
-    from edgegen.embedded.demo import ensure_default_pipeline
     from edgegen.exporting.quantize import xnnpack_quantizer
     from edgegen.families import family_of
     from edgegen.families.loading import load_pipeline
     from edgegen.measure.profiling import interleaved_medians
-    from edgegen.terminal import quiet
 
-    quiet()
-    torch.set_num_threads(1)
-    _unsafe_reset_threadpool(1)
-    pipeline_dir = args.pipeline or ensure_default_pipeline(args.output / "teacher")
+    pipeline_dir = executorch_side_by_side(args.pipeline, args.output)
     family = family_of(pipeline_dir)
     pipeline = load_pipeline(pipeline_dir)
     variants = {"float32": lambda: None, "int8 every op": every_op_quantizer, "int8 weighted layers": xnnpack_quantizer}
