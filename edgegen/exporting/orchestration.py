@@ -15,7 +15,7 @@ from typing import Any
 
 from edgegen.artifact import Artifact, atomic_folder, describe_files, load_artifact, staged_folder, write_failure, write_manifest
 from edgegen.exporting.capacity import check_fits
-from edgegen.families import Component, component_spec, family_of
+from edgegen.families import Component, component_spec, components_with_role, family_of
 from edgegen.families.base import weights_dtype
 from edgegen.errors import EdgegenError, first_line
 # What an exporter is and returns (and the parity thresholds) live in edgegen.exporting.base.
@@ -167,6 +167,12 @@ def _write_artifact(
     component.quantization_source = learned_scales(pipeline_dir, component_name)
     if options.quantize != "none":
         component.calibration = family.calibration_inputs(pipeline, component_name, options.batch_size)
+        if component_name in {spec.name for spec in components_with_role(family, "decoder")}:
+            # Gaussian latents alone mis-set its activation ranges for what samplers produce.
+            from edgegen.families.prompts import CALIBRATION_PROMPTS
+            from edgegen.sampling.loop import sampled_decoder_inputs
+
+            component.calibration += sampled_decoder_inputs(pipeline_dir, pipeline, CALIBRATION_PROMPTS, options.batch_size)
     expected = _to_numpy(component.run_eager())
     fake_quant_expected = None
     if options.quantize == "int8" and component.quantization_source is not None:
