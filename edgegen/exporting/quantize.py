@@ -57,8 +57,8 @@ def xnnpack_quantizer(qat: bool = False) -> Any:
     Calibrated (not QAT) graphs quantize the weight-carrying layers (linear, conv, and a ReLU
     fused into them) and leave additions, products and concatenations float, as the ONNX and
     LiteRT int8 exports do: quantizing every residual add and modulation product cost the tiny
-    test models 10 to 21 dB of parity (SD's UNet 30.1 -> 46.5 dB, PixArt's transformer 26.4 ->
-    43.7, Sana's decoder 21.9 -> 36.8) for no saving in size. They also share quantization
+    test denoisers 7 to 18 dB of parity (SD's UNet 30.3 -> 39.8 dB, PixArt's transformer 26.2 ->
+    42.8) for no saving in size (benchmarks/int8_scope.py). They also share quantization
     parameters through every shape-only op (``shared_through_shape_ops``). A QAT checkpoint's
     state is the prepared graph's observers, so its quantizer stays as its students were trained.
     """

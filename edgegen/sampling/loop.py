@@ -246,7 +246,10 @@ def artifact_runners(artifacts: dict[str, Any], threads: int = 1) -> dict[str, R
     return {name: open_artifact(artifact, threads).run for name, artifact in artifacts.items()}
 
 
-def load_case(model_dir: Path, artifact_dirs: dict[str, Path] | None, plan: SamplingPlan, threads: int = 1) -> EdgePipeline:
+def load_case(
+    model_dir: Path, artifact_dirs: dict[str, Path] | None, plan: SamplingPlan, threads: int = 1, pipeline: Any = None
+) -> EdgePipeline:
+    """``model_dir``'s sampling loop on its artifacts, or eagerly (on ``pipeline`` if it is loaded already)."""
     model_dir = Path(model_dir)
     family = family_of(model_dir)
     plan = replace(plan, guidance_mode=guidance_mode(family, plan.guidance_scale))
@@ -257,7 +260,7 @@ def load_case(model_dir: Path, artifact_dirs: dict[str, Path] | None, plan: Samp
         first = next(iter(artifacts.values())).manifest
         description = f"{first.target}{'/' + first.backend if first.backend else ''} {first.quantization.scheme}"
     else:
-        runners, _ = eager_runners(model_dir)
+        runners, _ = eager_runners(model_dir, pipeline)
         description = "eager float32"
     return EdgePipeline(family, runners, tokenizers, scheduler, plan, family.latent_shape(model_dir), description)
 
@@ -284,13 +287,9 @@ def sampled_decoder_inputs(model_dir: Path, pipeline: Any, prompts: Sequence[str
     """
     import torch
 
-    model_dir = Path(model_dir)
     family = family_of(model_dir)
     guidance = DECODER_CALIBRATION_GUIDANCE if family.guidance_modes else 1.0
-    plan = sampling_plan(model_dir, DECODER_CALIBRATION_STEPS, guidance)
-    tokenizers, scheduler = load_tokenizers_and_scheduler(model_dir, family)
-    runners, _ = eager_runners(model_dir, pipeline)
-    sampler = EdgePipeline(family, runners, tokenizers, scheduler, plan, family.latent_shape(model_dir), "eager calibration")
+    sampler = load_case(model_dir, None, sampling_plan(model_dir, DECODER_CALIBRATION_STEPS, guidance), pipeline=pipeline)
     sets = []
     for index, prompt in enumerate(prompts):
         seed = 2000 + index
