@@ -130,3 +130,44 @@ def test_explicit_padding_is_exact():
     with torch.no_grad():
         torch.testing.assert_close(changed(x), original(x), rtol=0, atol=0)
     assert original[0].padding == (1, 1)  # the original is left as it was
+
+
+def test_static_int8_concatenation_of_a_quantized_and_a_wider_float_input(tmp_path):
+    """A UNet's skip connection. Without one scale over all its inputs, the converter either makes
+    the concatenation int8 at the quantized input's scale and clips the float input into it (the
+    embedded student's int8 denoiser: 27 dB, 45 dB with one scale), or, as here, refuses the
+    graph ("Attempting to convert non-NHWC compatible node to NHWC: dequantize_per_tensor")."""
+    import math
+    import types
+
+    import litert_torch
+    import torch
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgegen.exporters.tflite import _named_io, _static_int8
+
+    class SkipConnection(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv_in, self.conv_out = torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.Conv2d(16, 4, 3, padding=1)
+
+        def forward(self, sample):
+            skip = self.conv_in(sample)  # quantized output
+            wide = skip * 6.0 + 2.0  # float, six times the skip's range
+            return self.conv_out(torch.cat([wide, skip], dim=1))
+
+    spec = types.SimpleNamespace(name="sample")
+    batches = [{"sample": torch.randn(1, 4, 8, 8)} for _ in range(8)]
+    component = types.SimpleNamespace(module=SkipConnection().eval(), inputs=[spec], outputs=[types.SimpleNamespace(name="out")], calibration=batches)
+    module = _named_io(component)
+    sample = {"sample": torch.randn(1, 4, 8, 8)}
+    quantized, quant_config = _static_int8(module, sample, component)
+    path = tmp_path / "model.tflite"
+    with torch.no_grad():
+        litert_torch.convert(quantized, (), sample_kwargs=sample, quant_config=quant_config).export(str(path))
+        expected = module(**sample)["out"].numpy()
+    runner = Interpreter(model_path=str(path)).get_signature_runner("serving_default")
+    produced = runner(sample=sample["sample"].numpy())["out"]
+    psnr = 10 * math.log10(float(np.abs(expected).max()) ** 2 / float(((expected - produced) ** 2).mean()))
+    assert psnr >= 30, f"int8 concatenation parity {psnr:.1f} dB"
