@@ -127,13 +127,24 @@ def test_demo_compares_teacher_and_students_and_writes_the_report(tmp_path):
     assert all(r["quality"]["psnr_db"] > 60 for r in components if r["kind"] == "compare")
     lines = (tmp_path / "demo" / "results.jsonl").read_text().splitlines()
     cases = {json.loads(line)["case_id"]: json.loads(line) for line in lines}
-    assert set(cases) == {"teacher/eager/20-steps", "student/eager/20-steps", "student/onnx/20-steps", "student-fewstep/eager/2-steps"}
+    assert set(cases) == {
+        "teacher/eager/20-steps", "student/eager/20-steps", "student/onnx/20-steps",
+        "student-fewstep/eager/2-steps", "student-fewstep/onnx/2-steps", "student-fewstep/eager/1-steps", "student-fewstep/onnx/1-steps",
+    }
+    assert [cases[f"student-fewstep/onnx/{k}-steps"]["latency"]["steps"] for k in (2, 1)] == [2, 1]
+    for k in (2, 1):  # the exported few-step student against the same student eagerly, same latents
+        assert cases[f"student-fewstep/onnx/{k}-steps"]["export_fidelity"]["image_psnr_db"] > 40
     exported = cases["student/onnx/20-steps"]
     assert exported["export_fidelity"]["image_psnr_db"] > 40  # float ONNX vs the eager student, same latents
     assert exported["latency"]["steps"] == 20 and exported["memory"]["added_mb"] > 0
     assert all(0 <= c["distillation_gap"]["faithfulness"] <= 1 for c in cases.values())
     report = (tmp_path / "demo" / "report.html").read_text()
     assert "student/onnx/20-steps" in report and report.count("<img") >= 4 * 2
+    # The report and the terminal lead with the shipped configuration: an exported student.
+    assert report.index("<h2>Shipped configuration</h2>") < report.index("<h2>Key results</h2>")
+    shipped = re.search(r"Shipped configuration \([^)]*\):\s+(\S+)", result.stdout)
+    assert shipped and shipped.group(1).split("/")[1] == "onnx", result.stdout
+    assert result.stdout.index("Shipped configuration") < result.stdout.index("text_encoder")
 
 
 def test_demo_unknown_target(tmp_path):

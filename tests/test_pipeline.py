@@ -75,6 +75,7 @@ def test_exported_pipeline_matches_eager_with_same_latents(target, pipeline_dir,
 
 
 def test_few_step_schedule_from_the_student_manifest(pipeline_dir, tmp_path):
+    from edgegen.errors import EdgegenError
     from edgegen.models.checkpoint import read_student_manifest
     from edgegen.sampling.loop import initial_latents, load_case, sampling_plan
     from edgegen.schema.base import write_json
@@ -105,6 +106,15 @@ def test_few_step_schedule_from_the_student_manifest(pipeline_dir, tmp_path):
     generation = case.generate(PROMPT, initial_latents(case.latent_shape, SEED), SEED)
     assert len(generation.step_latents) == 2 and len(generation.call_ms["denoiser"]) == 2
     assert np.isfinite(generation.image).all()
+    # Fewer steps than it was trained for: the first timesteps of its schedule, the last
+    # prediction decoded; more: one line.
+    one_step = sampling_plan(folder, 7, 1.0, few_steps=1)
+    assert one_step.steps == 1 and one_step.few_step_timesteps == (999,)
+    single = load_case(folder, None, one_step).generate(PROMPT, initial_latents(case.latent_shape, SEED), SEED)
+    assert len(single.call_ms["denoiser"]) == 1
+    assert np.isfinite(single.image).all() and not np.allclose(single.image, generation.image)
+    with pytest.raises(EdgegenError, match="2-step student .* runs in at most 2 steps"):
+        sampling_plan(folder, 7, 1.0, few_steps=3)
 
 
 def test_artifacts_of_another_pipeline_are_refused(pipeline_dir, exported, tmp_path):

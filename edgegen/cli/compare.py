@@ -25,6 +25,7 @@ def compare_command(
     artifacts: Annotated[list[Path] | None, typer.Option("--artifacts", help="A folder of exported student components (repeatable).", show_default=False)] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Results file (JSON Lines, appended); PNGs go beside it.", callback=file_output)] = Path("out/compare/results.jsonl"),
     steps: Annotated[int, typer.Option(help="Denoising steps (a few-step student uses its own schedule).", min=1)] = 20,
+    student_steps: Annotated[int | None, typer.Option(help="Student steps, if not --steps; a few-step student takes the first N timesteps of its schedule.", min=1, show_default=False)] = None,
     guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale; 1 turns it off.", min=0, callback=finite)] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt's initial latents (prompt i uses seed+i).")] = 0,
     probe: Annotated[Path | None, typer.Option(help="Caption-faithfulness probe folder.", show_default=False)] = None,
@@ -61,7 +62,7 @@ def compare_command(
         max_fid_gap=max_fid_gap, max_kid_gap=max_kid_gap, min_clip_score=min_clip_score,
     )
     results = run_comparison(
-        read_prompts(prompts), teacher, student, list(artifacts or []), output, steps=steps, guidance_scale=guidance_scale,
+        read_prompts(prompts), teacher, student, list(artifacts or []), output, steps=steps, student_steps=student_steps, guidance_scale=guidance_scale,
         seed=seed, probe_dir=probe, feature_extractor=feature_extractor, clip_dir=clip, runs=runs, threads=threads,
         budgets=budgets, on_step=lambda message: console.print(message, highlight=False) if not json_output else None,
     )

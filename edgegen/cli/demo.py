@@ -53,11 +53,27 @@ def demo_command(
     with writing(components_path):
         components_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
+    from edgegen.report.shipped import shipped_configuration
+
+    shipped = shipped_configuration(outcome.pipelines)
+    if shipped is not None:
+        console.print(shipped_table(shipped))
     console.print(component_table(outcome.rows))
     console.print(pipeline_table(outcome.pipelines, "embedded default: teacher vs distilled students, whole pipelines (same prompts, seeds, latents)"))
     console.print(f"component results: {components_path}")
     console.print(f"pipeline results: {outcome.results_path}")
     console.print(f"report: {outcome.report_path}" + (f" (screenshot {outcome.screenshot_path})" if outcome.screenshot_path else ""))
+
+
+def shipped_table(shipped) -> Table:
+    from edgegen.report.shipped import shipped_row, shipped_summary
+
+    row = shipped_row(shipped)
+    table = Table(title=shipped_summary(shipped), title_justify="left")
+    for column in row:
+        table.add_column(column, no_wrap=column == "case")
+    table.add_row(*row.values())
+    return table
 
 
 def component_table(rows: list) -> Table:

@@ -260,7 +260,7 @@ def run_comparison(
     # Mixed pipelines or corrupt artifacts are refused before any case runs or anything is written.
     checked = {label: check_artifacts(student_dir, parts) for label, parts in sets.items()}
     seeds = [seed + index for index in range(len(prompts))]
-    student_plan = sampling_plan(student_dir, student_steps or steps, guidance_scale)
+    student_plan = sampling_plan(student_dir, student_steps or steps, guidance_scale, few_steps=student_steps)
     teacher_plan = sampling_plan(teacher_dir, steps, guidance_scale, use_student_schedule=False)
     steps_label = f"{student_plan.steps}-steps"
     cases = [Case(f"teacher/eager/{teacher_plan.steps}-steps", "teacher", teacher_dir, teacher_plan), Case(f"{student_label}/eager/{steps_label}", "student", student_dir, student_plan)]

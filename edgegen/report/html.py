@@ -133,6 +133,16 @@ td.prompt{text-align:left;max-width:220px} td.missing{color:#b00;font-style:ital
 """
 
 
+def _shipped_section(results: list[PipelineResult]) -> str:
+    from edgegen.report.shipped import shipped_configuration, shipped_row, shipped_summary
+
+    shipped = shipped_configuration(results)
+    if shipped is None:
+        return ""
+    row = shipped_row(shipped)
+    return f"<h2>Shipped configuration</h2>\n<p>{html.escape(shipped_summary(shipped))}</p>\n{_table(list(row), [list(row.values())])}"
+
+
 def build_report(paths: list[Path], title: str = "edgegen report") -> str:
     from edgegen.measure.metric_registry import METRICS
     from edgegen.report import plots
@@ -143,6 +153,7 @@ def build_report(paths: list[Path], title: str = "edgegen report") -> str:
     first = results[0]
     host = first.host
     metrics = key_metrics(results)
+    shipped_html = _shipped_section(results)
     figures = [
         ("quality vs latency", plots.tradeoff(results, METRICS["latency_p50_ms"])),
         ("quality vs size", plots.tradeoff(results, METRICS["size_bytes"])),
@@ -165,6 +176,7 @@ def build_report(paths: list[Path], title: str = "edgegen report") -> str:
 <p class="meta">{len(results)} cases, {len(first.prompts)} prompts, same seeds and initial latents in every case; host {html.escape(host.platform)} {html.escape(host.machine)}, {host.cpu_count} CPUs, {host.threads} thread(s); generated {generated}</p>
 <p class="note">Export fidelity compares an exported student with the same student in eager float32; the distillation gap compares any case with the eager teacher. Faithfulness is the fraction of images whose colour, shape and position (read by the probe) match the caption.</p>
 {budget_html}
+{shipped_html}
 <h2>Key results</h2>
 {_table(key_header(metrics), [key_row(r, metrics) for r in results])}
 <h2>Images</h2>

@@ -160,17 +160,27 @@ def load_tokenizers_and_scheduler(model_dir: Path, family: Family | None = None)
     return tokenizers, scheduler
 
 
-def sampling_plan(model_dir: Path, steps: int, guidance_scale: float, use_student_schedule: bool = True) -> SamplingPlan:
-    """The folder's own few-step schedule if it has one (and it is wanted), else ``steps`` of its scheduler."""
+def sampling_plan(
+    model_dir: Path, steps: int, guidance_scale: float, use_student_schedule: bool = True, few_steps: int | None = None
+) -> SamplingPlan:
+    """The folder's own few-step schedule if it has one (and it is wanted), else ``steps`` of its scheduler.
+
+    ``few_steps`` runs a few-step student on the first timesteps of its schedule only: each step
+    predicts the clean latents, so the last one taken is the image (a 2-step student run in 1
+    step decodes its prediction from pure noise).
+    """
     from edgegen.models.checkpoint import read_student_manifest
 
-    if steps < 1:
+    if steps < 1 or (few_steps is not None and few_steps < 1):
         raise EdgegenError("--steps must be at least 1")
     manifest = read_student_manifest(model_dir)
     sampling = (manifest.sampling if manifest else None) if use_student_schedule else None
     mode = guidance_mode(family_of(model_dir), guidance_scale)
     if sampling:
         timesteps = tuple(int(t) for t in sampling.timesteps)
+        if few_steps is not None and few_steps > len(timesteps):
+            raise EdgegenError(f"{model_dir} is a {len(timesteps)}-step student (timesteps {list(timesteps)}); it runs in at most {len(timesteps)} steps")
+        timesteps = timesteps[:few_steps]
         return SamplingPlan(len(timesteps), guidance_scale, timesteps, mode)
     return SamplingPlan(steps, guidance_scale, guidance_mode=mode)
 
