@@ -78,5 +78,6 @@ RECIPES = Registry(
         "lora": "edgegen.trainers.lora:RECIPE",
         "distill": "edgegen.trainers.distill:RECIPE",
         "adversarial": "edgegen.trainers.adversarial:RECIPE",
+        "decoder": "edgegen.trainers.decoder:RECIPE",
     },
 )

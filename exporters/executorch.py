@@ -220,6 +220,7 @@ class ExecutorchExporter:
     name = "executorch"
     backends = tuple(PROVIDERS)
     quantizations = tuple(dict.fromkeys(q for provider in PROVIDERS.values() for q in provider.quantizations))
+    mixed_precision = True  # --quantize auto: int8 with chosen weighted layers kept float
     packages = ("executorch", "torchao", "coremltools")
     separate_weights = True  # can write the weights to a file beside the model
 
@@ -265,7 +266,7 @@ class ExecutorchExporter:
             elif options.quantize == "int8":
                 names = [spec.name for spec in component.inputs]
                 program = torch.export.export(
-                    quantize_static(program.module(), xnnpack_quantizer(), component.calibration, names), args, strict=False
+                    quantize_static(program.module(), xnnpack_quantizer(float_layers=options.float_layers), component.calibration, names), args, strict=False
                 )
                 quantization = Quantization(
                     scheme="int8", details={**CALIBRATED_INT8, "calibration_sets": len(component.calibration)}

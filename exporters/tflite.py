@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgegen.exporting.base import ExportedModel, ExportOptions, count_ops, delegation_from_ops, min_psnr_db, missing_packages
-from edgegen.exporting.quantize import learned_scales_not_lowered, quantize_static
+from edgegen.exporting.quantize import drop_orphaned_shared_specs, learned_scales_not_lowered, quantize_static
 from edgegen.families.base import in_float32
 from edgegen.schema.manifest import Delegation, Quantization, TensorSpec
 
@@ -111,8 +111,9 @@ def _named_io(component: Component, module=None):
     return NamedIO(component.module if module is None else module).eval()
 
 
-def _float_boundary_quantizer(ops: tuple[str, ...]):
-    """litert-torch's PT2E quantizer on ``ops``, with two guards.
+def _float_boundary_quantizer(ops: tuple[str, ...], float_layers: tuple[str, ...] = ()):
+    """litert-torch's PT2E quantizer on ``ops`` except inside ``float_layers`` (module names: a
+    mixed-precision choice), with two guards.
 
     Integer tensors get no observers (a histogram of int64 timestep arithmetic fails), and
     neither the model's inputs nor its outputs are quantized: the converter would otherwise
@@ -201,11 +202,22 @@ def _float_boundary_quantizer(ops: tuple[str, ...]):
                 _annotated=True,
             )
 
+    def keep_float(model) -> None:
+        from edgegen.exporting.sensitivity import in_float_layers
+
+        for node in model.graph.nodes:
+            if "quantization_annotation" in node.meta and node.op == "call_function" and in_float_layers(node, float_layers):
+                del node.meta["quantization_annotation"]
+
+        drop_orphaned_shared_specs(model)
+
     class FloatBoundaryQuantizer(PT2EQuantizer):
         STATIC_OPS = list(ops)
 
         def annotate(self, model):
             model = super().annotate(model)
+            if float_layers:
+                keep_float(model)
             annotate_concatenations(model, self.global_config.input_activation)
             for node in model.graph.nodes:
                 annotation = node.meta.get("quantization_annotation")
@@ -223,12 +235,12 @@ def _float_boundary_quantizer(ops: tuple[str, ...]):
     return FloatBoundaryQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
 
 
-def _static_int8(module, kwargs: dict, component: Component):
+def _static_int8(module, kwargs: dict, component: Component, float_layers: tuple[str, ...] = ()):
     """PT2E: annotate, calibrate on the component's calibration sets, convert to Q/DQ form."""
     import torch
     from litert_torch.quantize.quant_config import QuantConfig
 
-    quantizer = _float_boundary_quantizer(STATIC_OPS)
+    quantizer = _float_boundary_quantizer(STATIC_OPS, float_layers)
     names = [spec.name for spec in component.inputs]
     graph = torch.export.export(module, (), kwargs).module()
     # fold_quantize=False keeps the weights' quantize ops for the converter to fold, as litert-torch's own tests do.
@@ -277,6 +289,7 @@ class TfliteExporter:
     name = "tflite"
     backends: tuple[str, ...] = ()
     quantizations = ("none", "int8", "int8-dynamic", "int8-weights")
+    mixed_precision = True  # --quantize auto: int8 with chosen weighted layers kept float
     packages = ("litert-torch", "ai-edge-litert")
     separate_weights = False  # the weights are inside the .tflite flatbuffer
 
@@ -305,7 +318,7 @@ class TfliteExporter:
             # On a copy: the module is shared with the pipeline (the padding is moved, not changed).
             module = sharing_weights_copy(module)
             rewrites = explicit_padding_for_strided_convs(module)
-            module, quant_config = _static_int8(module, kwargs, component)
+            module, quant_config = _static_int8(module, kwargs, component, options.float_layers)
         elif options.quantize != "none":
             quant_config = _quant_config(options.quantize)
         if options.quantize != "none":

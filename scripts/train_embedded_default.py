@@ -9,7 +9,9 @@ This is how the weights under ``edgegen/embedded/weights/`` were made; rerun it 
    seeded random initialisation) until its samples follow the captions;
 3. student: ``edgegen student init --preset small`` then ``edgegen train distill`` (KD-MMG);
 4. few-step student: ``edgegen train adversarial`` (HDG-MMS) from the distilled student;
-5. probe: the caption-faithfulness classifier.
+5. decoder: ``edgegen student init --component vae_decoder`` on the few-step student, then
+   ``edgegen train decoder``: a tiny decoder in place of its VAE;
+6. probe: the caption-faithfulness classifier.
 
     .venv/bin/python scripts/train_embedded_default.py --work out/train-default
 """
@@ -100,8 +102,21 @@ def package(work: Path, log: dict) -> None:
         save_file(weights, str(tiny.STUDENT_WEIGHTS[kind]))
         students[kind] = manifest.model_dump(mode="json", include={"preset", "recipe", "sampling", "qat"})
     tiny.STUDENT_PROVENANCE.write_text(json.dumps(students, indent=2) + "\n")
+    package_decoder(work)
     shutil.rmtree(tiny.PROBE_DIR, ignore_errors=True)
     shutil.copytree(work / "probe", tiny.PROBE_DIR)
+
+
+def package_decoder(work: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from edgegen.embedded import builders as tiny
+    from edgegen.models.decoder_student import read_decoder_manifest
+
+    folder = work / "decoder" / "pipeline"
+    save_file(load_file(str(folder / "vae" / "diffusion_pytorch_model.safetensors")), str(tiny.DECODER_WEIGHTS))
+    manifest = read_decoder_manifest(folder)
+    tiny.DECODER_PROVENANCE.write_text(json.dumps(manifest.model_dump(mode="json", include={"preset", "recipe"}), indent=2) + "\n")
 
 
 def main() -> None:
@@ -111,10 +126,11 @@ def main() -> None:
     parser.add_argument("--teacher-steps", type=int, default=5000)
     parser.add_argument("--distill-steps", type=int, default=1500)
     parser.add_argument("--adversarial-steps", type=int, default=600)
+    parser.add_argument("--decoder-steps", type=int, default=3000)
     parser.add_argument("--teacher-base", type=Path, help="start the teacher from this folder (default: WORK/base)")
     parser.add_argument("--teacher-run", default="teacher-run", help="the teacher run's folder under WORK")
     parser.add_argument("--teacher-learning-rate", default="1e-3")
-    parser.add_argument("--stages", default="autoencoder,teacher,student,fewstep,probe,evaluate,package")
+    parser.add_argument("--stages", default="autoencoder,teacher,student,fewstep,decoder,probe,evaluate,package")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     stages = args.stages.split(",")
@@ -150,6 +166,14 @@ def main() -> None:
         edgegen("train", "adversarial", f"teacher={teacher}", f"student={work / 'distill' / 'pipeline'}", f"output={work / 'adversarial'}",
                 f"steps={args.adversarial_steps}", "batch_size=32", "learning_rate=1e-4", "sampling_steps=2", "checkpoint_every=200",
                 "log_every=25", "data=builtin:shapes?count=100000&seed=2")
+    if "decoder" in stages:
+        fewstep = work / "adversarial" / "pipeline"
+        edgegen("student", "init", "--component", "vae_decoder", "--teacher", str(fewstep), "--preset", "small", "-o", str(work / "decoder-init"), "--force")
+        edgegen("train", "decoder", f"teacher={teacher}", f"student={work / 'decoder-init'}", f"output={work / 'decoder'}",
+                f"steps={args.decoder_steps}", "batch_size=32", "learning_rate=2e-3", "checkpoint_every=500", "log_every=100",
+                "data=builtin:shapes?count=100000&seed=3")
+    if "package-decoder" in stages:
+        package_decoder(work)
     if "probe" in stages:
         from edgegen.embedded.probe import save_probe, train_probe
 
@@ -170,6 +194,7 @@ def main() -> None:
             "student, 20 steps": (student, 20, 1.0),
             "student, 2 steps (before HDG-MMS)": (student, 2, 1.0),
             "few-step student, 2 steps": (fewstep, 2, 1.0),
+            "few-step student with its tiny decoder, 2 steps": (work / "decoder" / "pipeline", 2, 1.0),
         }
         log["faithfulness"] = {
             # The first case is the reference itself, so it gets no PSNR.

@@ -45,7 +45,9 @@ def check_values(name: str, params: dict) -> None:
 
     if params.get("target"):
         exporter = EXPORTERS.get(params["target"])
-        if params.get("quantize"):
+        if params.get("quantize") == "auto":
+            assert getattr(exporter, "mixed_precision", False) and params.get("min_psnr") is not None, params
+        elif params.get("quantize"):
             assert params["quantize"] in exporter.quantizations, params
         if params.get("backend"):
             assert params["backend"] in exporter.backends, params
@@ -129,11 +131,18 @@ def test_demo_compares_teacher_and_students_and_writes_the_report(tmp_path):
     cases = {json.loads(line)["case_id"]: json.loads(line) for line in lines}
     assert set(cases) == {
         "teacher/eager/20-steps", "student/eager/20-steps", "student/onnx/20-steps",
-        "student-fewstep/eager/2-steps", "student-fewstep/onnx/2-steps", "student-fewstep/eager/1-steps", "student-fewstep/onnx/1-steps",
+        *(f"{label}/{runtime}/{k}-steps" for label in ("student-fewstep", "student-fewstep-tinydecoder") for runtime in ("eager", "onnx") for k in (2, 1)),
     }
-    assert [cases[f"student-fewstep/onnx/{k}-steps"]["latency"]["steps"] for k in (2, 1)] == [2, 1]
-    for k in (2, 1):  # the exported few-step student against the same student eagerly, same latents
-        assert cases[f"student-fewstep/onnx/{k}-steps"]["export_fidelity"]["image_psnr_db"] > 40
+    for label in ("student-fewstep", "student-fewstep-tinydecoder"):
+        assert [cases[f"{label}/onnx/{k}-steps"]["latency"]["steps"] for k in (2, 1)] == [2, 1]
+        for k in (2, 1):  # each exported few-step student against the same student eagerly, same latents
+            assert cases[f"{label}/onnx/{k}-steps"]["export_fidelity"]["image_psnr_db"] > 40
+    # The tiny decoder costs less than the VAE's decoder in the same pipeline.
+    decoder_ms = {
+        label: next(t["p50_ms"] for t in cases[f"{label}/onnx/2-steps"]["latency"]["per_component"] if t["component"] == "vae_decoder")
+        for label in ("student-fewstep", "student-fewstep-tinydecoder")
+    }
+    assert decoder_ms["student-fewstep-tinydecoder"] < decoder_ms["student-fewstep"], decoder_ms
     exported = cases["student/onnx/20-steps"]
     assert exported["export_fidelity"]["image_psnr_db"] > 40  # float ONNX vs the eager student, same latents
     assert exported["latency"]["steps"] == 20 and exported["memory"]["added_mb"] > 0

@@ -13,6 +13,10 @@ from typing import Any
 def encode_images(vae: Any, pixel_values: Any, generator: Any) -> Any:
     import torch
 
+    if not hasattr(vae, "quant_conv") and type(vae).__name__ == "AutoencoderTiny":
+        from edgegen.errors import EdgegenError
+
+        raise EdgegenError("this folder's VAE is a decoder student (AutoencoderTiny), which encodes nothing it was trained for; train on a folder with the teacher's VAE")
     with torch.no_grad():
         posterior = vae.encode(pixel_values).latent_dist
         noise = torch.randn(posterior.mean.shape, generator=generator)

@@ -17,7 +17,7 @@ def export_command(
     target: Annotated[str, typer.Option(help="Export target; `edgegen targets` lists them.")] = "onnx",
     component: Annotated[list[str] | None, typer.Option(help="Component to export (repeatable); default: all.")] = None,
     backend: Annotated[str | None, typer.Option(help="Delegate backend of the target, e.g. xnnpack.")] = None,
-    quantize: Annotated[str, typer.Option(help="Quantization scheme; the target lists what it supports.")] = "none",
+    quantize: Annotated[str, typer.Option(help="Quantization scheme; the target lists what it supports. auto (executorch, tflite): int8 with the layers a sensitivity analysis picks kept float, to meet --min-psnr.")] = "none",
     min_psnr: Annotated[float | None, typer.Option(help="Parity gate in dB (default: the target's, by precision).", callback=finite)] = None,
     batch_size: Annotated[int, typer.Option(help=f"Static batch size of the exported components (1..{MAX_BATCH_SIZE}: shapes are static and memory grows with the batch).", min=1, max=MAX_BATCH_SIZE)] = 1,
     lora: Annotated[list[Path] | None, typer.Option(help="A LoRA adapter (.safetensors) to fuse before export (repeatable).")] = None,

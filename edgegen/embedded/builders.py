@@ -21,6 +21,10 @@ TEACHER_PROVENANCE = WEIGHTS_DIR / "teacher.json"
 STUDENT_WEIGHTS = {"distilled": WEIGHTS_DIR / "student.safetensors", "few-step": WEIGHTS_DIR / "student-fewstep.safetensors"}
 STUDENT_PROVENANCE = WEIGHTS_DIR / "students.json"  # kind -> preset and the recipe that trained it
 PROBE_DIR = WEIGHTS_DIR / "probe"  # the caption-faithfulness probe of the shapes data
+# The few-step student's tiny decoder (``edgegen train decoder``): its AutoencoderTiny weights, and
+# its preset and recipe.
+DECODER_WEIGHTS = WEIGHTS_DIR / "student-fewstep-decoder.safetensors"
+DECODER_PROVENANCE = WEIGHTS_DIR / "decoder-student.json"
 EMBEDDED_DEFAULT_NAME = "edgegen-tiny-t2i"
 
 # Byte-level CLIP vocabulary: every byte is a token, with and without the end-of-word marker,
@@ -193,4 +197,35 @@ def build_embedded_student(teacher_dir: Path, output_dir: Path, kind: str = "dis
     manifest = StudentManifest.model_validate(lift_v1(fields))
     with atomic_folder(output_dir, force=True) as staging:
         write_student(pipeline, manifest, staging)
+    return output_dir
+
+
+def build_embedded_decoder_student(fewstep_dir: Path, output_dir: Path) -> Path:
+    """The few-step student with the committed tiny decoder in place of its VAE, made as a user's
+    would be (``make_decoder_student`` from the few-step student's folder) and given the trained
+    decoder weights and the recipe that produced them."""
+    import shutil
+
+    from diffusers import AutoencoderTiny
+    from safetensors.torch import load_file
+
+    from edgegen.artifact import atomic_folder
+    from edgegen.models.decoder_student import make_decoder_student, read_decoder_manifest
+    from edgegen.schema.base import write_json
+    from edgegen.schema.decoder_student import DECODER_MANIFEST_FILENAME
+
+    if not (DECODER_WEIGHTS.is_file() and DECODER_PROVENANCE.is_file()):
+        raise EdgegenError(f"the trained decoder student weights are missing from {WEIGHTS_DIR}; reinstall edgegen")
+    provenance = json.loads(DECODER_PROVENANCE.read_text(encoding="utf-8"))
+    output_dir = Path(output_dir)
+    untrained = output_dir.with_name(output_dir.name + ".untrained")
+    make_decoder_student(fewstep_dir, provenance["preset"], untrained, force=True)
+    with atomic_folder(output_dir, force=True) as staging:
+        shutil.copytree(untrained, staging, dirs_exist_ok=True)
+        vae = AutoencoderTiny.from_pretrained(staging / "vae")
+        vae.load_state_dict(load_file(str(DECODER_WEIGHTS)), strict=True)
+        vae.eval().save_pretrained(staging / "vae", safe_serialization=True)
+        manifest = read_decoder_manifest(staging)
+        write_json(staging / DECODER_MANIFEST_FILENAME, manifest.model_copy(update={"recipe": provenance["recipe"]}))
+    shutil.rmtree(untrained)
     return output_dir

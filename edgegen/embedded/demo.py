@@ -4,9 +4,11 @@
    (HDG-MMS) are written as diffusers folders from the committed weights;
 2. every student component is exported to every target this machine exports to, in float and
    int8, and each artifact that can run here is profiled and compared with the eager student;
-3. the few-step student's components are exported to the same targets and precisions;
+3. the few-step student's components are exported to the same targets and precisions, and so
+   is its tiny decoder (a TAESD-like decoder distilled from the VAE's, ``edgegen train decoder``);
 4. whole pipelines are compared over the demo prompts: teacher (eager) vs float student vs each
-   exported student, and the few-step student eager and exported, at 2 and 1 steps (images,
+   exported student, and the few-step student (with the VAE's decoder, and with its tiny one),
+   eager and exported, at 2 and 1 steps (images,
    latency, memory, faithfulness, FID/KID);
 5. one self-contained HTML report of it all, led by the shipped configuration (the fastest
    exported student that keeps the teacher's captions), and a Chromium screenshot where one is
@@ -15,6 +17,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +81,14 @@ def ensure_default_student(folder: Path, teacher_dir: Path, kind: str) -> Path:
     return folder
 
 
+def ensure_default_decoder_student(folder: Path, fewstep_dir: Path) -> Path:
+    from edgegen.embedded.builders import build_embedded_decoder_student
+
+    if not (folder / "model_index.json").is_file():
+        build_embedded_decoder_student(fewstep_dir, folder)
+    return folder
+
+
 def plan(targets: list[str], precisions: list[str]) -> list[tuple[str, str, str]]:
     """(component, target, quantization scheme) for every combination that exists."""
     from edgegen.families.stable_diffusion import COMPONENT_NAMES
@@ -89,6 +100,39 @@ def plan(targets: list[str], precisions: list[str]) -> list[tuple[str, str, str]
             if scheme is not None:
                 cases.extend((component, target, scheme) for component in COMPONENT_NAMES)
     return cases
+
+
+def export_few_step_students(
+    workdir: Path, teacher_dir: Path, targets: list[str], precisions: list[str], on_step: Callable[[str], None] = lambda message: None
+) -> list[tuple[str, Path, Path]]:
+    """The few-step student (the one an app ships), with the VAE's decoder and with its tiny one,
+    exported to every target and precision: (label, pipeline folder, artifact folder) each.
+
+    Each component's parity is checked on export. With the tiny decoder only the decoder is new;
+    the text encoder and denoiser artifacts are the few-step student's (the same weights, which
+    the pipeline comparison checks by hash).
+    """
+    from edgegen.exporting.orchestration import ExportOptions, artifact_name, export_component
+    from edgegen.families.loading import load_pipeline
+
+    fewstep_dir = ensure_default_student(workdir / "student-fewstep", teacher_dir, "few-step")
+    fewstep = load_pipeline(fewstep_dir)
+    fewstep_artifacts_dir = workdir / "artifacts-fewstep"
+    for component, target, scheme in plan(targets, precisions):
+        on_step(f"exporting few-step student {component} -> {target}" + ("" if scheme == "none" else f" {scheme}"))
+        export_component(fewstep, fewstep_dir, component, target, fewstep_artifacts_dir, ExportOptions(quantize=scheme), force=True)
+    tiny_decoder_dir = ensure_default_decoder_student(workdir / "student-fewstep-tinydecoder", fewstep_dir)
+    tiny_decoder = load_pipeline(tiny_decoder_dir)
+    tiny_decoder_artifacts_dir = workdir / "artifacts-fewstep-tinydecoder"
+    for component, target, scheme in plan(targets, precisions):
+        if component != "vae_decoder":
+            shared = artifact_name(component, target, ExportOptions(quantize=scheme))
+            shutil.rmtree(tiny_decoder_artifacts_dir / shared, ignore_errors=True)
+            shutil.copytree(fewstep_artifacts_dir / shared, tiny_decoder_artifacts_dir / shared)
+            continue
+        on_step(f"exporting the tiny decoder -> {target}" + ("" if scheme == "none" else f" {scheme}"))
+        export_component(tiny_decoder, tiny_decoder_dir, component, target, tiny_decoder_artifacts_dir, ExportOptions(quantize=scheme), force=True)
+    return [("student-fewstep", fewstep_dir, fewstep_artifacts_dir), ("student-fewstep-tinydecoder", tiny_decoder_dir, tiny_decoder_artifacts_dir)]
 
 
 def run_demo(
@@ -114,7 +158,6 @@ def run_demo(
     on_step("writing the trained embedded default teacher and students")
     teacher_dir = ensure_default_pipeline(workdir / "teacher")
     student_dir = ensure_default_student(workdir / "student", teacher_dir, "distilled")
-    fewstep_dir = ensure_default_student(workdir / "student-fewstep", teacher_dir, "few-step")
     features = export_feature_extractor(load_probe(PROBE_DIR), workdir / "probe-features.onnx")
     student = load_pipeline(student_dir)
     outcome = DemoOutcome()
@@ -130,20 +173,15 @@ def run_demo(
         on_step(f"profiling {label}")
         profile = profile_artifact(artifact.folder, runs=runs)
         outcome.rows.append(DemoRow(artifact, profile, compare_with_pipeline(artifact, student, student_dir)))
-    # The few-step student, the one an app ships, on every target and precision as well; its
-    # components are checked for parity on export and compared as whole pipelines below.
-    fewstep = load_pipeline(fewstep_dir)
-    fewstep_artifacts_dir = workdir / "artifacts-fewstep"
-    for component, target, scheme in plan(targets, precisions):
-        on_step(f"exporting few-step student {component} -> {target}" + ("" if scheme == "none" else f" {scheme}"))
-        export_component(fewstep, fewstep_dir, component, target, fewstep_artifacts_dir, ExportOptions(quantize=scheme), force=True)
+    few_step_students = export_few_step_students(workdir, teacher_dir, targets, precisions, on_step)
     results_path = workdir / "results.jsonl"
     results_path.unlink(missing_ok=True)  # the demo always reports this run's artifacts
     common = dict(results_path=results_path, steps=DEMO_STEPS, probe_dir=PROBE_DIR, feature_extractor=features, runs=max(1, runs // 4), on_step=on_step)
     outcome.pipelines = run_comparison(prompts, teacher_dir, student_dir, [artifacts_dir], **common)
-    for few_steps in FEWSTEP_STEPS:
-        compared = run_comparison(prompts, teacher_dir, fewstep_dir, [fewstep_artifacts_dir], student_label="student-fewstep", student_steps=few_steps, **common)
-        outcome.pipelines += [r for r in compared if r.role != "teacher"]
+    for label, folder, artifacts in few_step_students:
+        for few_steps in FEWSTEP_STEPS:
+            compared = run_comparison(prompts, teacher_dir, folder, [artifacts], student_label=label, student_steps=few_steps, **common)
+            outcome.pipelines += [r for r in compared if r.role != "teacher"]
     outcome.results_path = results_path
     on_step("writing the report")
     outcome.report_path = write_report([results_path], workdir / "report.html", "edgegen demo: embedded default teacher vs distilled students")

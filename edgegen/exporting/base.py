@@ -40,6 +40,9 @@ class ExportOptions:
     # Weights in a file beside the model (ExecuTorch .ptd, ONNX external data); None: only where
     # the weights exceed SEPARATE_WEIGHTS_BYTES.
     separate_weights: bool | None = None
+    # Weighted layers kept float in an int8 export (module names inside the component): the mix
+    # ``--quantize auto`` chooses (edgegen.exporting.sensitivity).
+    float_layers: tuple[str, ...] = ()
 
 
 # Above this, weights go to a file of their own: the app can map it, ship it apart from the

@@ -35,6 +35,7 @@ from edgegen.schema.manifest import (
     ArtifactManifest,
     FakeQuantParity,
     Parity,
+    Quantization,
     Source,
 )
 from edgegen.families.adapters import adapter_records
@@ -63,7 +64,13 @@ def check_options(exporter: Exporter, options: ExportOptions) -> ExportOptions:
     if options.separate_weights and not exporter.separate_weights:
         able = ", ".join(name for name in EXPORTERS.names() if EXPORTERS.get(name).separate_weights)
         raise EdgegenError(f"target '{exporter.name}' keeps the weights inside its model; --separate-weights applies to {able}")
-    if options.quantize not in exporter.quantizations:
+    if options.quantize == "auto":
+        if not getattr(exporter, "mixed_precision", False):
+            able = ", ".join(name for name in EXPORTERS.names() if getattr(EXPORTERS.get(name), "mixed_precision", False))
+            raise EdgegenError(f"--quantize auto (mixed int8/float by layer sensitivity) is available for {able}, not '{exporter.name}' yet")
+        if options.min_psnr_db is None:
+            raise EdgegenError("--quantize auto needs --min-psnr DB: the parity the mix must meet")
+    elif options.quantize not in exporter.quantizations:
         raise EdgegenError(
             f"target '{exporter.name}' does not support --quantize {options.quantize}; "
             f"it supports: {', '.join(exporter.quantizations)}"
@@ -179,24 +186,47 @@ def _write_artifact(
         from edgegen.exporting.quantize import fake_quant_module
 
         fake_quant_expected = _to_numpy(component.run_eager(module=fake_quant_module(component)))
-    try:
-        exported = exporter.export(component, folder, options)
-    except EdgegenError:
-        raise
-    except Exception as error:  # converters raise anything; the user needs their reason
-        if write_failure(error, folder, folder) is not None:
-            raise  # a full or read-only disk: the staging folder names the file
-        raise EdgegenError(f"{target} could not export {component_name}: {first_line(error)}") from None
-    check_signature(component, exported, target)
     tensors = {f"input.{k}": v for k, v in _to_numpy(component.reference_inputs).items()}
     tensors.update({f"output.{k}": v for k, v in expected.items()})
-    save_file(tensors, str(folder / REFERENCE_FILENAME))
-    min_psnr = options.min_psnr_db if options.min_psnr_db is not None else exported.min_psnr_db
-    if options.min_psnr_db is None and options.load.dtype == "float16":
-        # The reference computes in float32 on the float16 weights; the artifact's float16
-        # activations are what the gate measures.
-        min_psnr = min(min_psnr, MIN_PSNR_DB_FLOAT16)
-    manifest = ArtifactManifest(
+    chooser = MixedPrecision(component, component_name, options.min_psnr_db) if options.quantize == "auto" else None
+    exporter_options = chooser.options(options) if chooser else options
+    while True:
+        try:
+            exported = exporter.export(component, folder, exporter_options)
+        except EdgegenError:
+            raise
+        except Exception as error:  # converters raise anything; the user needs their reason
+            if write_failure(error, folder, folder) is not None:
+                raise  # a full or read-only disk: the staging folder names the file
+            raise EdgegenError(f"{target} could not export {component_name}: {first_line(error)}") from None
+        check_signature(component, exported, target)
+        save_file(tensors, str(folder / REFERENCE_FILENAME))
+        min_psnr = options.min_psnr_db if options.min_psnr_db is not None else exported.min_psnr_db
+        if options.min_psnr_db is None and options.load.dtype == "float16":
+            # The reference computes in float32 on the float16 weights; the artifact's float16
+            # activations are what the gate measures.
+            min_psnr = min(min_psnr, MIN_PSNR_DB_FLOAT16)
+        quantization = chooser.recorded(exported.quantization) if chooser else exported.quantization
+        manifest = _manifest(pipeline, pipeline_dir, component, component_name, target, folder, exporter, exported, quantization, options, min_psnr)
+        parity = _measure_parity(folder, manifest, expected, fake_quant_expected)
+        if parity.measured and not parity.psnr_db >= min_psnr:  # NaN fails too
+            if chooser is not None and chooser.widen(parity.psnr_db):
+                exporter_options = chooser.options(options)  # the converted program fell short of the simulation
+                continue
+            raise EdgegenError(
+                f"{target} export of {component_name} failed parity: PSNR {parity.psnr_db:.1f} dB "
+                f"< {min_psnr:.1f} dB (max abs error {parity.max_abs_error:.3g})"
+                + (f" with {chooser.describe()}" if chooser else "") + "; nothing was written"
+            )
+        write_manifest(folder, manifest.model_copy(update={"parity": parity}))
+        return
+
+
+def _manifest(
+    pipeline: Any, pipeline_dir: Path, component: Component, component_name: str, target: str, folder: Path,
+    exporter: Exporter, exported: ExportedModel, quantization: Quantization, options: ExportOptions, min_psnr: float,
+) -> ArtifactManifest:
+    return ArtifactManifest(
         edgegen_version=edgegen_version(),
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         target=target,
@@ -209,7 +239,7 @@ def _write_artifact(
         outputs=exported.outputs,
         eager_inputs=component.inputs,
         eager_outputs=component.outputs,
-        quantization=exported.quantization,
+        quantization=quantization,
         source=Source(
             pipeline_dir=str(Path(pipeline_dir).resolve()),
             pipeline_class=type(pipeline).__name__,
@@ -225,13 +255,63 @@ def _write_artifact(
         delegation=exported.delegation,
         coreml=exported.coreml,
     )
-    parity = _measure_parity(folder, manifest, expected, fake_quant_expected)
-    if parity.measured and not parity.psnr_db >= min_psnr:  # NaN fails too
-        raise EdgegenError(
-            f"{target} export of {component_name} failed parity: PSNR {parity.psnr_db:.1f} dB "
-            f"< {min_psnr:.1f} dB (max abs error {parity.max_abs_error:.3g}); nothing was written"
-        )
-    write_manifest(folder, manifest.model_copy(update={"parity": parity}))
+
+
+class MixedPrecision:
+    """``--quantize auto``: the int8 mix a sensitivity analysis picks for the parity budget, widened
+    (more layers float) when the converted program falls short of the simulation; at most
+    ``ATTEMPTS`` exports."""
+
+    ATTEMPTS = 4
+
+    def __init__(self, component: Component, component_name: str, min_psnr_db: float):
+        from edgegen.exporting.sensitivity import choose_float_layers, measure_sensitivity
+
+        self.min_psnr_db = min_psnr_db
+        self.report, self.simulation = measure_sensitivity(component)
+        self.mix = choose_float_layers(self.report, self.simulation, min_psnr_db)
+        self.attempts, self.converted_psnr_db = 1, None
+        if not self.mix.meets_budget:
+            best = max(self.mix.simulated_psnr_db, self.report.all_int8_psnr_db)
+            raise EdgegenError(
+                f"no int8 mix of {component_name} meets {min_psnr_db:.1f} dB: the best simulated is {best:.1f} dB "
+                f"(all {len(self.report.layers)} weighted layers int8: {self.report.all_int8_psnr_db:.1f} dB); lower --min-psnr or export it float"
+            )
+
+    def options(self, options: ExportOptions) -> ExportOptions:
+        return replace(options, quantize="int8", float_layers=tuple(self.mix.float_layers))
+
+    def widen(self, converted_psnr_db: float) -> bool:
+        from edgegen.exporting.sensitivity import choose_float_layers
+
+        self.converted_psnr_db = converted_psnr_db
+        kept = len(self.mix.float_layers)
+        if self.attempts >= self.ATTEMPTS:
+            return False
+        # Aim the simulation above the budget by what the converter lost beyond it (its own
+        # kernels, ops it quantizes that are no weighted layer), still cheapest first.
+        shortfall = max(self.mix.simulated_psnr_db - converted_psnr_db, 0.5)
+        wider = choose_float_layers(self.report, self.simulation, self.min_psnr_db + shortfall, start=kept + 1)
+        if not wider.meets_budget:
+            return False
+        self.mix, self.attempts = wider, self.attempts + 1
+        return True
+
+    def describe(self) -> str:
+        return f"{len(self.mix.float_layers)} of {len(self.report.layers)} weighted layers float"
+
+    def recorded(self, quantization: Quantization) -> Quantization:
+        details = dict(quantization.details)
+        details["mixed_precision"] = {
+            "chosen_by": "--quantize auto: per-layer sensitivity (edgegen.exporting.sensitivity), float layers by PSNR gain per parameter",
+            "min_psnr_db": self.min_psnr_db,
+            "float_layers": list(self.mix.float_layers),
+            "float_parameters": self.mix.float_parameters,
+            "simulated_psnr_db": self.mix.simulated_psnr_db,
+            "exports": self.attempts,
+            "sensitivity": self.report.as_dict(top=20),
+        }
+        return quantization.model_copy(update={"details": details})
 
 
 def export_component(

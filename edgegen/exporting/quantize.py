@@ -51,7 +51,7 @@ class LearnedScales:
     state_path: Path  # e.g. <student>/unet/qat.safetensors
 
 
-def xnnpack_quantizer(qat: bool = False) -> Any:
+def xnnpack_quantizer(qat: bool = False, float_layers: Sequence[str] = ()) -> Any:
     """XNNPACK's symmetric int8: per-channel weights, per-tensor activations; fake-quant if ``qat``.
 
     Calibrated (not QAT) graphs quantize the weight-carrying layers (linear, conv, and a ReLU
@@ -61,6 +61,7 @@ def xnnpack_quantizer(qat: bool = False) -> Any:
     42.8) for no saving in size (benchmarks/int8_scope.py). They also share quantization
     parameters through every shape-only op (``shared_through_shape_ops``). A QAT checkpoint's
     state is the prepared graph's observers, so its quantizer stays as its students were trained.
+    ``float_layers`` (module names) stay float: a mixed-precision choice.
     """
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -74,7 +75,16 @@ def xnnpack_quantizer(qat: bool = False) -> Any:
 
     class WeightedLayersQuantizer(XNNPACKQuantizer):
         def annotate(self, model: Any) -> Any:
-            return shared_through_shape_ops(super().annotate(model))
+            model = super().annotate(model)
+            if float_layers:
+                # XNNPACK's concatenation annotator takes no filter: in a mixed-precision graph a
+                # concatenation stays float too, as the sensitivity analysis assumes (quantized,
+                # the embedded teacher's denoiser lost 3 dB to them with every layer float).
+                for node in model.graph.nodes:
+                    if node.op == "call_function" and node.target in (aten.cat.default, aten.concat.default):
+                        node.meta.pop("quantization_annotation", None)
+                drop_orphaned_shared_specs(model)
+            return shared_through_shape_ops(model)
 
     aten = torch.ops.aten
     weighted = {
@@ -82,9 +92,40 @@ def xnnpack_quantizer(qat: bool = False) -> Any:
         aten.conv2d.padding, aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.relu.default,
     }
     # The conv annotator asks the filter about the weight and bias nodes of its match too.
+    from edgegen.exporting.sensitivity import in_float_layers
+
     return WeightedLayersQuantizer().set_global(config).set_filter_function(
-        lambda node: node.op != "call_function" or node.target in weighted
+        lambda node: node.op != "call_function" or (node.target in weighted and not in_float_layers(node, float_layers))
     )
+
+
+def drop_orphaned_shared_specs(graph_module: Any) -> None:
+    """Forget every annotation that shares the parameters of a node left unannotated (a layer kept
+    float), in place: prepare_pt2e would fail on it ("KeyError: cat_1")."""
+
+    def orphaned(spec: Any) -> bool:
+        if type(spec).__name__ != "SharedQuantizationSpec":
+            return False
+        edge = spec.edge_or_node
+        source = edge[1] if isinstance(edge, tuple) else edge
+        return "quantization_annotation" not in source.meta
+
+    changed = True
+    while changed:  # a shared spec can share with one that was orphaned in turn
+        changed = False
+        for node in graph_module.graph.nodes:
+            annotation = node.meta.get("quantization_annotation")
+            if annotation is None:
+                continue
+            if annotation.output_qspec is not None and orphaned(annotation.output_qspec):
+                annotation.output_qspec, changed = None, True
+            for source, spec in list(annotation.input_qspec_map.items()):
+                if orphaned(spec):
+                    del annotation.input_qspec_map[source]
+                    changed = True
+            if annotation.output_qspec is None and not annotation.input_qspec_map:
+                del node.meta["quantization_annotation"]
+                changed = True
 
 
 def shared_through_shape_ops(graph_module: Any) -> Any:

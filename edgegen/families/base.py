@@ -278,6 +278,19 @@ def read_config(folder: Path, subfolder: str) -> dict[str, Any]:
         raise EdgegenError(f"cannot read {path}: {error}") from None
 
 
+def latent_space_config(folder: Path) -> dict[str, Any]:
+    """The VAE config that defines the folder's latent space: its own VAE's, or, where a decoder
+    student replaced the VAE, the latent space that student's manifest records (the tiny decoder
+    takes the sampler's latents as they are, so its own config says nothing about them)."""
+    from edgegen.models.decoder_student import read_decoder_manifest
+
+    config = read_config(folder, "vae")
+    decoder = read_decoder_manifest(folder)
+    if decoder is not None:
+        config = {**config, **decoder.latent_space.model_dump()}
+    return config
+
+
 def spatial_size(size: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 

@@ -26,6 +26,7 @@ from edgegen.families.base import (
     ComponentSpec,
     ConditioningEncoder,
     component_spec,
+    latent_space_config,
     read_config,
     require,
     spatial_size,
@@ -218,7 +219,7 @@ class StableDiffusionFamily:
 
     def fingerprint(self, folder: Path) -> str:
         digest = hashlib.sha256(tokenizer_digest(folder, ENCODER.tokenizer_subfolder).encode())
-        unet, vae = read_config(folder, "unet"), read_config(folder, "vae")
+        unet, vae = read_config(folder, "unet"), latent_space_config(folder)
         configs = {
             "unet": {key: unet.get(key) for key in ("in_channels", "sample_size", "cross_attention_dim")},
             "vae": {key: vae.get(key) for key in ("latent_channels", "scaling_factor", "shift_factor")},

@@ -1,0 +1,85 @@
+"""The shipped student against the issue's goals: the few-step student (with the VAE's decoder and
+with its tiny one) exported to every runnable target in float and int8, at 2 and 1 steps, against
+the eager 20-step teacher measured in the same run.
+
+    python benchmarks/shipped_student.py [--target tflite ...] [--runs 20] [--prompts 48]
+
+Every case generates the same captions from the same seeds and initial latents (all 48 of the
+shapes data by default), and is timed in a fresh process on one thread (p50 per image over
+--runs after a warm-up). Faithfulness is the probe's; the goals: >= 150x the teacher's per-image
+speed at >= 95% of its faithfulness, and every int8 pipeline at >= 95% of its float twin's
+faithfulness. Prints a table, then the JSON (also written to --output/shipped_student.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from _common import emit, fmt  # the benchmarks' shared helper, beside this script
+
+SPEEDUP_GOAL = 150.0
+FAITHFULNESS_SHARE = 0.95
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", action="append")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--prompts", type=int, default=48, help="how many of the 48 shapes captions")
+    parser.add_argument("--output", type=Path, default=Path("out/shipped_student"))
+    args = parser.parse_args()
+
+    from edgegen.data.shapes import attributes_of, caption_for
+    from edgegen.embedded.builders import PROBE_DIR
+    from edgegen.embedded.demo import DEMO_STEPS, FEWSTEP_STEPS, ensure_default_pipeline, export_few_step_students
+    from edgegen.exporting.targets import usable_targets
+    from edgegen.measure.pipeline_fidelity import run_comparison
+    from edgegen.terminal import quiet
+
+    quiet()
+    targets = args.target or [t for t in usable_targets() if t != "coreml"]
+    prompts = [caption_for(**attributes_of(index)) for index in range(args.prompts)]
+    work = args.output
+    teacher_dir = ensure_default_pipeline(work / "teacher")
+    students = export_few_step_students(work, teacher_dir, targets, ["float", "int8"], lambda message: print(message, file=sys.stderr))
+    results_path = work / "results.jsonl"
+    results_path.unlink(missing_ok=True)
+    results = []
+    for label, folder, artifacts in students:
+        for steps in FEWSTEP_STEPS:
+            compared = run_comparison(
+                prompts, teacher_dir, folder, [artifacts], results_path, steps=DEMO_STEPS, student_steps=steps,
+                student_label=label, probe_dir=PROBE_DIR, runs=args.runs,
+            )
+            results += [r for r in compared if r.role != "teacher" or not any(x.role == "teacher" for x in results)]
+    teacher = next(r for r in results if r.role == "teacher")
+    teacher_ms, teacher_faithful = teacher.latency.total_p50_ms, teacher.distillation_gap.faithfulness
+    float_twin = {(r.case_id.split("/")[0], r.target, r.steps): r.distillation_gap.faithfulness for r in results if r.quantization == "none" and r.target}
+    rows, payload = [], {"teacher": {"case": teacher.case_id, "ms_per_image": teacher_ms, "faithfulness": teacher_faithful}, "cases": []}
+    for r in results:
+        if r.role == "teacher" or r.not_run_reason:
+            continue
+        speedup = teacher_ms / r.latency.total_p50_ms
+        faithful = r.distillation_gap.faithfulness
+        twin = float_twin.get((r.case_id.split("/")[0], r.target, r.steps)) if r.quantization != "none" else None
+        goal = speedup >= SPEEDUP_GOAL and faithful >= FAITHFULNESS_SHARE * teacher_faithful and (twin is None or faithful >= FAITHFULNESS_SHARE * twin)
+        decoder = next(t.p50_ms for t in r.latency.per_component if t.component == "vae_decoder")
+        entry = {
+            "case": r.case_id, "quantization": r.quantization, "steps": r.steps, "ms_per_image": r.latency.total_p50_ms,
+            "decoder_ms": decoder, "speedup_vs_teacher": speedup, "faithfulness": faithful, "float_twin_faithfulness": twin,
+            "size_bytes": r.size_bytes, "peak_added_mb": r.memory.added_mb if r.memory else None, "meets_goals": goal,
+        }
+        payload["cases"].append(entry)
+        rows.append([r.case_id, r.quantization, fmt(r.latency.total_p50_ms, "{:.2f}"), fmt(decoder, "{:.3f}"), f"{speedup:.0f}x",
+                     f"{faithful:.0%}", "-" if twin is None else f"{twin:.0%}", f"{r.size_bytes / 1024:.0f}",
+                     fmt(entry["peak_added_mb"], "{:.1f}"), "yes" if goal else "no"])
+    header = ["case", "quant", "ms/image", "decoder ms", "vs teacher", "faithful", "float twin", "KiB", "peak +MiB", "goals"]
+    title = f"shipped student vs the eager teacher ({teacher.steps} steps, {teacher_ms:.1f} ms/image, {teacher_faithful:.0%} faithful), {len(prompts)} captions, 1 thread"
+    emit(title, header, rows, payload, work / "shipped_student.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Per-layer int8 sensitivity and ``--quantize auto``: the cheapest int8/float mix that meets a budget."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from edgegen.cli import app
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def denoiser(pipeline, pipeline_dir):
+    from edgegen.families import family_of
+
+    family = family_of(pipeline_dir)
+    component = family.build_component(pipeline, "denoiser")
+    component.calibration = family.calibration_inputs(pipeline, "denoiser")
+    return component
+
+
+def test_the_analysis_covers_every_weighted_layer_and_predicts_the_export(denoiser, exported):
+    from edgegen.exporting.sensitivity import measure_sensitivity, weighted_layers
+
+    report, _ = measure_sensitivity(denoiser)
+    assert [layer.name for layer in report.layers] == list(weighted_layers(denoiser.module))
+    assert {layer.kind for layer in report.layers} == {"linear", "conv"}
+    for layer in report.layers:  # one layer in int8 costs less than all of them
+        assert layer.alone_int8_psnr_db >= report.all_int8_psnr_db - 0.5, layer
+    # Keeping one layer float helps on the whole (errors can cancel, so not every time), and the
+    # best one helps clearly.
+    gains = [layer.alone_float_psnr_db - report.all_int8_psnr_db for layer in report.layers]
+    assert sum(gains) / len(gains) > 0 and max(gains) > 0.5
+    # The simulation is what the int8 exports do: within a few dB of the real ExecuTorch program.
+    real = exported("denoiser", "executorch", "int8").manifest.parity.psnr_db
+    assert abs(report.all_int8_psnr_db - real) < 4, (report.all_int8_psnr_db, real)
+
+
+@pytest.mark.parametrize("target", ["executorch", "tflite"])
+def test_auto_meets_a_budget_above_plain_int8_with_some_layers_float(target, exported, pipeline, pipeline_dir, tmp_path):
+    from edgegen.exporting.orchestration import ExportOptions, export_component
+    from edgegen.exporting.sensitivity import weighted_layers
+    from edgegen.families import family_of
+
+    plain = exported("denoiser", target, "int8")
+    budget = plain.manifest.parity.psnr_db + 2
+    artifact = export_component(pipeline, pipeline_dir, "denoiser", target, tmp_path, ExportOptions(quantize="auto", min_psnr_db=budget))
+    manifest = artifact.manifest
+    assert manifest.quantization.scheme == "int8" and manifest.parity.psnr_db >= budget
+    mix = manifest.quantization.details["mixed_precision"]
+    every = list(weighted_layers(family_of(pipeline_dir).build_component(pipeline, "denoiser").module))
+    assert 0 < len(mix["float_layers"]) < len(every) and set(mix["float_layers"]) <= set(every)
+    assert mix["min_psnr_db"] == budget and mix["sensitivity"]["layers"]
+    # Bigger than all-int8 (some weights float), smaller than float.
+    assert plain.model_bytes < artifact.model_bytes < exported("denoiser", target).model_bytes
+
+
+def test_a_budget_no_mix_meets_is_one_line_and_writes_nothing(pipeline_dir, tmp_path):
+    runner = CliRunner()
+    args = ["export", str(pipeline_dir), "--component", "denoiser", "-o", str(tmp_path / "out")]
+    result = runner.invoke(app, [*args, "--target", "executorch", "--quantize", "auto", "--min-psnr", "200"])
+    assert result.exit_code == 2 and "no int8 mix of denoiser meets 200.0 dB: the best simulated is" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    result = runner.invoke(app, [*args, "--target", "executorch", "--quantize", "auto"])
+    assert result.exit_code == 2 and "--quantize auto needs --min-psnr" in result.stderr
+    result = runner.invoke(app, [*args, "--target", "onnx", "--quantize", "auto", "--min-psnr", "40"])
+    assert result.exit_code == 2 and "available for executorch, tflite" in result.stderr
