@@ -72,10 +72,11 @@ def main() -> int:
             "size_bytes": r.size_bytes, "peak_added_mb": r.memory.added_mb if r.memory else None, "meets_goals": goal,
         }
         payload["cases"].append(entry)
-        rows.append([r.case_id, r.quantization, fmt(r.latency.total_p50_ms, "{:.2f}"), fmt(decoder, "{:.3f}"), f"{speedup:.0f}x",
+        student, runtime, _ = r.case_id.split("/")
+        rows.append([student.removeprefix("student-"), runtime, str(r.steps), fmt(r.latency.total_p50_ms, "{:.2f}"), fmt(decoder, "{:.3f}"), f"{speedup:.0f}x",
                      f"{faithful:.0%}", "-" if twin is None else f"{twin:.0%}", f"{r.size_bytes / 1024:.0f}",
                      fmt(entry["peak_added_mb"], "{:.1f}"), "yes" if goal else "no"])
-    header = ["case", "quant", "ms/image", "decoder ms", "vs teacher", "faithful", "float twin", "KiB", "peak +MiB", "goals"]
+    header = ["student", "runtime", "steps", "ms/image", "decoder ms", "vs teacher", "faithful", "float twin", "KiB", "peak +MiB", "goals"]
     title = f"shipped student vs the eager teacher ({teacher.steps} steps, {teacher_ms:.1f} ms/image, {teacher_faithful:.0%} faithful), {len(prompts)} captions, 1 thread"
     emit(title, header, rows, payload, work / "shipped_student.json")
     return 0

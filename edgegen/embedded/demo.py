@@ -112,23 +112,25 @@ def export_few_step_students(
     the text encoder and denoiser artifacts are the few-step student's (the same weights, which
     the pipeline comparison checks by hash).
     """
-    from edgegen.exporting.orchestration import ExportOptions, artifact_name, export_component
+    from edgegen.exporting.orchestration import ExportOptions, export_component
     from edgegen.families.loading import load_pipeline
 
     fewstep_dir = ensure_default_student(workdir / "student-fewstep", teacher_dir, "few-step")
     fewstep = load_pipeline(fewstep_dir)
     fewstep_artifacts_dir = workdir / "artifacts-fewstep"
+    written = {}
     for component, target, scheme in plan(targets, precisions):
         on_step(f"exporting few-step student {component} -> {target}" + ("" if scheme == "none" else f" {scheme}"))
-        export_component(fewstep, fewstep_dir, component, target, fewstep_artifacts_dir, ExportOptions(quantize=scheme), force=True)
+        artifact = export_component(fewstep, fewstep_dir, component, target, fewstep_artifacts_dir, ExportOptions(quantize=scheme), force=True)
+        written[component, target, scheme] = artifact.folder
     tiny_decoder_dir = ensure_default_decoder_student(workdir / "student-fewstep-tinydecoder", fewstep_dir)
     tiny_decoder = load_pipeline(tiny_decoder_dir)
     tiny_decoder_artifacts_dir = workdir / "artifacts-fewstep-tinydecoder"
     for component, target, scheme in plan(targets, precisions):
         if component != "vae_decoder":
-            shared = artifact_name(component, target, ExportOptions(quantize=scheme))
-            shutil.rmtree(tiny_decoder_artifacts_dir / shared, ignore_errors=True)
-            shutil.copytree(fewstep_artifacts_dir / shared, tiny_decoder_artifacts_dir / shared)
+            shared = written[component, target, scheme]
+            shutil.rmtree(tiny_decoder_artifacts_dir / shared.name, ignore_errors=True)
+            shutil.copytree(shared, tiny_decoder_artifacts_dir / shared.name)
             continue
         on_step(f"exporting the tiny decoder -> {target}" + ("" if scheme == "none" else f" {scheme}"))
         export_component(tiny_decoder, tiny_decoder_dir, component, target, tiny_decoder_artifacts_dir, ExportOptions(quantize=scheme), force=True)

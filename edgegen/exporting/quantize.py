@@ -75,16 +75,10 @@ def xnnpack_quantizer(qat: bool = False, float_layers: Sequence[str] = ()) -> An
 
     class WeightedLayersQuantizer(XNNPACKQuantizer):
         def annotate(self, model: Any) -> Any:
-            model = super().annotate(model)
-            if float_layers:
-                # XNNPACK's concatenation annotator takes no filter: in a mixed-precision graph a
-                # concatenation stays float too, as the sensitivity analysis assumes (quantized,
-                # the embedded teacher's denoiser lost 3 dB to them with every layer float).
-                for node in model.graph.nodes:
-                    if node.op == "call_function" and node.target in (aten.cat.default, aten.concat.default):
-                        node.meta.pop("quantization_annotation", None)
-                drop_orphaned_shared_specs(model)
-            return shared_through_shape_ops(model)
+            # XNNPACK's concatenation annotator takes no filter, so a concatenation stays int8
+            # between float layers too (left float, the embedded student's mixed program failed
+            # in XNNPACK at run time); --quantize auto's parity check accounts for it.
+            return shared_through_shape_ops(super().annotate(model))
 
     aten = torch.ops.aten
     weighted = {
