@@ -35,7 +35,6 @@ def prepare(config: DecoderConfig, context: Context) -> Trainee:
 
     from edgegen.errors import EdgegenError
     from edgegen.families.base import vae_decoder_module
-    from edgegen.families.loading import checkpoint_sha256
     from edgegen.models.decoder_student import read_decoder_manifest, weights_sha256
     from edgegen.trainers.denoising import encode_images
 
@@ -68,11 +67,10 @@ def prepare(config: DecoderConfig, context: Context) -> Trainee:
         return {"loss": loss.item()}
 
     def save(folder: Path, summary: dict[str, Any]) -> None:
-        from edgegen.families import components_with_role, family_of
         from edgegen.schema.base import write_json
         from edgegen.schema.decoder_student import DECODER_MANIFEST_FILENAME
-        from edgegen.schema.training import TRAINING_MANIFEST_FILENAME, TrainingManifest
-        from edgegen.versions import versions_of
+        from edgegen.schema.training import TRAINING_MANIFEST_FILENAME
+        from edgegen.trainers.outputs import write_training_manifest
 
         # Everything but the decoder is the student folder's own, kept byte for byte (a few-step
         # student's schedule and SCMAN state included).
@@ -80,15 +78,7 @@ def prepare(config: DecoderConfig, context: Context) -> Trainee:
         student_vae.eval().save_pretrained(folder / "vae", safe_serialization=True)
         recipe = {"name": summary["recipe"], "config": summary["config"], "config_sha256": summary["config_sha256"]}
         write_json(folder / DECODER_MANIFEST_FILENAME, manifest.model_copy(update={"recipe": recipe}))
-        known = {"recipe", "config", "config_sha256", "data", "steps", "resumed_from_step", "world_size", "ranks_in_sync", "final_losses", "seconds", "finished_at"}
-        denoiser = components_with_role(family_of(config.student), "denoiser")[0].subfolder
-        write_json(folder / TRAINING_MANIFEST_FILENAME, TrainingManifest(
-            parent_dir=str(Path(config.student).resolve()),
-            parent_unet_sha256=checkpoint_sha256(config.student, denoiser),
-            details={k: v for k, v in summary.items() if k not in known},
-            versions=versions_of(("torch", "diffusers")),
-            **{k: summary[k] for k in known},
-        ))
+        write_training_manifest(folder, config.student, summary, {}, ("torch", "diffusers"))
 
     return Trainee(
         modules={"decoder": student_vae.decoder},

@@ -13,7 +13,7 @@ from typing import Any
 def encode_images(vae: Any, pixel_values: Any, generator: Any) -> Any:
     import torch
 
-    if not hasattr(vae, "quant_conv") and type(vae).__name__ == "AutoencoderTiny":
+    if type(vae).__name__ == "AutoencoderTiny":
         from edgegen.errors import EdgegenError
 
         raise EdgegenError("this folder's VAE is a decoder student (AutoencoderTiny), which encodes nothing it was trained for; train on a folder with the teacher's VAE")

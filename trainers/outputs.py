@@ -17,11 +17,8 @@ def save_trained_pipeline(pipeline: Any, parent_dir: Path, folder: Path, summary
     """
     import torch
 
-    from edgegen.families import components_with_role, family_of
-    from edgegen.families.loading import checkpoint_sha256
     from edgegen.models.checkpoint import read_student_manifest, write_student
     from edgegen.schema.checkpoint import FewStepSchedule, QatState
-    from edgegen.versions import versions_of
 
     for module in pipeline.components.values():
         if isinstance(module, torch.nn.Module):
@@ -40,12 +37,21 @@ def save_trained_pipeline(pipeline: Any, parent_dir: Path, folder: Path, summary
         write_student(pipeline, student.model_copy(update=typed), folder)
     else:
         pipeline.save_pretrained(folder, safe_serialization=True)
+    write_training_manifest(folder, parent_dir, summary, details, ("torch", "diffusers", "transformers", "peft", "torchao"))
+
+
+def write_training_manifest(folder: Path, parent_dir: Path, summary: dict[str, Any], details: dict[str, Any], packages: tuple[str, ...]) -> None:
+    """``edgegen_training.json`` in ``folder``: the run's summary, its recipe's details and ``packages``' versions."""
+    from edgegen.families import components_with_role, family_of
+    from edgegen.families.loading import checkpoint_sha256
+    from edgegen.versions import versions_of
+
     known = {"recipe", "config", "config_sha256", "data", "steps", "resumed_from_step", "world_size", "ranks_in_sync", "final_losses", "seconds", "finished_at"}
     manifest = TrainingManifest(
         parent_dir=str(Path(parent_dir).resolve()),
         parent_unet_sha256=checkpoint_sha256(parent_dir, components_with_role(family_of(parent_dir), "denoiser")[0].subfolder),
         details={**{k: v for k, v in summary.items() if k not in known}, **details},
-        versions=versions_of(("torch", "diffusers", "transformers", "peft", "torchao")),
+        versions=versions_of(packages),
         **{k: summary[k] for k in known},
     )
     write_json(folder / TRAINING_MANIFEST_FILENAME, manifest)

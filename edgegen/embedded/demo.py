@@ -8,8 +8,7 @@
    is its tiny decoder (a TAESD-like decoder distilled from the VAE's, ``edgegen train decoder``);
 4. whole pipelines are compared over the demo prompts: teacher (eager) vs float student vs each
    exported student, and the few-step student (with the VAE's decoder, and with its tiny one),
-   eager and exported, at 2 and 1 steps (images,
-   latency, memory, faithfulness, FID/KID);
+   eager and exported, at 2 and 1 steps (images, latency, memory, faithfulness, FID/KID);
 5. one self-contained HTML report of it all, led by the shipped configuration (the fastest
    exported student that keeps the teacher's captions), and a Chromium screenshot where one is
    installed.

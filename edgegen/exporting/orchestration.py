@@ -270,7 +270,7 @@ class MixedPrecision:
         self.min_psnr_db = min_psnr_db
         self.report, self.simulation = measure_sensitivity(component)
         self.mix = choose_float_layers(self.report, self.simulation, min_psnr_db)
-        self.attempts, self.converted_psnr_db = 1, None
+        self.attempts = 1
         if not self.mix.meets_budget:
             best = max(self.mix.simulated_psnr_db, self.report.all_int8_psnr_db)
             raise EdgegenError(
@@ -284,7 +284,6 @@ class MixedPrecision:
     def widen(self, converted_psnr_db: float) -> bool:
         from edgegen.exporting.sensitivity import choose_float_layers
 
-        self.converted_psnr_db = converted_psnr_db
         kept = len(self.mix.float_layers)
         if self.attempts >= self.ATTEMPTS:
             return False
