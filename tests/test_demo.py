@@ -132,17 +132,20 @@ def test_demo_compares_teacher_and_students_and_writes_the_report(tmp_path):
     assert set(cases) == {
         "teacher/eager/20-steps", "student/eager/20-steps", "student/onnx/20-steps",
         *(f"{label}/{runtime}/{k}-steps" for label in ("student-fewstep", "student-fewstep-tinydecoder") for runtime in ("eager", "onnx") for k in (2, 1)),
+        *(f"student-fewstep-tinydecoder/onnx-one-call/{k}-steps" for k in (2, 1)),
     }
+    for k in (2, 1):  # the one-call program: the same images as the same student's components, in one call
+        one_call = cases[f"student-fewstep-tinydecoder/onnx-one-call/{k}-steps"]
+        assert [t["component"] for t in one_call["latency"]["per_component"]] == ["pipeline"]
+        assert one_call["export_fidelity"]["image_psnr_db"] > 60 and one_call["latency"]["steps"] == k
     for label in ("student-fewstep", "student-fewstep-tinydecoder"):
         assert [cases[f"{label}/onnx/{k}-steps"]["latency"]["steps"] for k in (2, 1)] == [2, 1]
         for k in (2, 1):  # each exported few-step student against the same student eagerly, same latents
             assert cases[f"{label}/onnx/{k}-steps"]["export_fidelity"]["image_psnr_db"] > 40
-    # The tiny decoder costs less than the VAE's decoder in the same pipeline.
-    decoder_ms = {
-        label: next(t["p50_ms"] for t in cases[f"{label}/onnx/2-steps"]["latency"]["per_component"] if t["component"] == "vae_decoder")
-        for label in ("student-fewstep", "student-fewstep-tinydecoder")
-    }
-    assert decoder_ms["student-fewstep-tinydecoder"] < decoder_ms["student-fewstep"], decoder_ms
+    # The tiny decoder is smaller than the VAE's decoder in the same pipeline (its speed is
+    # benchmarks/shipped_student.py's to measure: a test on a shared CPU times noise).
+    sizes = {label: cases[f"{label}/onnx/2-steps"]["size_bytes"] for label in ("student-fewstep", "student-fewstep-tinydecoder")}
+    assert sizes["student-fewstep-tinydecoder"] < sizes["student-fewstep"], sizes
     exported = cases["student/onnx/20-steps"]
     assert exported["export_fidelity"]["image_psnr_db"] > 40  # float ONNX vs the eager student, same latents
     assert exported["latency"]["steps"] == 20 and exported["memory"]["added_mb"] > 0
@@ -152,7 +155,7 @@ def test_demo_compares_teacher_and_students_and_writes_the_report(tmp_path):
     # The report and the terminal lead with the shipped configuration: an exported student.
     assert report.index("<h2>Shipped configuration</h2>") < report.index("<h2>Key results</h2>")
     shipped = re.search(r"Shipped configuration \([^)]*\):\s+(\S+)", result.stdout)
-    assert shipped and shipped.group(1).split("/")[1] == "onnx", result.stdout
+    assert shipped and shipped.group(1).split("/")[1] in ("onnx", "onnx-one-call"), result.stdout
     assert result.stdout.index("Shipped configuration") < result.stdout.index("text_encoder")
 
 

@@ -149,7 +149,7 @@ def test_a_variant_folder_loads_with_variant_and_says_so_without(tmp_path, fp16_
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_version_1_and_2_manifests_still_load(tmp_path, sd_dir):
+def test_older_manifests_still_load(tmp_path, sd_dir):
     from edgegen.artifact import load_artifact
     from edgegen.schema.manifest import MANIFEST_FILENAME
 
@@ -160,5 +160,5 @@ def test_version_1_and_2_manifests_still_load(tmp_path, sd_dir):
     del data["source"]["variant"], data["source"]["adapters"], data["source"]["dtype"]
     path.write_text(json.dumps(data))
     manifest = load_artifact(tmp_path / "text_encoder-onnx").manifest
-    assert manifest.schema_version == 3 and manifest.source.adapters == [] and manifest.source.variant is None
+    assert manifest.schema_version == 4 and manifest.source.adapters == [] and manifest.source.variant is None
     assert manifest.source.dtype == "float32"

@@ -105,6 +105,21 @@ def test_student_denoiser_exports_to_every_target(student_dir, tmp_path, target)
     assert manifest.delegation.delegated_nodes > 0
 
 
+def test_a_student_loaded_in_float16_exports_in_float16(student_dir, tmp_path):
+    """SCMAN is installed after the load; its summaries must follow the weights' dtype, or the
+    exporters meet a graph of mixed float types (ONNX and ExecuTorch refused it)."""
+    import torch
+
+    from edgegen.exporting.orchestration import ExportOptions, export_pipeline
+    from edgegen.families.loading import LoadOptions, load_pipeline
+
+    student = load_pipeline(student_dir, LoadOptions(dtype="float16"))
+    assert {p.dtype for p in student.unet.parameters()} == {torch.float16}
+    [artifact] = export_pipeline(student_dir, "onnx", tmp_path, components=["denoiser"], options=ExportOptions(load=LoadOptions(dtype="float16")))
+    assert artifact.manifest.precision == "float16" and artifact.folder.name == "denoiser-onnx-float16"
+    assert artifact.manifest.parity.psnr_db >= artifact.manifest.parity.min_psnr_db
+
+
 def test_corrupt_scman_weights_are_named_in_one_line(student_dir, tmp_path):
     import shutil
 

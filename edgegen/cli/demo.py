@@ -18,13 +18,14 @@ from edgegen.errors import EdgegenError, writing
 
 class Precision(str, Enum):
     float = "float"
+    float16 = "float16"
     int8 = "int8"
 
 
 def demo_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Working folder for the models, artifacts, results and report.", callback=folder_output)] = Path("out/demo"),
     target: Annotated[list[str] | None, typer.Option(help="Target to include (repeatable); default: every one this machine exports to.")] = None,
-    precision: Annotated[list[Precision] | None, typer.Option(help="float and/or int8 (repeatable); default: both.")] = None,
+    precision: Annotated[list[Precision] | None, typer.Option(help="float, float16 and/or int8 (repeatable); default: all three (the few-step students: float and int8).")] = None,
     runs: Annotated[int, typer.Option(help="Timed runs per component artifact (whole pipelines get a quarter, at least 1).", min=1)] = 20,
     prompts: Annotated[Path | None, typer.Option(help="Prompt file (one per line); default: 12 built-in shapes prompts.", show_default=False)] = None,
 ) -> None:
@@ -41,7 +42,7 @@ def demo_command(
         reason = EXPORTERS.get(name).unavailable_reason()  # an unknown name fails here, before any work
         if reason:
             raise EdgegenError(f"target '{name}' is not usable here: {reason}")
-    precisions = [p.value for p in precision] if precision else ["float", "int8"]
+    precisions = [p.value for p in precision] if precision else ["float", "float16", "int8"]
     prompt_list = read_prompts(prompts) if prompts else list(DEMO_PROMPTS)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("starting", total=None)

@@ -15,7 +15,7 @@ def export_command(
     pipeline_dir: Annotated[Path, typer.Argument(help="A diffusers pipeline folder (model_index.json inside).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder that receives one artifact folder per component.")],
     target: Annotated[str, typer.Option(help="Export target; `edgegen targets` lists them.")] = "onnx",
-    component: Annotated[list[str] | None, typer.Option(help="Component to export (repeatable); default: all.")] = None,
+    component: Annotated[list[str] | None, typer.Option(help="Component to export (repeatable); default: all. 'pipeline': a few-step student's whole pipeline as one program (token ids and noise in, image out).")] = None,
     backend: Annotated[str | None, typer.Option(help="Delegate backend of the target, e.g. xnnpack.")] = None,
     quantize: Annotated[str, typer.Option(help="Quantization scheme; the target lists what it supports. auto (executorch, tflite): int8 with the layers a sensitivity analysis picks kept float, to meet --min-psnr.")] = "none",
     min_psnr: Annotated[float | None, typer.Option(help="Parity gate in dB (default: the target's, by precision).", callback=finite)] = None,
@@ -26,6 +26,8 @@ def export_command(
     dtype: Annotated[str, typer.Option(help="Load the weights as float32 or float16 (diffusers' torch_dtype); float16 halves the weights' memory while converting and the artifact computes in float16.")] = "float32",
     separate_weights: Annotated[bool | None, typer.Option("--separate-weights/--embedded-weights", help="Weights in a file beside the model (ExecuTorch .ptd, ONNX external data); default: only above 1 GiB of weights.", show_default=False)] = None,
     memory_check: Annotated[bool, typer.Option("--memory-check/--no-memory-check", help="Refuse an export whose estimated peak memory exceeds what is available.")] = True,
+    steps: Annotated[int | None, typer.Option(help="--component pipeline: unroll the first STEPS timesteps of the student's schedule (default: all).", min=1)] = None,
+    guidance_scale: Annotated[float, typer.Option(help="--component pipeline: classifier-free guidance inside the program; 1 turns it off.", min=0, callback=finite)] = 1.0,
     force: Annotated[bool, typer.Option(help="Replace existing artifact folders.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the manifests as JSON.")] = False,
 ) -> None:
@@ -38,7 +40,7 @@ def export_command(
     load = LoadOptions(variant=variant, loras=lora_requests(lora, lora_scale), dtype=dtype)
     options = ExportOptions(
         backend=backend, quantize=quantize, min_psnr_db=min_psnr, batch_size=batch_size, load=load, check_memory=memory_check,
-        separate_weights=separate_weights,
+        separate_weights=separate_weights, pipeline_steps=steps, guidance_scale=guidance_scale,
     )
     with console.status(f"exporting to {target}..."):
         artifacts = export_pipeline(pipeline_dir, target, output, component, options, force)

@@ -43,6 +43,10 @@ class ExportOptions:
     # Weighted layers kept float in an int8 export (module names inside the component): the mix
     # ``--quantize auto`` chooses (edgegen.exporting.sensitivity).
     float_layers: tuple[str, ...] = ()
+    # One-call pipeline programs (component "pipeline"): the first ``pipeline_steps`` timesteps
+    # of the student's schedule (None: all of them) and the classifier-free guidance inside.
+    pipeline_steps: int | None = None
+    guidance_scale: float = 1.0
 
 
 # Above this, weights go to a file of their own: the app can map it, ship it apart from the

@@ -15,6 +15,8 @@ from typing import Any
 
 from edgegen.artifact import Artifact, atomic_folder, describe_files, load_artifact, staged_folder, write_failure, write_manifest
 from edgegen.exporting.capacity import check_fits
+from edgegen.exporting import one_call
+from edgegen.exporting.one_call import PIPELINE_COMPONENT
 from edgegen.families import Component, component_spec, components_with_role, family_of
 from edgegen.families.base import weights_dtype
 from edgegen.errors import EdgegenError, first_line
@@ -51,7 +53,37 @@ def artifact_name(component: str, target: str, options: ExportOptions) -> str:
         parts.append(options.quantize)
     if options.load.dtype != "float32":
         parts.append(options.load.dtype)
+    if component == PIPELINE_COMPONENT:
+        parts.append(f"{options.pipeline_steps}-steps")
     return "-".join(parts)
+
+
+def check_program_options(pipeline_dir: Path, names: list[str], options: ExportOptions) -> ExportOptions:
+    """A one-call pipeline is exported on its own, from a few-step student; its step count resolved."""
+    if PIPELINE_COMPONENT not in names:
+        if options.pipeline_steps is not None or options.guidance_scale != 1.0:
+            raise EdgegenError("--steps and --guidance-scale apply to --component pipeline (the one-call program) only")
+        return options
+    if names != [PIPELINE_COMPONENT]:
+        raise EdgegenError("--component pipeline is one program holding every component; export it on its own")
+    if options.quantize == "auto":
+        raise EdgegenError("--quantize auto chooses a mix per component; export the pipeline program as int8 or float")
+    if options.batch_size != 1:
+        raise EdgegenError("a one-call pipeline generates one image per call; drop --batch-size")
+    from edgegen.exporting.one_call import check_family, few_step_schedule
+    from edgegen.sampling.loop import guidance_mode
+
+    family = family_of(pipeline_dir)
+    check_family(family)
+    guidance_mode(family, options.guidance_scale)
+    return replace(options, pipeline_steps=len(few_step_schedule(pipeline_dir, options.pipeline_steps)))
+
+
+def _subfolders(family: Any, names: list[str]) -> dict[str, str]:
+    """The pipeline subfolders the named components load (a one-call program loads them all)."""
+    if names == [PIPELINE_COMPONENT]:
+        return {spec.name: spec.subfolder for spec in family.components}
+    return {name: component_spec(family, name).subfolder for name in names}
 
 
 def check_options(exporter: Exporter, options: ExportOptions) -> ExportOptions:
@@ -166,13 +198,20 @@ def _write_artifact(
 
     exporter = get_exporter(target)
     family = family_of(pipeline_dir)
-    component = family.build_component(pipeline, component_name, batch_size=options.batch_size)
+    if component_name == PIPELINE_COMPONENT:
+        component = one_call.build_program(pipeline, pipeline_dir, options.pipeline_steps, options.guidance_scale)
+    else:
+        component = family.build_component(pipeline, component_name, batch_size=options.batch_size)
     loaded = str(weights_dtype(component.module)).removeprefix("torch.")
     if loaded != options.load.dtype:
         # The manifest, the artifact's name and its parity gate all follow the load dtype.
         raise EdgegenError(f"{component_name} was loaded in {loaded} but the export was asked for --dtype {options.load.dtype}; load the pipeline with the same dtype")
     component.quantization_source = learned_scales(pipeline_dir, component_name)
-    if options.quantize != "none":
+    if options.quantize != "none" and component.program is not None:
+        from edgegen.families.prompts import CALIBRATION_PROMPTS
+
+        component.calibration = one_call.calibration_inputs(pipeline, pipeline_dir, component, len(CALIBRATION_PROMPTS))
+    elif options.quantize != "none":
         component.calibration = family.calibration_inputs(pipeline, component_name, options.batch_size)
         if component_name in {spec.name for spec in components_with_role(family, "decoder")}:
             # Gaussian latents alone mis-set its activation ranges for what samplers produce.
@@ -200,6 +239,8 @@ def _write_artifact(
                 raise  # a full or read-only disk: the staging folder names the file
             raise EdgegenError(f"{target} could not export {component_name}: {first_line(error)}") from None
         check_signature(component, exported, target)
+        if component.program is not None:
+            one_call.copy_tokenizer(pipeline_dir, folder)
         save_file(tensors, str(folder / REFERENCE_FILENAME))
         min_psnr = options.min_psnr_db if options.min_psnr_db is not None else exported.min_psnr_db
         if options.min_psnr_db is None and options.load.dtype == "float16":
@@ -220,6 +261,16 @@ def _write_artifact(
             )
         write_manifest(folder, manifest.model_copy(update={"parity": parity}))
         return
+
+
+def _source_checkpoint(pipeline_dir: Path, component: Component) -> str:
+    """The component's weights' hash; a one-call program's hashes the hashes of all it holds."""
+    if component.program is None:
+        return checkpoint_sha256(pipeline_dir, component.source_subfolder)
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(component.program.components, sort_keys=True).encode()).hexdigest()
 
 
 def _manifest(
@@ -244,7 +295,7 @@ def _manifest(
             pipeline_dir=str(Path(pipeline_dir).resolve()),
             pipeline_class=type(pipeline).__name__,
             component_class=component.source_class,
-            checkpoint_sha256=checkpoint_sha256(pipeline_dir, component.source_subfolder),
+            checkpoint_sha256=_source_checkpoint(pipeline_dir, component),
             variant=options.load.variant,
             dtype=options.load.dtype,
             adapters=[Adapter(**asdict(record)) for record in adapter_records(options.load.loras)],
@@ -254,6 +305,7 @@ def _manifest(
         parity=Parity(measured=False, reason="pending", min_psnr_db=min_psnr),
         delegation=exported.delegation,
         coreml=exported.coreml,
+        program=component.program,
     )
 
 
@@ -324,8 +376,9 @@ def export_component(
 ) -> Artifact:
     """Export ``component_name`` of an already loaded ``pipeline`` to ``output_root/<name>``."""
     exporter = get_exporter(target)
-    options = check_options(exporter, options)
-    component_spec(family_of(pipeline_dir), component_name)  # an unknown name lists the choices
+    options = check_program_options(Path(pipeline_dir), [component_name], check_options(exporter, options))
+    if component_name != PIPELINE_COMPONENT:
+        component_spec(family_of(pipeline_dir), component_name)  # an unknown name lists the choices
     destination = Path(output_root) / artifact_name(component_name, target, options)
     _check_destination(destination, force)
     with atomic_folder(destination, force=force) as staging:
@@ -354,16 +407,18 @@ def export_pipeline(
     family = family_of(pipeline_dir)
     names = list(components) if components else [spec.name for spec in family.components]
     for name in names:
-        component_spec(family, name)
+        if name != PIPELINE_COMPONENT:
+            component_spec(family, name)
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise EdgegenError(f"component {', '.join(repeated)} named more than once; name each component once")
+    options = check_program_options(Path(pipeline_dir), names, options)
     destinations = {name: Path(output_root) / artifact_name(name, target, options) for name in names}
     for destination in destinations.values():
         _check_destination(destination, force)
     check_load_options(Path(pipeline_dir), options.load)
     if options.check_memory:
-        subfolders = {name: component_spec(family, name).subfolder for name in names}
+        subfolders = _subfolders(family, names)
         check_fits(Path(pipeline_dir), subfolders, target, options.quantize, options.load.variant, options.load.dtype)
     with contextlib.ExitStack() as stack:
         # The destinations are locked before the pipeline loads: a second export into the same

@@ -68,6 +68,9 @@ class Component:
     # A quantization-aware-trained checkpoint's learned int8 scales, which exporters that lower
     # PT2E graphs take instead of calibrating (edgegen.exporting.quantize).
     quantization_source: LearnedScales | None = None
+    # A one-call pipeline program's schedule and sources (edgegen.exporting.one_call); None for a
+    # single component.
+    program: Any = None
 
     def example_args(self) -> tuple:
         return tuple(self.reference_inputs[spec.name] for spec in self.inputs)

@@ -24,7 +24,8 @@ from edgegen.errors import EdgegenError
 from edgegen.measure.metric_registry import BUDGETS, unmeasured
 from edgegen.measure.metrics import psnr_db
 from edgegen.families import Family, components_with_role, family_of
-from edgegen.sampling.loop import Generation, SamplingPlan, check_artifacts, initial_latents, load_case, pipeline_family, sampling_plan
+from edgegen.exporting.one_call import PIPELINE_COMPONENT
+from edgegen.sampling.loop import Generation, SamplingPlan, check_artifacts, check_program_plan, initial_latents, load_case, pipeline_family, sampling_plan
 from edgegen.schema.base import StrictModel
 from edgegen.schema.pipeline import (
     BudgetCheck,
@@ -119,6 +120,13 @@ def artifact_sets(root: Path, family: Family) -> dict[str, dict[str, Path]]:
     names = [spec.name for spec in family.components]
     sets: dict[str, dict[str, Path]] = {}
     for folder in sorted(p for p in root.iterdir() if (p / MANIFEST_FILENAME).is_file()):
+        if folder.name.startswith(PIPELINE_COMPONENT + "-"):
+            # A one-call program is a set of its own; its steps are in the case id already.
+            label = re.sub(r"-\d+-steps$", "", folder.name[len(PIPELINE_COMPONENT) + 1:]) + "-one-call"
+            if label in sets:
+                raise EdgegenError(f"{root} holds one-call programs of several step counts ({sets[label][PIPELINE_COMPONENT].name}, {folder.name}); keep one per folder")
+            sets[label] = {PIPELINE_COMPONENT: folder}
+            continue
         # Longest name first: "text_encoder_2-onnx" is not a "text_encoder" artifact labelled "2-onnx".
         for component in sorted(names, key=len, reverse=True):
             if folder.name.startswith(component + "-"):
@@ -126,7 +134,7 @@ def artifact_sets(root: Path, family: Family) -> dict[str, dict[str, Path]]:
                 break
     if not sets:
         raise EdgegenError(f"{root} holds no artifacts written by `edgegen export`")
-    incomplete = {label: [n for n in names if n not in parts] for label, parts in sets.items() if set(parts) != set(names)}
+    incomplete = {label: [n for n in names if n not in parts] for label, parts in sets.items() if set(parts) != set(names) and PIPELINE_COMPONENT not in parts}
     if incomplete:
         label, missing = next(iter(incomplete.items()))
         raise EdgegenError(f"{root}: the '{label}' artifacts lack {', '.join(missing)}; export every component ({', '.join(names)})")
@@ -261,6 +269,9 @@ def run_comparison(
     checked = {label: check_artifacts(student_dir, parts) for label, parts in sets.items()}
     seeds = [seed + index for index in range(len(prompts))]
     student_plan = sampling_plan(student_dir, student_steps or steps, guidance_scale, few_steps=student_steps)
+    for parts in checked.values():
+        if PIPELINE_COMPONENT in parts:
+            check_program_plan(parts[PIPELINE_COMPONENT], student_plan)
     teacher_plan = sampling_plan(teacher_dir, steps, guidance_scale, use_student_schedule=False)
     steps_label = f"{student_plan.steps}-steps"
     cases = [Case(f"teacher/eager/{teacher_plan.steps}-steps", "teacher", teacher_dir, teacher_plan), Case(f"{student_label}/eager/{steps_label}", "student", student_dir, student_plan)]
@@ -289,7 +300,7 @@ def run_comparison(
             runtime=first.target if first else "eager",
             target=first.target if first else None,
             backend=first.backend if first else None,
-            quantization=first.quantization.scheme if first else "none",
+            quantization=first.precision if first else "none",
             artifact_dirs={k: str(Path(v).resolve()) for k, v in (case.artifact_dirs or {}).items()},
             size_bytes=sum(a.model_bytes for a in artifacts.values()) if artifacts else folder_size(role_dir, student_family),
             parameters=denoiser_parameters(role_dir, student_family),
@@ -319,7 +330,7 @@ def run_comparison(
             float_student = outcomes[cases[1].case_id]
             per_step = [
                 _mean([psnr_db(ref[i], out[i]) for ref, out in zip(float_student.step_latents, outcome.step_latents)])
-                for i in range(len(outcome.step_latents[0]))
+                for i in range(len(outcome.step_latents[0]))  # none for a one-call program
             ]
             fidelity = ExportFidelity(
                 reference=f"student eager float32 ({student_dir})",

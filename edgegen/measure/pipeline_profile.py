@@ -27,6 +27,7 @@ PROFILE_PROMPT = "a red circle at the top left"
 def profile_in_this_process(model_dir: Path, artifact_dirs: dict[str, Path] | None, plan: SamplingPlan, warmup: int, runs: int, threads: int) -> tuple[PipelineLatency, Memory]:
     import torch
 
+    from edgegen.exporting.one_call import PIPELINE_COMPONENT
     from edgegen.families import components_with_role, family_of
     from edgegen.sampling.loop import check_artifacts, initial_latents, load_case, load_tokenizers_and_scheduler
     from edgegen.session import runtime_for
@@ -58,7 +59,8 @@ def profile_in_this_process(model_dir: Path, artifact_dirs: dict[str, Path] | No
         per_component.append(ComponentTiming(component=name, calls_per_image=len(generations[0].call_ms.get(name, [])), p50_ms=timing.p50, p90_ms=timing.p90, mean_ms=timing.mean))
     totals = [g.total_ms for g in generations]
     inside = [sum(sum(v) for v in g.call_ms.values()) for g in generations]
-    denoisers = {spec.name for spec in components_with_role(family_of(model_dir), "denoiser")}
+    # A one-call program holds every step: a step is its share of the image.
+    denoisers = {spec.name for spec in components_with_role(family_of(model_dir), "denoiser")} | {PIPELINE_COMPONENT}
     # A step: the denoiser calls and the scheduler update, i.e. everything but the encoders and decoder.
     steps_ms = [(g.total_ms - sum(sum(ms) for name, ms in g.call_ms.items() if name not in denoisers)) / plan.steps for g in generations]
     total = spread(totals)

@@ -246,7 +246,7 @@ def artifact_result(kind: str, artifact: Any, runtime: str, threads: int, **meas
         target=manifest.target,
         backend=manifest.backend,
         component=manifest.component,
-        quantization=manifest.quantization.scheme,
+        quantization=manifest.precision,
         runtime=runtime,
         host=host_info(threads),
         **measured,

@@ -59,6 +59,7 @@ def restore_student(pipeline: Any, folder: Path) -> StudentManifest | None:
     from edgegen.models.scman import SCMANConfig, install_scman
 
     denoiser, subfolder = _denoiser(pipeline, folder)
+    dtype = next((p.dtype for p in denoiser.parameters() if p.is_floating_point()), None)
     install_scman(denoiser, SCMANConfig(**manifest.scman.model_dump()))
     weights = Path(folder) / subfolder / SCMAN_WEIGHTS_FILENAME
     if weights.exists():
@@ -72,6 +73,10 @@ def restore_student(pipeline: Any, folder: Path) -> StudentManifest | None:
         if missing:
             raise EdgegenError(f"{weights} lacks SCMAN parameters: {', '.join(sorted(missing)[:3])}")
         denoiser.load_state_dict(state, strict=False)
+    if dtype is not None:
+        # SCMAN's summaries are made in float32; a student loaded in float16 computes in float16
+        # throughout (the exporters refuse a graph of mixed float types).
+        denoiser.to(dtype)
     return manifest
 
 

@@ -124,6 +124,33 @@ class EdgePipeline:
         return Generation(image=np.clip(image[0], -1, 1), step_latents=step_latents, call_ms=self.call_ms, total_ms=total)
 
 
+@dataclass
+class OneCallPipeline:
+    """A one-call pipeline artifact (``edgegen export --component pipeline``) as a case: the host
+    tokenizes, the program does the rest in one call. It exposes no intermediate latents."""
+
+    family: Family
+    runner: Runner
+    tokenizer: Any
+    max_length: int
+    plan: SamplingPlan
+    latent_shape: tuple[int, ...]
+    description: str
+    call_ms: dict[str, list[float]] = field(default_factory=dict)
+
+    def generate(self, prompt: str, latents: np.ndarray, seed: int) -> Generation:
+        from edgegen.exporting.one_call import PIPELINE_COMPONENT
+        from edgegen.families.base import tokenize
+
+        start = time.perf_counter()
+        ids = tokenize(self.tokenizer, [prompt], self.max_length, tensors="np").input_ids.astype(np.int64)
+        called = time.perf_counter()
+        image = self.runner({"input_ids": ids, "latents": np.ascontiguousarray(latents, dtype=np.float32)})["image"]
+        end = time.perf_counter()
+        self.call_ms = {PIPELINE_COMPONENT: [(end - called) * 1000.0]}
+        return Generation(image=np.clip(image[0], -1, 1), step_latents=[], call_ms=self.call_ms, total_ms=(end - start) * 1000.0)
+
+
 def _step(scheduler: Any, prediction: Any, t: Any, x: Any, generator: Any) -> Any:
     import inspect
 
@@ -223,9 +250,16 @@ def eager_runners(model_dir: Path, pipeline: Any = None) -> tuple[dict[str, Runn
 def check_artifacts(model_dir: Path, artifact_dirs: dict[str, Path]) -> dict[str, Any]:
     """Load the artifacts and refuse a set that did not come from ``model_dir``'s weights."""
     from edgegen.artifact import load_artifact
+    from edgegen.exporting.one_call import PIPELINE_COMPONENT, check_program
     from edgegen.families.loading import checkpoint_sha256
 
     family = family_of(model_dir)
+    if PIPELINE_COMPONENT in artifact_dirs:
+        if len(artifact_dirs) > 1:
+            raise EdgegenError("a one-call pipeline artifact holds every component; it runs on its own")
+        artifact = load_artifact(Path(artifact_dirs[PIPELINE_COMPONENT]))
+        check_program(model_dir, artifact)
+        return {PIPELINE_COMPONENT: artifact}
     names = [spec.name for spec in family.components]
     missing = [name for name in names if name not in artifact_dirs]
     if missing:
@@ -258,12 +292,22 @@ def artifact_runners(artifacts: dict[str, Any], threads: int = 1) -> dict[str, R
 
 def load_case(
     model_dir: Path, artifact_dirs: dict[str, Path] | None, plan: SamplingPlan, threads: int = 1, pipeline: Any = None
-) -> EdgePipeline:
-    """``model_dir``'s sampling loop on its artifacts, or eagerly (on ``pipeline`` if it is loaded already)."""
+) -> EdgePipeline | OneCallPipeline:
+    """``model_dir``'s sampling loop on its artifacts (one call where the artifact is a one-call program), or eagerly (on ``pipeline`` if it is loaded already)."""
+    from edgegen.exporting.one_call import PIPELINE_COMPONENT
+
     model_dir = Path(model_dir)
     family = family_of(model_dir)
     plan = replace(plan, guidance_mode=guidance_mode(family, plan.guidance_scale))
     tokenizers, scheduler = load_tokenizers_and_scheduler(model_dir, family)
+    if artifact_dirs and PIPELINE_COMPONENT in artifact_dirs:
+        artifact = check_artifacts(model_dir, artifact_dirs)[PIPELINE_COMPONENT]
+        check_program_plan(artifact, plan)
+        manifest, program = artifact.manifest, artifact.manifest.program
+        runner = artifact_runners({PIPELINE_COMPONENT: artifact}, threads)[PIPELINE_COMPONENT]
+        tokenizer = tokenizers[family.encoders[0].tokenizer_subfolder]
+        description = f"{manifest.target}{'/' + manifest.backend if manifest.backend else ''} {manifest.quantization.scheme} one call"
+        return OneCallPipeline(family, runner, tokenizer, program.max_length, plan, family.latent_shape(model_dir), description)
     if artifact_dirs:
         artifacts = check_artifacts(model_dir, artifact_dirs)
         runners = artifact_runners(artifacts, threads)
@@ -273,6 +317,18 @@ def load_case(
         runners, _ = eager_runners(model_dir, pipeline)
         description = "eager float32"
     return EdgePipeline(family, runners, tokenizers, scheduler, plan, family.latent_shape(model_dir), description)
+
+
+def check_program_plan(artifact: Any, plan: SamplingPlan) -> None:
+    """Refuse to run a one-call program as a case it does not compute (other steps or guidance)."""
+    program = artifact.manifest.program
+    wanted = list(plan.few_step_timesteps or ())
+    guidance = plan.guidance_scale if plan.classifier_free else 1.0
+    if program.timesteps != wanted:
+        asked = f"timesteps {wanted}" if wanted else f"{plan.steps} steps of its scheduler"
+        raise EdgegenError(f"{artifact.folder} runs timesteps {program.timesteps} in one call; this case asks for {asked}")
+    if program.guidance_scale != guidance:
+        raise EdgegenError(f"{artifact.folder} was exported with guidance scale {program.guidance_scale}; this case asks for {guidance}")
 
 
 def initial_latents(shape: tuple[int, ...], seed: int) -> np.ndarray:

@@ -14,7 +14,8 @@ from pydantic import Field, field_validator, model_validator
 from edgegen.schema.base import StrictModel
 
 # 2: the source records the weight variant and the LoRA adapters fused before export.
-ARTIFACT_SCHEMA_VERSION = 3
+# 3: the source records the load dtype. 4: one-call pipeline programs record their schedule.
+ARTIFACT_SCHEMA_VERSION = 4
 MANIFEST_FILENAME = "manifest.json"
 REFERENCE_FILENAME = "reference.safetensors"
 
@@ -83,7 +84,37 @@ def _lift_v2(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": 3}
 
 
-MANIFEST_MIGRATIONS = {1: _lift_v1, 2: _lift_v2}
+def _lift_v3(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 had no one-call pipeline programs: every artifact was one component."""
+    return {**data, "schema_version": 4}
+
+
+MANIFEST_MIGRATIONS = {1: _lift_v1, 2: _lift_v2, 3: _lift_v3}
+
+
+class OneCallProgram(StrictModel):
+    """What a one-call pipeline artifact computes: token ids and initial noise in, image out.
+
+    The app tokenizes (the tokenizer files are in the artifact), draws the initial noise
+    (``latent_shape``, standard normal) and makes one call; the program runs the text encoder,
+    ``len(timesteps)`` denoiser steps on this fixed schedule and the decoder, and returns the
+    image in [-1, 1], clamped.
+    """
+
+    family: str
+    timesteps: list[int]  # the student's own schedule, in the order the steps run
+    alphas_cumprod: list[float]  # the scheduler's at each timestep, baked into the graph
+    prediction_type: str  # what the denoiser predicts: epsilon, v_prediction or sample
+    update: str  # how the latents move from one timestep to the next
+    guidance_scale: float  # classifier-free guidance inside the program; 1: none
+    latent_shape: list[int]
+    tokenizer_folder: str  # inside the artifact
+    max_length: int  # token ids are padded and truncated to this
+    image_range: list[float] = [-1.0, 1.0]
+    # The components the program holds, by name, and the checkpoint each came from.
+    components: dict[str, str]
+
+    _relative = field_validator("tokenizer_folder")(relative_path)
 
 
 class FakeQuantParity(StrictModel):
@@ -148,9 +179,18 @@ class ArtifactManifest(StrictModel):
     parity: Parity
     delegation: Delegation | None = None
     coreml: CoremlDeployment | None = None  # Core ML programs only
+    program: OneCallProgram | None = None  # one-call pipeline artifacts only (component "pipeline")
     reference_file: str = REFERENCE_FILENAME
 
     _relative = field_validator("model_file", "reference_file")(relative_path)
+
+    @property
+    def precision(self) -> str:
+        """What results tables call its numeric format: the quantization scheme, or float16 for a
+        float artifact computing in float16 (``--dtype float16``)."""
+        if self.quantization.scheme == "none" and self.source.dtype == "float16":
+            return "float16"
+        return self.quantization.scheme
 
     @model_validator(mode="after")
     def _every_file_listed(self) -> ArtifactManifest:
