@@ -1,7 +1,7 @@
 """The shipped student against the issue's goals: the few-step student (with the VAE's decoder and
 with its tiny one) exported to every runnable target in float and int8, by component and (with its
-tiny decoder) as one-call programs, at 2 and 1 steps, against the eager 20-step teacher measured
-in the same run.
+tiny decoder) as one-call programs (float, int8, and int8 with the sensitive layers float:
+``--quantize auto``), at 2 and 1 steps, against the eager 20-step teacher measured in the same run.
 
     python benchmarks/shipped_student.py [--target tflite ...] [--runs 20] [--prompts 48]
 
@@ -30,12 +30,17 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--prompts", type=int, default=48, help="how many of the 48 shapes captions")
     parser.add_argument("--output", type=Path, default=Path("out/shipped_student"))
+    parser.add_argument("--program-min-psnr", type=float, default=40.0, help="the --min-psnr of the mixed-precision one-call programs")
     args = parser.parse_args()
 
     from edgegen.data.shapes import attributes_of, caption_for
     from edgegen.embedded.builders import PROBE_DIR
     from edgegen.embedded.demo import DEMO_STEPS, FEWSTEP_STEPS, ensure_default_pipeline, export_few_step_students
+    from edgegen.exporting.one_call import PIPELINE_COMPONENT
+    from edgegen.exporting.orchestration import ExportOptions, export_component
     from edgegen.exporting.targets import usable_targets
+    from edgegen.families.loading import load_pipeline
+    from edgegen.registry import EXPORTERS
     from edgegen.measure.pipeline_fidelity import run_comparison
     from edgegen.terminal import quiet
 
@@ -45,6 +50,15 @@ def main() -> int:
     work = args.output
     teacher_dir = ensure_default_pipeline(work / "teacher")
     students = export_few_step_students(work, teacher_dir, targets, ["float", "int8"], lambda message: print(message, file=sys.stderr))
+    # The one-call programs again with --quantize auto: int8 but for the layers a sensitivity
+    # analysis keeps float to meet --program-min-psnr (all-int8 programs lose a few captions).
+    label, folder, roots = students[-1]
+    student = load_pipeline(folder)
+    for target in [t for t in targets if getattr(EXPORTERS.get(t), "mixed_precision", False)]:
+        for steps in FEWSTEP_STEPS:
+            print(f"exporting {label} as one {steps}-step call -> {target} auto", file=sys.stderr)
+            options = ExportOptions(quantize="auto", min_psnr_db=args.program_min_psnr, pipeline_steps=steps)
+            export_component(student, folder, PIPELINE_COMPONENT, target, roots[steps][-1], options, force=True)
     results_path = work / "results.jsonl"
     results_path.unlink(missing_ok=True)
     results = []

@@ -179,7 +179,6 @@ def test_bad_requests_are_refused_in_one_line(pipeline_dir, few_step_dir, tmp_pa
         ((str(few_step_dir), "--component", "pipeline", "--component", "denoiser"), "export it on its own"),
         ((str(few_step_dir), "--component", "pipeline", "--steps", "3"), "2-step student (timesteps [999, 499]); --steps must be 1..2"),
         ((str(few_step_dir), "--component", "denoiser", "--steps", "1"), "apply to --component pipeline"),
-        ((str(few_step_dir), "--component", "pipeline", "--target", "tflite", "--quantize", "auto", "--min-psnr", "30"), "export the pipeline program as int8 or float"),
         ((str(few_step_dir), "--component", "pipeline", "--batch-size", "2"), "one image per call"),
     ]
     for args, message in cases:
@@ -187,4 +186,15 @@ def test_bad_requests_are_refused_in_one_line(pipeline_dir, few_step_dir, tmp_pa
         assert result.exit_code == 2, (args, result.output)
         assert message in " ".join(result.output.split()), (args, result.output)
         assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_mixed_precision_budget_no_program_meets_is_refused(few_step_dir, tmp_path):
+    """``--quantize auto`` picks the program's float layers as it does a component's; a budget the
+    simulation cannot reach is one line naming the best, and nothing is written."""
+    require_export("tflite")
+    result = CliRunner().invoke(app, ["export", str(few_step_dir), "--component", "pipeline", "--steps", "1", "--target", "tflite",
+                                      "--quantize", "auto", "--min-psnr", "200", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "no int8 mix of pipeline meets 200.0 dB: the best simulated is" in " ".join(result.output.split())
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -66,8 +66,6 @@ def check_program_options(pipeline_dir: Path, names: list[str], options: ExportO
         return options
     if names != [PIPELINE_COMPONENT]:
         raise EdgegenError("--component pipeline is one program holding every component; export it on its own")
-    if options.quantize == "auto":
-        raise EdgegenError("--quantize auto chooses a mix per component; export the pipeline program as int8 or float")
     if options.batch_size != 1:
         raise EdgegenError("a one-call pipeline generates one image per call; drop --batch-size")
     from edgegen.exporting.one_call import check_family, few_step_schedule
