@@ -77,6 +77,14 @@ def check_program_options(pipeline_dir: Path, names: list[str], options: ExportO
     return replace(options, pipeline_steps=len(few_step_schedule(pipeline_dir, options.pipeline_steps)))
 
 
+def _known_component(family: Any, name: str) -> None:
+    """An unknown name lists the choices, the one-call program among them."""
+    try:
+        component_spec(family, name)
+    except EdgegenError as error:
+        raise EdgegenError(f"{error}, or {PIPELINE_COMPONENT} (a few-step student's whole pipeline as one program)") from None
+
+
 def _subfolders(family: Any, names: list[str]) -> dict[str, str]:
     """The pipeline subfolders the named components load (a one-call program loads them all)."""
     if names == [PIPELINE_COMPONENT]:
@@ -376,7 +384,7 @@ def export_component(
     exporter = get_exporter(target)
     options = check_program_options(Path(pipeline_dir), [component_name], check_options(exporter, options))
     if component_name != PIPELINE_COMPONENT:
-        component_spec(family_of(pipeline_dir), component_name)  # an unknown name lists the choices
+        _known_component(family_of(pipeline_dir), component_name)
     destination = Path(output_root) / artifact_name(component_name, target, options)
     _check_destination(destination, force)
     with atomic_folder(destination, force=force) as staging:
@@ -406,7 +414,7 @@ def export_pipeline(
     names = list(components) if components else [spec.name for spec in family.components]
     for name in names:
         if name != PIPELINE_COMPONENT:
-            component_spec(family, name)
+            _known_component(family, name)
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise EdgegenError(f"component {', '.join(repeated)} named more than once; name each component once")
