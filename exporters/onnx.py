@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgegen.exporting.base import (
+    SEPARATE_WEIGHTS_BYTES,
     ExportedModel,
     ExportOptions,
     count_ops,
@@ -56,7 +57,17 @@ def onnx_op_counts(model_path: Path) -> dict[str, int]:
     return count_ops(f"{node.domain}::{node.op_type}" if node.domain else node.op_type for node in nodes)
 
 
-def quantize_onnx(float_path: Path, quantized_path: Path, component: Component, scheme: str) -> Quantization:
+def _weight_bytes(component: Component) -> int:
+    return sum(p.numel() * p.element_size() for p in component.module.parameters())
+
+
+def _remove_with_data(model_path: Path) -> None:
+    """An intermediate model and the tensor file beside it, so neither lands in the artifact."""
+    model_path.unlink(missing_ok=True)
+    model_path.with_name(model_path.name + ".data").unlink(missing_ok=True)
+
+
+def quantize_onnx(float_path: Path, quantized_path: Path, component: Component, scheme: str, external: bool = False) -> Quantization:
     """onnxruntime int8: static QDQ calibrated on the component's calibration set, or dynamic.
 
     Weights use a 7-bit range (reduce_range): x86 CPUs without VNNI saturate the 16-bit
@@ -69,18 +80,24 @@ def quantize_onnx(float_path: Path, quantized_path: Path, component: Component, 
 
     # The dynamo exporter records intermediate shapes that onnxruntime's quantizer re-infers
     # differently in places (a ShapeInferenceError); drop them and let it infer afresh.
+    # ``external``: every model on the way keeps its tensors in a file beside it. Past 2 GiB (SD
+    # 1.5's float UNet is 3.4 GB) a protobuf cannot hold them ("Failed to serialize proto").
     model = onnx.load(str(float_path))
     del model.graph.value_info[:]
-    onnx.save(model, str(float_path))
+    onnx.save(model, str(float_path), save_as_external_data=external, all_tensors_to_one_file=True, location=float_path.name + ".data")
+    del model
     prepared = float_path.with_name("preprocessed.onnx")
-    quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+    quant_pre_process(
+        str(float_path), str(prepared), skip_symbolic_shape=True,
+        save_as_external_data=external, all_tensors_to_one_file=True, external_data_location=prepared.name + ".data",
+    )
     if scheme == "int8-dynamic":
         # Weights int8 per channel; activations quantized at run time from their observed range.
         quantize_dynamic(
             str(prepared), str(quantized_path), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
-            op_types_to_quantize=list(QUANTIZED_OP_TYPES),
+            op_types_to_quantize=list(QUANTIZED_OP_TYPES), use_external_data_format=external,
         )
-        prepared.unlink()
+        _remove_with_data(prepared)
         return Quantization(
             scheme=scheme,
             details={"tool": "onnxruntime.quantize_dynamic", "weights": "int8 per-channel, 7-bit range", "ops": list(QUANTIZED_OP_TYPES)},
@@ -88,10 +105,11 @@ def quantize_onnx(float_path: Path, quantized_path: Path, component: Component, 
     names = [spec.name for spec in component.inputs]
     # Attention's activation x activation MatMuls stay float (as XNNPACK's quantizer does):
     # both operands would need run-time ranges, and they dominate the error for little gain.
-    weights = {init.name for init in onnx.load(str(prepared)).graph.initializer}
+    graph = onnx.load(str(prepared), load_external_data=False).graph
+    weights = {init.name for init in graph.initializer}
     activation_matmuls = [
         node.name
-        for node in onnx.load(str(prepared)).graph.node
+        for node in graph.node
         if node.op_type == "MatMul" and not any(name in weights for name in node.input)
     ]
 
@@ -115,8 +133,9 @@ def quantize_onnx(float_path: Path, quantized_path: Path, component: Component, 
         reduce_range=True,
         op_types_to_quantize=list(QUANTIZED_OP_TYPES),
         nodes_to_exclude=activation_matmuls,
+        use_external_data_format=external,
     )
-    prepared.unlink()
+    _remove_with_data(prepared)
     return Quantization(
         scheme=scheme,
         details={
@@ -224,9 +243,10 @@ class OnnxExporter:
             quantization = learned_scales_quantization(format="QDQ")
         else:
             float_path = folder / "float.onnx"
-            program.save(str(float_path))
-            quantization = quantize_onnx(float_path, path, component, options.quantize)
-            float_path.unlink()
+            program.save(str(float_path), external_data=external)
+            # The float model on the way is past the protobuf's 2 GiB long before the int8 one is.
+            quantization = quantize_onnx(float_path, path, component, options.quantize, external=bool(external) or _weight_bytes(component) > SEPARATE_WEIGHTS_BYTES)
+            _remove_with_data(float_path)
         inputs, outputs = onnx_io_specs(path)
         # onnxruntime's CPU provider takes every standard op; there is no partial delegation.
         delegation = delegation_from_ops("onnxruntime-cpu", onnx_op_counts(path))

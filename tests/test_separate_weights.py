@@ -54,6 +54,19 @@ def test_separate_weights_are_written_listed_and_loaded(tmp_path, sd_dir, weight
         np.testing.assert_allclose(produced[key], value, rtol=1e-3, atol=1e-4)
 
 
+def test_an_int8_onnx_export_keeps_its_weights_beside_the_model(tmp_path, sd_dir):
+    """The int8 path writes the float model and onnxruntime's intermediates with external data
+    too: past 2 GiB (SD 1.5's float UNet) a protobuf cannot hold them; none of them is left behind."""
+    from edgegen.artifact import load_artifact
+
+    result = _export(str(sd_dir), "-o", str(tmp_path), "--component", "denoiser", "--target", "onnx", "--quantize", "int8", "--separate-weights")
+    assert result.exit_code == 0, result.output
+    artifact = load_artifact(tmp_path / "denoiser-onnx-int8")
+    assert artifact.manifest.weight_files == ["model.onnx.data"]
+    assert sorted(entry.path for entry in artifact.manifest.files) == ["model.onnx", "model.onnx.data", "reference.safetensors"]
+    assert artifact.manifest.parity.measured and artifact.manifest.parity.psnr_db >= artifact.manifest.parity.min_psnr_db
+
+
 def test_a_missing_weight_file_is_one_line(tmp_path, sd_dir):
     from edgegen.cli import app
 
