@@ -16,6 +16,7 @@ int8's speed-up per call at that shape is the other goal (>= 1.3x). Prints a tab
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -144,6 +145,9 @@ def main() -> int:
             peak = gemm_peak(target, scheme, *args.gemm, runs=args.runs)
             peaks[target, precision] = peak["gflops"]
             payload["gemm_peaks"].append({"target": target, "precision": precision, "scheme": scheme, **peak})
+            args.work.mkdir(parents=True, exist_ok=True)
+            with (args.work / "roofline.jsonl").open("a") as log:
+                log.write(json.dumps(payload["gemm_peaks"][-1]) + "\n")
             rows.append(["GEMM " + "x".join(map(str, args.gemm)), target, precision, fmt(peak["ms"], "{:.2f}"), f"{2 * args.gemm[0] * args.gemm[1] * args.gemm[2] / 1e9:.2f}",
                          f"{peak['gflops']:.1f}", "-", "-", "-", "-"])
     for model in args.model or ["embedded-student"]:
@@ -175,6 +179,9 @@ def main() -> int:
                     if speedup is not None:
                         entry["meets_int8_goal"] = speedup >= INT8_SPEEDUP_GOAL
                 payload["denoisers"].append(entry)
+                args.work.mkdir(parents=True, exist_ok=True)
+                with (args.work / "roofline.jsonl").open("a") as log:  # each row as it lands: a killed run keeps it
+                    log.write(json.dumps(entry) + "\n")
                 rows.append([model, target, precision, fmt(ms, "{:.2f}"), f"{flops / 1e9:.3f}", f"{achieved:.1f}", f"{peaks[target, precision]:.1f}",
                              f"{share:.0%}", fmt(speedup, "{:.2f}x"), fmt(eager_ms, "{:.2f}")])
     header = ["model", "target", "precision", "ms/call", "GFLOP/call", "GFLOP/s", "peak GFLOP/s", "of peak", "int8 vs float", "eager ms"]
