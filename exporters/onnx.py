@@ -14,6 +14,7 @@ from edgegen.exporting.base import (
     min_psnr_db,
     missing_packages,
     wants_separate_weights,
+    weight_bytes,
 )
 from edgegen.exporting.quantize import drop_zero_baddbmm_inputs, learned_int8_module, learned_scales_quantization
 from edgegen.exporting.rewrites import explicit_type_promotion
@@ -55,10 +56,6 @@ def onnx_op_counts(model_path: Path) -> dict[str, int]:
 
     nodes = onnx.load(str(model_path), load_external_data=False).graph.node
     return count_ops(f"{node.domain}::{node.op_type}" if node.domain else node.op_type for node in nodes)
-
-
-def _weight_bytes(component: Component) -> int:
-    return sum(p.numel() * p.element_size() for p in component.module.parameters())
 
 
 def _remove_with_data(model_path: Path) -> None:
@@ -245,7 +242,7 @@ class OnnxExporter:
             float_path = folder / "float.onnx"
             program.save(str(float_path), external_data=external)
             # The float model on the way is past the protobuf's 2 GiB long before the int8 one is.
-            quantization = quantize_onnx(float_path, path, component, options.quantize, external=bool(external) or _weight_bytes(component) > SEPARATE_WEIGHTS_BYTES)
+            quantization = quantize_onnx(float_path, path, component, options.quantize, external=bool(external) or weight_bytes(component) > SEPARATE_WEIGHTS_BYTES)
             _remove_with_data(float_path)
         inputs, outputs = onnx_io_specs(path)
         # onnxruntime's CPU provider takes every standard op; there is no partial delegation.

@@ -54,10 +54,14 @@ class ExportOptions:
 SEPARATE_WEIGHTS_BYTES = 1 << 30
 
 
+def weight_bytes(component: Component) -> int:
+    return sum(p.numel() * p.element_size() for p in component.module.parameters())
+
+
 def wants_separate_weights(component: Component, options: ExportOptions) -> bool:
     if options.separate_weights is not None:
         return options.separate_weights
-    return sum(p.numel() * p.element_size() for p in component.module.parameters()) > SEPARATE_WEIGHTS_BYTES
+    return weight_bytes(component) > SEPARATE_WEIGHTS_BYTES
 
 
 @dataclass

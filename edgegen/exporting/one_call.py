@@ -143,7 +143,7 @@ def _program_module(encoder: Any, denoiser: Any, decoder: Any, alphas: list[floa
     return OneCallPipeline().eval()
 
 
-def build_program(pipeline: Any, pipeline_dir: Path, steps: int | None, guidance_scale: float, batch_size: int = 1, prompt: str | None = None, seed: int = 0) -> Component:
+def build_program(pipeline: Any, pipeline_dir: Path, steps: int | None, guidance_scale: float, prompt: str | None = None, seed: int = 0) -> Component:
     """The one-call program of the few-step student in ``pipeline_dir`` (loaded as ``pipeline``)."""
     import torch
 
@@ -156,8 +156,6 @@ def build_program(pipeline: Any, pipeline_dir: Path, steps: int | None, guidance
     check_family(family)
     timesteps = few_step_schedule(pipeline_dir, steps)
     mode = guidance_mode(family, guidance_scale)
-    if batch_size != 1:
-        raise EdgegenError("a one-call pipeline generates one image per call; drop --batch-size")
     parts = {role: components_with_role(family, role)[0] for role in ("encoder", "denoiser", "decoder")}
     built = {role: family.build_component(pipeline, spec.name) for role, spec in parts.items()}
     denoiser_inputs = [spec.name for spec in built["denoiser"].inputs]

@@ -68,13 +68,12 @@ def check_program_options(pipeline_dir: Path, names: list[str], options: ExportO
         raise EdgegenError("--component pipeline is one program holding every component; export it on its own")
     if options.batch_size != 1:
         raise EdgegenError("a one-call pipeline generates one image per call; drop --batch-size")
-    from edgegen.exporting.one_call import check_family, few_step_schedule
     from edgegen.sampling.loop import guidance_mode
 
     family = family_of(pipeline_dir)
-    check_family(family)
+    one_call.check_family(family)
     guidance_mode(family, options.guidance_scale)
-    return replace(options, pipeline_steps=len(few_step_schedule(pipeline_dir, options.pipeline_steps)))
+    return replace(options, pipeline_steps=len(one_call.few_step_schedule(pipeline_dir, options.pipeline_steps)))
 
 
 def _known_component(family: Any, name: str) -> None:
