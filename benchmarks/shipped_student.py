@@ -15,6 +15,8 @@ faithfulness. Prints a table, then the JSON (also written to --output/shipped_st
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,6 +34,7 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=48, help="how many of the 48 shapes captions")
     parser.add_argument("--output", type=Path, default=Path("out/shipped_student"))
     parser.add_argument("--program-min-psnr", type=float, default=40.0, help="the --min-psnr of the mixed-precision one-call programs")
+    parser.add_argument("--qat-steps", type=int, default=300, help="steps of `edgegen train qat component=pipeline scheme=litert` per program (0: none)")
     args = parser.parse_args()
 
     from edgegen.data.shapes import attributes_of, caption_for
@@ -60,11 +63,13 @@ def main() -> int:
             print(f"exporting {label} as one {steps}-step call -> {target} auto", file=sys.stderr)
             options = ExportOptions(quantize="auto", min_psnr_db=args.program_min_psnr, pipeline_steps=steps)
             export_component(student, folder, PIPELINE_COMPONENT, target, roots[steps][-1], options, force=True)
+    if args.qat_steps and "tflite" in targets:
+        students += _qat_programs(work, label, folder, args.qat_steps)
     results_path = work / "results.jsonl"
     results_path.unlink(missing_ok=True)
     results = []
     for label, folder, roots in students:
-        for steps in FEWSTEP_STEPS:
+        for steps in [count for count in FEWSTEP_STEPS if count in roots]:
             compared = run_comparison(
                 prompts, teacher_dir, folder, roots[steps], results_path, steps=DEMO_STEPS, student_steps=steps,
                 student_label=label, probe_dir=PROBE_DIR, runs=args.runs,
@@ -99,6 +104,35 @@ def main() -> int:
     title = f"shipped student vs the eager teacher ({teacher.steps} steps, {teacher_ms:.1f} ms/image, {teacher_faithful:.0%} faithful), {len(prompts)} captions, 1 thread"
     emit(title, header, rows, payload, work / "shipped_student.json")
     return 0
+
+
+def _qat_programs(work: Path, label: str, folder: Path, steps: int) -> list[tuple[str, Path, dict[int, list[Path]]]]:
+    """The tiny-decoder student's one-call programs trained as LiteRT int8 (``edgegen train qat
+    component=pipeline scheme=litert``), one per step count, exported to LiteRT in int8 with
+    their learned scales: [(label, its QAT folder, {steps: [artifact root]})].
+
+    A program's scales hold for its own schedule, so each step count trains its own folder (whose
+    float weights differ slightly from the student's).
+    """
+    from edgegen.embedded.demo import FEWSTEP_STEPS
+    from edgegen.exporting.one_call import PIPELINE_COMPONENT
+    from edgegen.exporting.orchestration import ExportOptions, export_component
+    from edgegen.families.loading import load_pipeline
+    from edgegen.registry import RECIPES
+    from edgegen.trainers.loop import run_recipe
+
+    recipe, students = RECIPES.get("qat"), []
+    for count in FEWSTEP_STEPS:
+        output = work / f"qat-program-{count}"
+        print(f"training {label}'s {count}-step program as LiteRT int8 ({steps} steps) -> {output}", file=sys.stderr)
+        overrides = [f"student={folder}", "component=pipeline", "scheme=litert", f"steps_in_program={count}", f"steps={steps}", f"output={output}", "checkpoint_every=100000"]
+        shutil.rmtree(output, ignore_errors=True)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is the table and JSON
+            qat_folder = run_recipe(recipe, recipe.resolve(None, overrides), show_progress=False)
+        root = work / f"artifacts-qat-one-call-{count}"
+        export_component(load_pipeline(qat_folder), qat_folder, PIPELINE_COMPONENT, "tflite", root, ExportOptions(quantize="int8", pipeline_steps=count), force=True)
+        students.append((f"{label}-qat", qat_folder, {count: [root]}))
+    return students
 
 
 if __name__ == "__main__":

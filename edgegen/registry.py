@@ -79,5 +79,6 @@ RECIPES = Registry(
         "distill": "edgegen.trainers.distill:RECIPE",
         "adversarial": "edgegen.trainers.adversarial:RECIPE",
         "decoder": "edgegen.trainers.decoder:RECIPE",
+        "qat": "edgegen.trainers.qat:RECIPE",
     },
 )

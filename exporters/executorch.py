@@ -26,7 +26,14 @@ from edgegen.exporting.base import (
     missing_packages,
     wants_separate_weights,
 )
-from edgegen.exporting.quantize import learned_int8_module, learned_scales_quantization, quantize_static, xnnpack_quantizer
+from edgegen.exporting.quantize import (
+    XNNPACK_QAT,
+    learned_int8_module,
+    learned_scales_elsewhere,
+    learned_scales_quantization,
+    quantize_static,
+    xnnpack_quantizer,
+)
 from edgegen.exporting.rewrites import delegable_graph_ops, explicit_type_promotion
 from edgegen.families.base import in_float32
 from edgegen.schema.manifest import CoremlDeployment, Delegation, Quantization, TensorSpec
@@ -269,7 +276,7 @@ class ExecutorchExporter:
                     quantize_static(program.module(), xnnpack_quantizer(float_layers=options.float_layers), component.calibration, names), args, strict=False
                 )
                 quantization = Quantization(
-                    scheme="int8", details={**CALIBRATED_INT8, "calibration_sets": len(component.calibration)}
+                    scheme="int8", details={**CALIBRATED_INT8, "calibration_sets": len(component.calibration), **learned_scales_elsewhere(component, XNNPACK_QAT)}
                 )
                 min_psnr = MIN_PSNR_DB_INT8
             if separate:

@@ -16,7 +16,7 @@ from edgegen.exporting.base import (
     wants_separate_weights,
     weight_bytes,
 )
-from edgegen.exporting.quantize import drop_zero_baddbmm_inputs, learned_int8_module, learned_scales_quantization
+from edgegen.exporting.quantize import XNNPACK_QAT, drop_zero_baddbmm_inputs, learned_int8_module, learned_scales_elsewhere, learned_scales_quantization
 from edgegen.exporting.rewrites import explicit_type_promotion
 from edgegen.schema.manifest import Quantization, TensorSpec
 
@@ -243,6 +243,8 @@ class OnnxExporter:
             program.save(str(float_path), external_data=external)
             # The float model on the way is past the protobuf's 2 GiB long before the int8 one is.
             quantization = quantize_onnx(float_path, path, component, options.quantize, external=bool(external) or weight_bytes(component) > SEPARATE_WEIGHTS_BYTES)
+            if options.quantize == "int8":
+                quantization.details.update(learned_scales_elsewhere(component, XNNPACK_QAT))
             _remove_with_data(float_path)
         inputs, outputs = onnx_io_specs(path)
         # onnxruntime's CPU provider takes every standard op; there is no partial delegation.

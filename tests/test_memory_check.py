@@ -41,6 +41,13 @@ def test_the_estimate_grows_with_the_target_and_int8():
     assert capacity.estimated_peak(sizes, "onnx", "int8") > onnx
 
 
+def test_onnx_int8_of_sd15s_unet_is_refused_on_a_24_gib_host():
+    """Measured: killed for memory with 22 GiB available (onnxruntime's quantizer after the export)."""
+    unet = int(859.5e6 * 4)  # SD 1.5's UNet in float32
+    assert capacity.estimated_peak({"denoiser": unet}, "onnx", "int8") > 22 * capacity.GIB
+    assert capacity.estimated_peak({"denoiser": unet}, "onnx", "none") < 22 * capacity.GIB  # 9.2 GiB measured
+
+
 def _limit_between(sd_dir, fits: str, refused: str) -> str:
     low = capacity.estimated_peak({"denoiser": capacity.loaded_bytes(sd_dir, "unet", None, "float32")}, fits, "none")
     high = capacity.estimated_peak({"denoiser": capacity.loaded_bytes(sd_dir, "unet", None, "float32")}, refused, "none")

@@ -67,6 +67,7 @@ def prepare(config: DecoderConfig, context: Context) -> Trainee:
         return {"loss": loss.item()}
 
     def save(folder: Path, summary: dict[str, Any]) -> None:
+        from edgegen.models.checkpoint import forget_learned_scales
         from edgegen.schema.base import write_json
         from edgegen.schema.decoder_student import DECODER_MANIFEST_FILENAME
         from edgegen.schema.training import TRAINING_MANIFEST_FILENAME
@@ -76,6 +77,7 @@ def prepare(config: DecoderConfig, context: Context) -> Trainee:
         # student's schedule and SCMAN state included).
         shutil.copytree(config.student, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("vae", DECODER_MANIFEST_FILENAME, TRAINING_MANIFEST_FILENAME))
         student_vae.eval().save_pretrained(folder / "vae", safe_serialization=True)
+        forget_learned_scales(folder, "vae")  # the decoder's weights moved; its learned scales went with the old vae/
         recipe = {"name": summary["recipe"], "config": summary["config"], "config_sha256": summary["config_sha256"]}
         write_json(folder / DECODER_MANIFEST_FILENAME, manifest.model_copy(update={"recipe": recipe}))
         write_training_manifest(folder, config.student, summary, {}, ("torch", "diffusers"))

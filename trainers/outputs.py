@@ -32,7 +32,8 @@ def save_trained_pipeline(pipeline: Any, parent_dir: Path, folder: Path, summary
         typed = {
             "recipe": {"name": summary["recipe"], "config": summary["config"], "config_sha256": summary["config_sha256"], **{k: v for k, v in details.items() if k not in ("sampling", "qat")}},
             "sampling": FewStepSchedule(**{k: sampling[k] for k in ("steps", "timesteps", "prediction") if k in sampling}) if sampling else None,
-            "qat": QatState(component=qat["component"], state_file=qat["state"]) if isinstance(qat, dict) else None,
+            # The parent's QAT states go too: only this run's state file is written beside its weights.
+            "qat": [QatState(component=qat["component"], state_file=qat["state"])] if isinstance(qat, dict) else [],
         }
         write_student(pipeline, student.model_copy(update=typed), folder)
     else:

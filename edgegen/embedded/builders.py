@@ -180,7 +180,7 @@ def build_embedded_student(teacher_dir: Path, output_dir: Path, kind: str = "dis
     from edgegen.models.checkpoint import read_student_manifest, write_student
     from edgegen.families.loading import load_pipeline
     from edgegen.models.student import make_student
-    from edgegen.schema.checkpoint import StudentManifest, lift_v1
+    from edgegen.schema.checkpoint import StudentManifest, lift_v1, lift_v2
 
     if kind not in STUDENT_WEIGHTS:
         raise EdgegenError(f"unknown student '{kind}'; choose one of: {', '.join(STUDENT_WEIGHTS)}")
@@ -194,7 +194,7 @@ def build_embedded_student(teacher_dir: Path, output_dir: Path, kind: str = "dis
     # students.json may carry the few-step schedule inside "recipe" (schema 1): lifted to its field.
     fields = {**read_student_manifest(output_dir).model_dump(exclude={"sampling", "qat"}), "recipe": provenance["recipe"]}
     fields.update({key: provenance[key] for key in ("sampling", "qat") if provenance.get(key) is not None})
-    manifest = StudentManifest.model_validate(lift_v1(fields))
+    manifest = StudentManifest.model_validate(lift_v2(lift_v1(fields)))
     with atomic_folder(output_dir, force=True) as staging:
         write_student(pipeline, manifest, staging)
     return output_dir

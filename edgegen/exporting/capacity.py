@@ -48,6 +48,11 @@ PEAK_PER_WEIGHT_BYTE = {
 TARGETS = tuple(dict.fromkeys(target for target, _ in PEAK_PER_WEIGHT_BYTE))
 # int8 also holds the prepared (observed) module and the converted one.
 INT8_EXTRA_PER_WEIGHT_BYTE = 2.0
+# ONNX int8 runs onnxruntime's quantizer after the float export: the float model, its
+# preprocessed copy, and the calibration's augmented model with every activation as an output.
+# SD 1.5's UNet (3.2 GiB in float32) was killed for memory with 22 GiB available, where the
+# general figure estimated 16.7 GiB: at least 6.6 bytes per weight byte in all. A lower bound.
+INT8_EXTRA_BY_TARGET = {"onnx": 4.0}
 BASELINE_BYTES = 1 * GIB  # the interpreter with torch, diffusers and a toolchain imported
 MEMORY_LIMIT_ENV = "EDGEGEN_MEMORY_LIMIT_GIB"  # overrides the memory counted as available
 
@@ -88,7 +93,8 @@ def available_bytes() -> int:
 
 def estimated_peak(component_bytes: dict[str, int], target: str, quantize: str, dtype: str = "float32") -> int:
     """The peak of exporting every component in ``component_bytes`` (loaded in ``dtype``) in one process."""
-    factor = PEAK_PER_WEIGHT_BYTE[target, dtype] + (INT8_EXTRA_PER_WEIGHT_BYTE if quantize != "none" else 0.0)
+    extra = INT8_EXTRA_BY_TARGET.get(target, INT8_EXTRA_PER_WEIGHT_BYTE) if quantize != "none" else 0.0
+    factor = PEAK_PER_WEIGHT_BYTE[target, dtype] + extra
     loaded = sum(component_bytes.values())
     return int(BASELINE_BYTES + loaded + (factor - 1) * max(component_bytes.values(), default=0))
 

@@ -229,7 +229,8 @@ def _write_artifact(
     if options.quantize == "int8" and component.quantization_source is not None:
         from edgegen.exporting.quantize import fake_quant_module
 
-        fake_quant_expected = _to_numpy(component.run_eager(module=fake_quant_module(component)))
+        fake_quant = fake_quant_module(component)  # None where the scales were learned for another program
+        fake_quant_expected = None if fake_quant is None else _to_numpy(component.run_eager(module=fake_quant))
     tensors = {f"input.{k}": v for k, v in _to_numpy(component.reference_inputs).items()}
     tensors.update({f"output.{k}": v for k, v in expected.items()})
     chooser = MixedPrecision(component, component_name, options.min_psnr_db) if options.quantize == "auto" else None

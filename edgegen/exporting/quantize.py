@@ -31,14 +31,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgegen.errors import EdgegenError, first_line
-from edgegen.schema.checkpoint import QatState
+from edgegen.schema.checkpoint import QAT_SCHEMES, QatState
 from edgegen.schema.manifest import Quantization
 
 if TYPE_CHECKING:
     from edgegen.families import Component
 
-QAT_STATE_FILENAME = "qat.safetensors"  # inside the denoiser's subfolder (unet/)
-QAT_SCHEME = QatState.model_fields["scheme"].default  # the scheme a student manifest declares
+QAT_STATE_FILENAME = "qat.safetensors"  # inside the trained component's subfolder (unet/, vae/, ...)
+QAT_SCHEME = QatState.model_fields["scheme"].default  # XNNPACK's: ExecuTorch and ONNX Runtime lower it
+XNNPACK_QAT, LITERT_QAT = QAT_SCHEMES
 # Quantization details of an export that lowered the checkpoint's own scales.
 LEARNED_SCALES = {"source": "checkpoint (QAT)", "recalibrated": False}
 
@@ -49,6 +50,23 @@ class LearnedScales:
 
     scheme: str  # QAT_SCHEME
     state_path: Path  # e.g. <student>/unet/qat.safetensors
+    timesteps: list[int] | None = None  # a one-call program's: the schedule it was learned on
+    guidance_scale: float | None = None
+
+
+def other_program(component: Component) -> str | None:
+    """Why ``component``'s learned scales do not describe it: a one-call program learned on other
+    timesteps or guidance (its graph differs). None when they do, or it has none."""
+    source = component.quantization_source
+    if source is None or component.program is None or source.timesteps is None:
+        return None
+    program = component.program
+    if list(source.timesteps) == list(program.timesteps) and source.guidance_scale == program.guidance_scale:
+        return None
+    return (
+        f"learned for the program on timesteps {list(source.timesteps)} at guidance {source.guidance_scale:g}; "
+        f"this one runs {list(program.timesteps)} at {program.guidance_scale:g}"
+    )
 
 
 def xnnpack_quantizer(qat: bool = False, float_layers: Sequence[str] = ()) -> Any:
@@ -196,15 +214,85 @@ def prepare_fake_quant(module: Any, example_args: tuple) -> Any:
     return prepare_qat_pt2e(integer_ops_left_float(zero_uninitialised(program.module())), xnnpack_quantizer(qat=True))
 
 
+def fake_quant_graph(component: Component, scheme: str) -> Any:
+    """``component`` as the fake-quant graph of ``scheme``, ready to train (its parameters are the
+    component's own tensors, so training it trains the pipeline's weights).
+
+    XNNPACK's graph takes the component's inputs positionally; LiteRT's is the graph its exporter
+    converts (named inputs in, a dict of named outputs out): call either through
+    ``positional_call``.
+    """
+    if scheme == XNNPACK_QAT:
+        return prepare_fake_quant(component.module, component.example_args())
+    if scheme == LITERT_QAT:
+        from edgegen.exporters.tflite import prepare_litert_fake_quant
+
+        return prepare_litert_fake_quant(component)
+    raise EdgegenError(f"unknown learned quantization scheme '{scheme}'; this edgegen reads {', '.join(QAT_SCHEMES)}")
+
+
+def calibrate_then_freeze_activations(graph: Any, model: Any, input_sets: Iterable[Sequence[Any]]) -> int:
+    """Observe ``input_sets`` through ``model`` (``graph`` called positionally), then freeze every
+    activation's fake-quant at the ranges seen; weights' fake-quant keeps observing as they train.
+
+    Training then moves the weights against the ranges an int8 export calibrates, from where
+    post-training int8 starts. Returns the number of activation fake-quant modules frozen.
+    """
+    import torch
+
+    with torch.no_grad():
+        for inputs in input_sets:
+            model(*inputs)
+    frozen = set()
+    for node in graph.graph.nodes:
+        module = graph.get_submodule(node.target) if node.op == "call_module" else None
+        if not hasattr(module, "disable_observer"):
+            continue
+        source = node.args[0] if node.args else None
+        if isinstance(source, torch.fx.Node) and source.op == "get_attr":
+            continue  # a weight's
+        if id(module) not in frozen:
+            module.disable_observer()
+            frozen.add(id(module))
+    return len(frozen)
+
+
+def positional_call(graph: Any, component: Component, scheme: str) -> Any:
+    """``graph`` (from ``fake_quant_graph``) called as the component's module is: inputs in
+    declared order, one tensor or a tuple out."""
+    if scheme == XNNPACK_QAT:
+        return graph
+    import torch
+
+    names, outputs = [spec.name for spec in component.inputs], [spec.name for spec in component.outputs]
+
+    class Positional(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.named = graph
+
+        def forward(self, *args: Any) -> Any:
+            result = self.named(**dict(zip(names, args, strict=True)))
+            return result[outputs[0]] if len(outputs) == 1 else tuple(result[name] for name in outputs)
+
+    return Positional()
+
+
 # Rebuilding costs an export and a prepare: once per component object, which an int8 export
 # needs twice (as the parity reference and to convert).
 _FAKE_QUANT_CACHE: dict[int, Any] = {}
 
 
 def fake_quant_module(component: Component) -> Any | None:
-    """The fake-quant graph a QAT component was trained as (eval mode), or None without learned scales."""
+    """The fake-quant model a QAT component was trained as (eval mode), called as the component's
+    module is, or None without learned scales."""
+    graph = _trained_graph(component)
+    return None if graph is None else positional_call(graph, component, component.quantization_source.scheme)
+
+
+def _trained_graph(component: Component) -> Any | None:
     source = component.quantization_source
-    if source is None:
+    if source is None or other_program(component) is not None:
         return None
     key = id(component)
     if key not in _FAKE_QUANT_CACHE:
@@ -217,12 +305,12 @@ def _load_fake_quant(component: Component, source: LearnedScales) -> Any:
     import torch
     from safetensors.torch import load_file
 
-    if source.scheme != QAT_SCHEME:
-        raise EdgegenError(f"unknown learned quantization scheme '{source.scheme}'; this edgegen reads {QAT_SCHEME}")
+    if source.scheme not in QAT_SCHEMES:
+        raise EdgegenError(f"unknown learned quantization scheme '{source.scheme}'; this edgegen reads {', '.join(QAT_SCHEMES)}")
     path = Path(source.state_path)
     if not path.is_file():
         raise EdgegenError(f"{path.parent.parent} is not a QAT student: {path} is missing")
-    prepared = prepare_fake_quant(component.module, component.example_args())
+    prepared = fake_quant_graph(component, source.scheme)
     try:
         state = load_file(str(path))
     except Exception as error:  # safetensors raises several types for truncated or foreign files
@@ -235,22 +323,39 @@ def _load_fake_quant(component: Component, source: LearnedScales) -> Any:
         if hasattr(module, "disable_observer"):
             module.disable_observer()
     with torch.no_grad():
-        prepared(*component.example_args())
+        positional_call(prepared, component, source.scheme)(*component.example_args())
     return prepared
 
 
-def learned_int8_module(component: Component) -> Any | None:
+def learned_int8_module(component: Component, scheme: str = XNNPACK_QAT, fold_quantize: bool = True) -> Any | None:
     """The QAT component converted to int8 quantize/dequantize form with its learned scales.
 
-    None when the component has no learned scales: the exporter calibrates instead. Every int8
-    exporter asks this first; one that lowers the result records ``learned_scales_quantization()``.
+    None when the component has no learned scales of ``scheme``: the exporter calibrates instead
+    (recording ``learned_scales_elsewhere`` when it has another scheme's). Every int8 exporter
+    asks this first; one that lowers the result records ``learned_scales_quantization()``.
     """
-    fake_quant = fake_quant_module(component)
-    if fake_quant is None:
+    source = component.quantization_source
+    if source is None or source.scheme != scheme or other_program(component) is not None:
         return None
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    return convert_pt2e(copy.deepcopy(fake_quant))  # the cached fake-quant graph stays as it is
+    # The cached fake-quant graph stays as it is (it is the parity reference).
+    return convert_pt2e(copy.deepcopy(_trained_graph(component)), fold_quantize=fold_quantize)
+
+
+def learned_scales_elsewhere(component: Component, scheme: str) -> dict[str, str]:
+    """Quantization details for an int8 export lowering ``scheme`` of a component whose learned
+    scales are another scheme's (empty when it has none, or these)."""
+    source = component.quantization_source
+    if source is None:
+        return {}
+    mismatch = other_program(component)
+    if mismatch is not None:
+        return learned_scales_not_lowered(mismatch)
+    if source.scheme == scheme:
+        return {}
+    hint = "litert" if scheme == LITERT_QAT else "xnnpack"
+    return learned_scales_not_lowered(f"learned as {source.scheme}, this target lowers {scheme} (edgegen train qat scheme={hint})")
 
 
 def learned_scales_quantization(**details: Any) -> Quantization:

@@ -18,7 +18,7 @@ from edgegen.schema.checkpoint import (
     SCMAN_WEIGHTS_FILENAME,
     STUDENT_MANIFEST_FILENAME,
     StudentManifest,
-    lift_v1,
+    STUDENT_MIGRATIONS,
 )
 
 
@@ -48,7 +48,7 @@ def read_student_manifest(folder: Path) -> StudentManifest | None:
     path = Path(folder) / STUDENT_MANIFEST_FILENAME
     if not path.exists():
         return None
-    return load_strict_json(path, StudentManifest, CHECKPOINT_SCHEMA_VERSION, "student manifest", migrations={1: lift_v1})
+    return load_strict_json(path, StudentManifest, CHECKPOINT_SCHEMA_VERSION, "student manifest", migrations=STUDENT_MIGRATIONS)
 
 
 def restore_student(pipeline: Any, folder: Path) -> StudentManifest | None:
@@ -83,8 +83,23 @@ def restore_student(pipeline: Any, folder: Path) -> StudentManifest | None:
 def learned_scales(folder: Path, component: str) -> Any:
     """The declared quantization source of a QAT student's ``component`` (None if it has none)."""
     manifest = read_student_manifest(folder)
-    if manifest is None or manifest.qat is None or manifest.qat.component != component:
+    state = next((state for state in manifest.qat if state.component == component), None) if manifest is not None else None
+    if state is None:
         return None
     from edgegen.exporting.quantize import LearnedScales
 
-    return LearnedScales(scheme=manifest.qat.scheme, state_path=Path(folder) / manifest.qat.state_file)
+    return LearnedScales(scheme=state.scheme, state_path=Path(folder) / state.state_file, timesteps=state.timesteps, guidance_scale=state.guidance_scale)
+
+
+def forget_learned_scales(folder: Path, subfolder: str) -> None:
+    """Drop from ``folder``'s student manifest (if any) every QAT state kept in ``subfolder``, and
+    the one-call program's (it holds every component): those weights were replaced, so their
+    learned scales no longer describe them."""
+    from edgegen.exporting.one_call import PIPELINE_COMPONENT
+
+    manifest = read_student_manifest(folder)
+    if manifest is None:
+        return
+    kept = [state for state in manifest.qat if not state.state_file.startswith(f"{subfolder}/") and state.component != PIPELINE_COMPONENT]
+    if len(kept) != len(manifest.qat):
+        write_json(Path(folder) / STUDENT_MANIFEST_FILENAME, manifest.model_copy(update={"qat": kept}))

@@ -79,6 +79,7 @@ def make_decoder_student(source_dir: Path, preset_name: str, output_dir: Path, f
     from diffusers import AutoencoderTiny
 
     from edgegen.artifact import atomic_folder
+    from edgegen.models.checkpoint import forget_learned_scales
     from edgegen.families import family_of
     from edgegen.families.base import read_config
     from edgegen.schema.base import write_json
@@ -123,6 +124,7 @@ def make_decoder_student(source_dir: Path, preset_name: str, output_dir: Path, f
     with atomic_folder(Path(output_dir), force=force) as staging:
         shutil.copytree(source_dir, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("vae"))
         student_vae.save_pretrained(staging / "vae", safe_serialization=True)
+        forget_learned_scales(staging, "vae")
         _point_model_index_at(staging, "AutoencoderTiny")
         write_json(staging / DECODER_MANIFEST_FILENAME, manifest)
     return Path(output_dir)

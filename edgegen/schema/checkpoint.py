@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import field_validator
+
 from edgegen.schema.base import StrictModel
 
 # 2: the few-step schedule, the QAT state and SCMAN's config are typed fields (v1 kept the first
 # two inside the free-form ``recipe`` and SCMAN as a dict); v1 files are read and lifted.
-CHECKPOINT_SCHEMA_VERSION = 2
+CHECKPOINT_SCHEMA_VERSION = 3
 STUDENT_MANIFEST_FILENAME = "edgegen_student.json"
 SCMAN_WEIGHTS_FILENAME = "scman.safetensors"  # learned SCMAN parameters, inside unet/
 
@@ -45,12 +47,21 @@ class FewStepSchedule(StrictModel):
     prediction: str = "x0 from the model output, moved to the next timestep by DDIM (eta 0)"
 
 
+# What a fake-quant graph was trained as: XNNPACK's int8 (ExecuTorch, ONNX Runtime lower it), or
+# LiteRT's, whose scales are shared across concatenation and pad inputs as its converter requires.
+QAT_SCHEMES = ("pt2e-xnnpack-int8-qat", "pt2e-litert-int8-qat")
+
+
 class QatState(StrictModel):
     """Where a quantization-aware-trained component keeps its fake-quant state (learned scales)."""
 
-    scheme: Literal["pt2e-xnnpack-int8-qat"] = "pt2e-xnnpack-int8-qat"
-    component: str  # the artifact component whose export lowers these scales
+    scheme: Literal["pt2e-xnnpack-int8-qat", "pt2e-litert-int8-qat"] = "pt2e-xnnpack-int8-qat"
+    component: str  # the artifact component whose export lowers these scales ("pipeline": the one-call program)
     state_file: str  # relative to the student folder, inside that component's subfolder
+    # A one-call program's scales hold for the program they were learned in: its timesteps and
+    # guidance (None for a single component).
+    timesteps: list[int] | None = None
+    guidance_scale: float | None = None
 
 
 def lift_v1(data: dict[str, Any]) -> dict[str, Any]:
@@ -66,8 +77,20 @@ def lift_v1(data: dict[str, Any]) -> dict[str, Any]:
         state_file = qat["state"] if isinstance(qat, dict) and "state" in qat else "unet/qat.safetensors"
         data["qat"] = {"component": "denoiser", "state_file": state_file}
     data["recipe"] = recipe
-    data["schema_version"] = CHECKPOINT_SCHEMA_VERSION
+    data["schema_version"] = 2
     return data
+
+
+def lift_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """A v2 manifest with its one QAT state (a denoiser's, or none) as the list v3 keeps per component."""
+    data = dict(data)
+    qat = data.get("qat")
+    data["qat"] = [] if qat is None else [qat]
+    data["schema_version"] = 3
+    return data
+
+
+STUDENT_MIGRATIONS = {1: lift_v1, 2: lift_v2}
 
 
 class StudentManifest(StrictModel):
@@ -85,4 +108,12 @@ class StudentManifest(StrictModel):
     initialisation: Initialisation
     recipe: dict[str, Any] = {}  # the trainer's name and resolved config, once a trainer has run
     sampling: FewStepSchedule | None = None  # a few-step student's schedule; None: any scheduler steps
-    qat: QatState | None = None  # a quantization-aware-trained student's learned int8 scales
+    qat: list[QatState] = []  # each quantization-aware-trained component's learned int8 scales, one per component
+
+    @field_validator("qat")
+    @classmethod
+    def _one_state_per_component(cls, states: list[QatState]) -> list[QatState]:
+        components = [state.component for state in states]
+        if len(set(components)) != len(components):
+            raise ValueError(f"more than one QAT state for a component ({', '.join(components)})")
+        return states
