@@ -34,6 +34,7 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=48, help="how many of the 48 shapes captions")
     parser.add_argument("--output", type=Path, default=Path("out/shipped_student"))
     parser.add_argument("--program-min-psnr", type=float, default=40.0, help="the --min-psnr of the mixed-precision one-call programs")
+    parser.add_argument("--program-min-faithfulness", type=float, default=None, help="also a caption-faithfulness budget (share of float, with the embedded probe) for the mixed-precision programs")
     parser.add_argument("--qat-steps", type=int, default=300, help="steps of `edgegen train qat component=pipeline scheme=litert` per program (0: none)")
     args = parser.parse_args()
 
@@ -44,8 +45,9 @@ def main() -> int:
     from edgegen.exporting.orchestration import ExportOptions, export_component
     from edgegen.exporting.targets import usable_targets
     from edgegen.families.loading import load_pipeline
-    from edgegen.registry import EXPORTERS
+    from edgegen.measure.faithfulness_budget import FaithfulnessBudget
     from edgegen.measure.pipeline_fidelity import run_comparison
+    from edgegen.registry import EXPORTERS
     from edgegen.terminal import quiet
 
     quiet()
@@ -61,7 +63,8 @@ def main() -> int:
     for target in [t for t in targets if getattr(EXPORTERS.get(t), "mixed_precision", False)]:
         for steps in FEWSTEP_STEPS:
             print(f"exporting {label} as one {steps}-step call -> {target} auto", file=sys.stderr)
-            options = ExportOptions(quantize="auto", min_psnr_db=args.program_min_psnr, pipeline_steps=steps)
+            budget = FaithfulnessBudget(PROBE_DIR, args.program_min_faithfulness) if args.program_min_faithfulness else None
+            options = ExportOptions(quantize="auto", min_psnr_db=args.program_min_psnr, pipeline_steps=steps, faithfulness=budget)
             export_component(student, folder, PIPELINE_COMPONENT, target, roots[steps][-1], options, force=True)
     if args.qat_steps and "tflite" in targets:
         students += _qat_programs(work, label, folder, args.qat_steps)
@@ -78,13 +81,16 @@ def main() -> int:
     teacher = next(r for r in results if r.role == "teacher")
     teacher_ms, teacher_faithful = teacher.latency.total_p50_ms, teacher.distillation_gap.faithfulness
     float_twin = {(r.case_id.split("/")[0], r.target, r.steps): r.distillation_gap.faithfulness for r in results if r.quantization == "none" and r.target}
+    # A QAT program has no exported float twin: its float self is its folder run eagerly.
+    eager_twin = {(r.case_id.split("/")[0], r.steps): r.distillation_gap.faithfulness for r in results if r.role != "teacher" and not r.target}
     rows, payload = [], {"teacher": {"case": teacher.case_id, "ms_per_image": teacher_ms, "faithfulness": teacher_faithful}, "cases": []}
     for r in results:
         if r.role == "teacher" or r.not_run_reason:
             continue
         speedup = teacher_ms / r.latency.total_p50_ms
         faithful = r.distillation_gap.faithfulness
-        twin = float_twin.get((r.case_id.split("/")[0], r.target, r.steps)) if r.quantization != "none" else None
+        label = r.case_id.split("/")[0]
+        twin = float_twin.get((label, r.target, r.steps), eager_twin.get((label, r.steps))) if r.quantization != "none" else None
         goal = speedup >= SPEEDUP_GOAL and faithful >= FAITHFULNESS_SHARE * teacher_faithful and (twin is None or faithful >= FAITHFULNESS_SHARE * twin)
         # Peak memory against what the pipeline must hold: its artifacts plus the runtime's import baseline.
         memory_ratio = r.memory.peak_rss_mb / (r.size_bytes / 2**20 + r.memory.baseline_rss_mb) if r.memory else None

@@ -66,3 +66,37 @@ def test_a_budget_no_mix_meets_is_one_line_and_writes_nothing(pipeline_dir, tmp_
     assert result.exit_code == 2 and "--quantize auto needs --min-psnr" in result.stderr
     result = runner.invoke(app, [*args, "--target", "onnx", "--quantize", "auto", "--min-psnr", "40"])
     assert result.exit_code == 2 and "available for executorch, tflite" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_faithfulness_budget_runs_the_pipeline_with_the_artifact_and_records_it(pipeline_dir, tmp_path):
+    from edgegen.artifact import load_artifact
+    from edgegen.embedded.builders import PROBE_DIR
+
+    args = ["export", str(pipeline_dir), "--component", "vae_decoder", "-o", str(tmp_path / "out"), "--target", "tflite", "--quantize", "auto", "--min-psnr", "30"]
+    result = CliRunner().invoke(app, [*args, "--min-faithfulness", "0.9", "--probe", str(PROBE_DIR)])
+    assert result.exit_code == 0, result.output
+    artifact = load_artifact(next((tmp_path / "out").iterdir()))
+    record = artifact.manifest.quantization.details["mixed_precision"]["faithfulness"]
+    assert record["captions"] == 16 and record["min_share_of_float"] == 0.9
+    assert record["float_pipeline"] > 0.8  # the embedded teacher draws what it is asked
+    assert record["reached"] >= 0.9 * record["float_pipeline"]
+
+
+def test_a_faithfulness_budget_is_checked_before_anything_loads(pipeline_dir, tmp_path):
+    from edgegen.embedded.builders import PROBE_DIR
+
+    runner = CliRunner()
+    args = ["export", str(pipeline_dir), "--component", "vae_decoder", "-o", str(tmp_path / "out"), "--target", "tflite"]
+    auto = ["--quantize", "auto", "--min-psnr", "30"]
+    cases = [
+        ([*auto, "--min-faithfulness", "0.9"], "takes both --min-faithfulness SHARE and --probe DIR"),
+        (["--quantize", "int8", "--min-faithfulness", "0.9", "--probe", str(PROBE_DIR)], "--min-faithfulness is a budget for --quantize auto"),
+        ([*auto, "--min-faithfulness", "1.5", "--probe", str(PROBE_DIR)], "is not a share of the float pipeline's faithfulness in (0, 1]"),
+        ([*auto, "--min-faithfulness", "0.9", "--probe", str(tmp_path)], "is not a probe folder (no probe.json)"),
+    ]
+    for extra, message in cases:
+        result = runner.invoke(app, [*args, *extra])
+        assert result.exit_code == 2 and message in result.stderr, (extra, result.output)
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

@@ -28,6 +28,8 @@ def export_command(
     memory_check: Annotated[bool, typer.Option("--memory-check/--no-memory-check", help="Refuse an export whose estimated peak memory exceeds what is available.")] = True,
     steps: Annotated[int | None, typer.Option(help="--component pipeline: unroll the first STEPS timesteps of the student's schedule (default: all).", min=1)] = None,
     guidance_scale: Annotated[float, typer.Option(help="--component pipeline: classifier-free guidance inside the program; 1 turns it off.", min=0, callback=finite)] = 1.0,
+    min_faithfulness: Annotated[float | None, typer.Option(help="--quantize auto: also keep this share (0-1] of the float pipeline's caption faithfulness, measured with --probe on its captions.", callback=finite, show_default=False)] = None,
+    probe: Annotated[Path | None, typer.Option(help="--min-faithfulness: the caption probe folder (`edgegen probe`).", show_default=False)] = None,
     force: Annotated[bool, typer.Option(help="Replace existing artifact folders.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the manifests as JSON.")] = False,
 ) -> None:
@@ -38,9 +40,17 @@ def export_command(
     from edgegen.families.loading import LoadOptions
 
     load = LoadOptions(variant=variant, loras=lora_requests(lora, lora_scale), dtype=dtype)
+    budget = None
+    if min_faithfulness is not None or probe is not None:
+        from edgegen.errors import EdgegenError
+        from edgegen.measure.faithfulness_budget import FaithfulnessBudget
+
+        if min_faithfulness is None or probe is None:
+            raise EdgegenError("a faithfulness budget takes both --min-faithfulness SHARE and --probe DIR")
+        budget = FaithfulnessBudget(probe_dir=probe, min_share=min_faithfulness)
     options = ExportOptions(
         backend=backend, quantize=quantize, min_psnr_db=min_psnr, batch_size=batch_size, load=load, check_memory=memory_check,
-        separate_weights=separate_weights, pipeline_steps=steps, guidance_scale=guidance_scale,
+        separate_weights=separate_weights, pipeline_steps=steps, guidance_scale=guidance_scale, faithfulness=budget,
     )
     with console.status(f"exporting to {target}..."):
         artifacts = export_pipeline(pipeline_dir, target, output, component, options, force)

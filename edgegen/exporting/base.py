@@ -17,6 +17,7 @@ from edgegen.schema.manifest import CoremlDeployment, Delegation, Quantization, 
 
 if TYPE_CHECKING:
     from edgegen.families import Component
+    from edgegen.measure.faithfulness_budget import FaithfulnessBudget
 
 # Parity gates, exported vs eager on the reference inputs (PSNR over the reference's peak).
 MIN_PSNR_DB_FLOAT32 = 60.0  # float32 conversions differ only by op ordering (~1e-6 relative)
@@ -47,6 +48,9 @@ class ExportOptions:
     # of the student's schedule (None: all of them) and the classifier-free guidance inside.
     pipeline_steps: int | None = None
     guidance_scale: float = 1.0
+    # --quantize auto's caption-faithfulness budget: a probe, and the share of the float
+    # pipeline's faithfulness the pipeline with this artifact must keep.
+    faithfulness: FaithfulnessBudget | None = None
 
 
 # Above this, weights go to a file of their own: the app can map it, ship it apart from the

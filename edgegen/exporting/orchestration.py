@@ -107,6 +107,12 @@ def check_options(exporter: Exporter, options: ExportOptions) -> ExportOptions:
             raise EdgegenError(f"--quantize auto (mixed int8/float by layer sensitivity) is available for {able}, not '{exporter.name}' yet")
         if options.min_psnr_db is None:
             raise EdgegenError("--quantize auto needs --min-psnr DB: the parity the mix must meet")
+    if options.faithfulness is not None:
+        if options.quantize != "auto":
+            raise EdgegenError("--min-faithfulness is a budget for --quantize auto's mix; add --quantize auto --min-psnr DB")
+        from edgegen.measure.faithfulness_budget import check_budget
+
+        check_budget(options.faithfulness)
     elif options.quantize not in exporter.quantizations:
         raise EdgegenError(
             f"target '{exporter.name}' does not support --quantize {options.quantize}; "
@@ -233,7 +239,7 @@ def _write_artifact(
         fake_quant_expected = None if fake_quant is None else _to_numpy(component.run_eager(module=fake_quant))
     tensors = {f"input.{k}": v for k, v in _to_numpy(component.reference_inputs).items()}
     tensors.update({f"output.{k}": v for k, v in expected.items()})
-    chooser = MixedPrecision(component, component_name, options.min_psnr_db) if options.quantize == "auto" else None
+    chooser = MixedPrecision(component, component_name, options.min_psnr_db, options.faithfulness) if options.quantize == "auto" else None
     exporter_options = chooser.options(options) if chooser else options
     while True:
         try:
@@ -266,6 +272,21 @@ def _write_artifact(
                 + (f" with {chooser.describe()}" if chooser else "") + "; nothing was written"
             )
         write_manifest(folder, manifest.model_copy(update={"parity": parity}))
+        if chooser is not None and options.faithfulness is not None:
+            from edgegen.measure.faithfulness_budget import measure
+
+            check = measure(pipeline_dir, pipeline, folder, options.faithfulness, options.pipeline_steps if component.program else None, options.guidance_scale)
+            chooser.faithfulness = check
+            if not check.meets(options.faithfulness):
+                if chooser.widen_for_faithfulness():
+                    exporter_options = chooser.options(options)
+                    continue
+                raise EdgegenError(
+                    f"no int8 mix of {component_name} keeps {options.faithfulness.min_share:.0%} of the float pipeline's caption "
+                    f"faithfulness ({check.float_pipeline:.0%} of {check.captions}): the last reached {check.reached:.0%} "
+                    f"with {chooser.describe()}; raise the share or export it float; nothing was written"
+                )
+            write_manifest(folder, manifest.model_copy(update={"parity": parity, "quantization": chooser.recorded(exported.quantization)}))
         return
 
 
@@ -321,11 +342,13 @@ class MixedPrecision:
     ``ATTEMPTS`` exports."""
 
     ATTEMPTS = 4
+    FAITHFULNESS_STEP_DB = 3.0  # how much higher each mix aims after the pipeline lost captions
 
-    def __init__(self, component: Component, component_name: str, min_psnr_db: float):
+    def __init__(self, component: Component, component_name: str, min_psnr_db: float, budget: Any = None):
         from edgegen.exporting.sensitivity import choose_float_layers, measure_sensitivity
 
-        self.min_psnr_db = min_psnr_db
+        self.min_psnr_db, self.budget = min_psnr_db, budget
+        self.faithfulness: Any = None  # the last FaithfulnessCheck against ``budget`` (a FaithfulnessBudget)
         self.report, self.simulation = measure_sensitivity(component)
         self.mix = choose_float_layers(self.report, self.simulation, min_psnr_db)
         self.attempts = 1
@@ -354,6 +377,19 @@ class MixedPrecision:
         self.mix, self.attempts = wider, self.attempts + 1
         return True
 
+    def widen_for_faithfulness(self) -> bool:
+        """More layers float after the pipeline lost captions: the next mix aims ``FAITHFULNESS_STEP_DB`` higher."""
+        from edgegen.exporting.sensitivity import choose_float_layers
+
+        if self.attempts >= self.ATTEMPTS:
+            return False
+        aim = max(self.mix.simulated_psnr_db, self.min_psnr_db) + self.FAITHFULNESS_STEP_DB
+        wider = choose_float_layers(self.report, self.simulation, aim, start=len(self.mix.float_layers) + 1)
+        if not wider.meets_budget:
+            return False
+        self.mix, self.attempts = wider, self.attempts + 1
+        return True
+
     def describe(self) -> str:
         return f"{len(self.mix.float_layers)} of {len(self.report.layers)} weighted layers float"
 
@@ -368,6 +404,8 @@ class MixedPrecision:
             "exports": self.attempts,
             "sensitivity": self.report.as_dict(top=20),
         }
+        if self.faithfulness is not None:
+            details["mixed_precision"]["faithfulness"] = self.faithfulness.as_dict(self.budget)
         return quantization.model_copy(update={"details": details})
 
 

@@ -319,6 +319,30 @@ def load_case(
     return EdgePipeline(family, runners, tokenizers, scheduler, plan, family.latent_shape(model_dir), description)
 
 
+def load_case_with_artifact(model_dir: Path, pipeline: Any, plan: SamplingPlan, artifact_folder: Path) -> EdgePipeline | OneCallPipeline:
+    """``model_dir``'s loop with one artifact in place of its component, the others eager on
+    ``pipeline`` (a one-call program runs alone): what one component's export costs the pipeline."""
+    from edgegen.artifact import load_artifact
+    from edgegen.exporting.one_call import PIPELINE_COMPONENT
+    from edgegen.families.loading import checkpoint_sha256
+
+    model_dir = Path(model_dir)
+    artifact = load_artifact(Path(artifact_folder))
+    name = artifact.manifest.component
+    if name == PIPELINE_COMPONENT:
+        return load_case(model_dir, {name: Path(artifact_folder)}, plan)
+    family = family_of(model_dir)
+    spec = next((spec for spec in family.components if spec.name == name), None)
+    if spec is None or artifact.manifest.source.checkpoint_sha256 != checkpoint_sha256(model_dir, spec.subfolder):
+        raise EdgegenError(f"{artifact_folder} was not exported from the {name} in {model_dir}")
+    plan = replace(plan, guidance_mode=guidance_mode(family, plan.guidance_scale))
+    tokenizers, scheduler = load_tokenizers_and_scheduler(model_dir, family)
+    runners, _ = eager_runners(model_dir, pipeline)
+    runners[name] = artifact_runners({name: artifact})[name]
+    description = f"{artifact.manifest.target} {artifact.manifest.quantization.scheme} {name}, the rest eager float32"
+    return EdgePipeline(family, runners, tokenizers, scheduler, plan, family.latent_shape(model_dir), description)
+
+
 def check_program_plan(artifact: Any, plan: SamplingPlan) -> None:
     """Refuse to run a one-call program as a case it does not compute (other steps or guidance)."""
     program = artifact.manifest.program
