@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from edgegen.exporting.base import ExportedModel, ExportOptions, count_ops, delegation_from_ops, min_psnr_db, missing_packages
 from edgegen.exporting.quantize import (
     LITERT_QAT,
+    annotate_weight_sharing_convolutions,
     drop_orphaned_shared_specs,
     learned_int8_module,
     learned_scales_elsewhere,
@@ -279,6 +280,7 @@ def _float_boundary_quantizer(ops: tuple[str, ...], float_layers: tuple[str, ...
 
         def annotate(self, model):
             model = super().annotate(model)
+            annotate_weight_sharing_convolutions(model)
             if float_layers:
                 keep_float(model)
             annotate_concatenations(model, self.global_config.input_activation)

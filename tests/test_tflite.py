@@ -171,3 +171,33 @@ def test_static_int8_concatenation_of_a_quantized_and_a_wider_float_input(tmp_pa
     produced = runner(sample=sample["sample"].numpy())["out"]
     psnr = 10 * math.log10(float(np.abs(expected).max()) ** 2 / float(((expected - produced) ** 2).mean()))
     assert psnr >= 30, f"int8 concatenation parity {psnr:.1f} dB"
+
+
+def test_static_int8_quantizes_every_convolution_reading_a_shared_weight():
+    """A one-call program's denoiser runs once per step on one set of weights; litert-torch's
+    convolution annotator skips matches that overlap in the weight, which left the second step
+    float with a float32 copy of every weight."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from edgegen.exporters.tflite import STATIC_OPS, _float_boundary_quantizer
+
+    class TwoSteps(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(torch.relu(self.conv(x)) * 0.5).sum()
+
+    from edgegen.exporting.quantize import xnnpack_quantizer
+
+    example = (torch.randn(1, 4, 8, 8),)
+    # LiteRT's quantizer, and XNNPACK's (ExecuTorch), calibrated and QAT: each had the same gap.
+    for quantizer in (_float_boundary_quantizer(STATIC_OPS), xnnpack_quantizer(), xnnpack_quantizer(qat=True)):
+        prepared = prepare_pt2e(torch.export.export(TwoSteps(), example, strict=False).module(), quantizer)
+        prepared(*example)
+        converted = convert_pt2e(prepared, fold_quantize=False)
+        convolutions = [node for node in converted.graph.nodes if node.op == "call_function" and node.target == torch.ops.aten.conv2d.default]
+        assert len(convolutions) == 2
+        assert all("dequantize" in str(node.args[1].target) for node in convolutions), (quantizer, [str(node.args[1].target) for node in convolutions])

@@ -107,17 +107,17 @@ def check_options(exporter: Exporter, options: ExportOptions) -> ExportOptions:
             raise EdgegenError(f"--quantize auto (mixed int8/float by layer sensitivity) is available for {able}, not '{exporter.name}' yet")
         if options.min_psnr_db is None:
             raise EdgegenError("--quantize auto needs --min-psnr DB: the parity the mix must meet")
+    elif options.quantize not in exporter.quantizations:
+        raise EdgegenError(
+            f"target '{exporter.name}' does not support --quantize {options.quantize}; "
+            f"it supports: {', '.join(exporter.quantizations)}"
+        )
     if options.faithfulness is not None:
         if options.quantize != "auto":
             raise EdgegenError("--min-faithfulness is a budget for --quantize auto's mix; add --quantize auto --min-psnr DB")
         from edgegen.measure.faithfulness_budget import check_budget
 
         check_budget(options.faithfulness)
-    elif options.quantize not in exporter.quantizations:
-        raise EdgegenError(
-            f"target '{exporter.name}' does not support --quantize {options.quantize}; "
-            f"it supports: {', '.join(exporter.quantizations)}"
-        )
     backend = options.backend
     if exporter.backends:
         backend = backend or exporter.backends[0]

@@ -85,7 +85,7 @@ def lift_v2(data: dict[str, Any]) -> dict[str, Any]:
     """A v2 manifest with its one QAT state (a denoiser's, or none) as the list v3 keeps per component."""
     data = dict(data)
     qat = data.get("qat")
-    data["qat"] = [] if qat is None else [qat]
+    data["qat"] = [] if qat is None else qat if isinstance(qat, list) else [qat]  # a v3 provenance passes through
     data["schema_version"] = 3
     return data
 
