@@ -407,6 +407,10 @@ class TfliteExporter:
     mixed_precision = True  # --quantize auto: int8 with chosen weighted layers kept float
     packages = ("litert-torch", "ai-edge-litert")
     separate_weights = False  # the weights are inside the .tflite flatbuffer
+    learned_scheme = LITERT_QAT  # the QAT scheme whose learned scales this exporter lowers
+
+    def prepare_fake_quant(self, component: Component):
+        return prepare_litert_fake_quant(component)
 
     def unavailable_reason(self) -> str | None:
         return missing_packages(self.packages, "tflite")

@@ -262,10 +262,13 @@ def fake_quant_graph(component: Component, scheme: str) -> Any:
     """
     if scheme == XNNPACK_QAT:
         return prepare_fake_quant(component.module, component.example_args())
-    if scheme == LITERT_QAT:
-        from edgegen.exporters.tflite import prepare_litert_fake_quant
+    from edgegen.registry import EXPORTERS
 
-        return prepare_litert_fake_quant(component)
+    # A target whose converter needs its own int8 graph (LiteRT) makes it: it declares the scheme.
+    for name in EXPORTERS.names():
+        exporter = EXPORTERS.get(name)
+        if getattr(exporter, "learned_scheme", None) == scheme:
+            return exporter.prepare_fake_quant(component)
     raise EdgegenError(f"unknown learned quantization scheme '{scheme}'; this edgegen reads {', '.join(QAT_SCHEMES)}")
 
 
