@@ -234,10 +234,11 @@ def _float_boundary_quantizer(ops: tuple[str, ...], float_layers: tuple[str, ...
         def is_zero_pad(node) -> bool:
             if node.op != "call_function" or node.target not in pads:
                 return False
-            value = node.args[3] if node.target == torch.ops.aten.pad.default and len(node.args) > 3 else node.kwargs.get("value", 0)
-            if node.target == torch.ops.aten.constant_pad_nd.default and len(node.args) > 2:
-                value = node.args[2]
-            mode = node.args[2] if node.target == torch.ops.aten.pad.default and len(node.args) > 2 else node.kwargs.get("mode", "constant")
+            if node.target == torch.ops.aten.constant_pad_nd.default:  # (input, pad, value=0)
+                mode, value = "constant", node.args[2] if len(node.args) > 2 else node.kwargs.get("value", 0)
+            else:  # aten.pad: (input, pad, mode="constant", value=None)
+                mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+                value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
             return mode == "constant" and not value
 
         def quantized_edges(node) -> list:
@@ -408,9 +409,7 @@ class TfliteExporter:
     packages = ("litert-torch", "ai-edge-litert")
     separate_weights = False  # the weights are inside the .tflite flatbuffer
     learned_scheme = LITERT_QAT  # the QAT scheme whose learned scales this exporter lowers
-
-    def prepare_fake_quant(self, component: Component):
-        return prepare_litert_fake_quant(component)
+    prepare_fake_quant = staticmethod(prepare_litert_fake_quant)  # that scheme's graph, for the trainer
 
     def unavailable_reason(self) -> str | None:
         return missing_packages(self.packages, "tflite")

@@ -49,14 +49,14 @@ def test_a_corrupt_qat_state_is_named_in_one_line(pipeline, tmp_path):
     import pytest
 
     from edgegen.errors import EdgegenError
-    from edgegen.exporting.quantize import QAT_SCHEME, LearnedScales, fake_quant_module
+    from edgegen.exporting.quantize import XNNPACK_QAT, LearnedScales, fake_quant_module
     from edgegen.families.stable_diffusion import build_component
 
     state = tmp_path / "unet" / "qat.safetensors"
     state.parent.mkdir()
     state.write_bytes(b"\x00" * 16)  # cut short, not a safetensors file
     component = build_component(pipeline, "vae_decoder")
-    component.quantization_source = LearnedScales(scheme=QAT_SCHEME, state_path=state)
+    component.quantization_source = LearnedScales(scheme=XNNPACK_QAT, state_path=state)
     with pytest.raises(EdgegenError, match=r"cannot read the QAT state .*unet/qat.safetensors") as caught:
         fake_quant_module(component)
     assert "\n" not in str(caught.value)

@@ -66,9 +66,6 @@ def save_qat_student(student: Any, prepared: Any, parent_dir: Path, folder: Path
     save_file(state, str(folder / state_file))
 
 
-SCHEMES = {"xnnpack": "pt2e-xnnpack-int8-qat", "litert": "pt2e-litert-int8-qat"}
-
-
 class QatConfig(TrainConfig):
     student: Path  # a student folder (its manifest records the learned scales)
     component: str  # text_encoder, denoiser, vae_decoder, ... or pipeline: the one-call program
@@ -144,10 +141,11 @@ def prepare(config: QatConfig, context: Context) -> Trainee:
     from edgegen.errors import EdgegenError
     from edgegen.exporting import one_call
     from edgegen.exporting.quantize import QAT_STATE_FILENAME, calibrate_then_freeze_activations, fake_quant_graph, positional_call
-    from edgegen.families.prompts import CALIBRATION_PROMPTS
     from edgegen.families import components_with_role, family_of
     from edgegen.families.loading import load_pipeline
+    from edgegen.families.prompts import CALIBRATION_PROMPTS
     from edgegen.models.checkpoint import read_student_manifest
+    from edgegen.schema.checkpoint import QAT_SCHEMES
 
     folder = Path(config.student)
     manifest = read_student_manifest(folder)
@@ -160,7 +158,7 @@ def prepare(config: QatConfig, context: Context) -> Trainee:
         raise EdgegenError(f"{folder} ({family.name}) has no component '{config.component}'; it has {', '.join([*specs, one_call.PIPELINE_COMPONENT])}")
     if not is_program and (config.steps_in_program is not None or config.guidance_scale != 1.0):
         raise EdgegenError(f"steps_in_program and guidance_scale describe a one-call program (component={one_call.PIPELINE_COMPONENT}), not {config.component}")
-    scheme = SCHEMES[config.scheme]
+    scheme = QAT_SCHEMES[config.scheme]
     pipeline = load_pipeline(folder)
     if is_program:
         component = one_call.build_program(pipeline, folder, config.steps_in_program, config.guidance_scale)
@@ -230,8 +228,7 @@ def _save(config: QatConfig, pipeline: Any, manifest: Any, trained: list[Any], g
 
     from safetensors.torch import save_file
 
-    from edgegen.exporting.one_call import PIPELINE_COMPONENT
-    from edgegen.models.checkpoint import write_student
+    from edgegen.models.checkpoint import forget_learned_scales, read_student_manifest, write_student
     from edgegen.schema.base import write_json
     from edgegen.schema.checkpoint import STUDENT_MANIFEST_FILENAME, QatState
     from edgegen.schema.training import TRAINING_MANIFEST_FILENAME
@@ -252,16 +249,13 @@ def _save(config: QatConfig, pipeline: Any, manifest: Any, trained: list[Any], g
         for subfolder in rewritten:
             shutil.rmtree(output / subfolder)
             shutil.move(str(Path(scratch) / subfolder), output / subfolder)
+    # States of weights this run moved go (the trained subfolders' and the one-call program's),
+    # before this run's state file is written: it may have the same path as one of them.
+    for subfolder in rewritten:
+        forget_learned_scales(output, subfolder)
     save_file({key: value.detach().clone().contiguous() for key, value in graph.state_dict().items()}, str(output / state["state_file"]))
-    # States of weights this run moved go: the trained component's, the one-call program's (it
-    # holds every component), and any kept inside a rewritten subfolder.
-    states = [
-        kept for kept in manifest.qat
-        if kept.component not in (state["component"], PIPELINE_COMPONENT) and kept.state_file.split("/")[0] not in rewritten
-    ]
-    for stale in {kept.state_file for kept in manifest.qat} - {kept.state_file for kept in states} - {state["state_file"]}:
-        (output / stale).unlink(missing_ok=True)
-    write_json(output / STUDENT_MANIFEST_FILENAME, manifest.model_copy(update={"qat": [*states, QatState(**state)]}))
+    kept = read_student_manifest(output)
+    write_json(output / STUDENT_MANIFEST_FILENAME, kept.model_copy(update={"qat": [*kept.qat, QatState(**state)]}))
     details = {"qat": {key: value for key, value in state.items() if value is not None}}
     write_training_manifest(output, source, summary, details, ("torch", "diffusers", "transformers", "torchao", "litert-torch"))
 

@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from edgegen.families import Component
 
 QAT_STATE_FILENAME = "qat.safetensors"  # inside the trained component's subfolder (unet/, vae/, ...)
-QAT_SCHEME = QatState.model_fields["scheme"].default  # XNNPACK's: ExecuTorch and ONNX Runtime lower it
-XNNPACK_QAT, LITERT_QAT = QAT_SCHEMES
+XNNPACK_QAT = QatState.model_fields["scheme"].default  # ExecuTorch and ONNX Runtime lower it
+LITERT_QAT = QAT_SCHEMES["litert"]
 # Quantization details of an export that lowered the checkpoint's own scales.
 LEARNED_SCALES = {"source": "checkpoint (QAT)", "recalibrated": False}
 
@@ -48,7 +48,7 @@ LEARNED_SCALES = {"source": "checkpoint (QAT)", "recalibrated": False}
 class LearnedScales:
     """A QAT checkpoint's int8 fake-quant state: what exporters lower instead of calibrating."""
 
-    scheme: str  # QAT_SCHEME
+    scheme: str  # one of QAT_SCHEMES' values
     state_path: Path  # e.g. <student>/unet/qat.safetensors
     timesteps: list[int] | None = None  # a one-call program's: the schedule it was learned on
     guidance_scale: float | None = None
@@ -269,7 +269,7 @@ def fake_quant_graph(component: Component, scheme: str) -> Any:
         exporter = EXPORTERS.get(name)
         if getattr(exporter, "learned_scheme", None) == scheme:
             return exporter.prepare_fake_quant(component)
-    raise EdgegenError(f"unknown learned quantization scheme '{scheme}'; this edgegen reads {', '.join(QAT_SCHEMES)}")
+    raise EdgegenError(f"unknown learned quantization scheme '{scheme}'; this edgegen reads {', '.join(QAT_SCHEMES.values())}")
 
 
 def calibrate_then_freeze_activations(graph: Any, model: Any, input_sets: Iterable[Sequence[Any]]) -> int:
@@ -346,8 +346,8 @@ def _load_fake_quant(component: Component, source: LearnedScales) -> Any:
     import torch
     from safetensors.torch import load_file
 
-    if source.scheme not in QAT_SCHEMES:
-        raise EdgegenError(f"unknown learned quantization scheme '{source.scheme}'; this edgegen reads {', '.join(QAT_SCHEMES)}")
+    if source.scheme not in QAT_SCHEMES.values():
+        raise EdgegenError(f"unknown learned quantization scheme '{source.scheme}'; this edgegen reads {', '.join(QAT_SCHEMES.values())}")
     path = Path(source.state_path)
     if not path.is_file():
         raise EdgegenError(f"{path.parent.parent} is not a QAT student: {path} is missing")
@@ -395,7 +395,7 @@ def learned_scales_elsewhere(component: Component, scheme: str) -> dict[str, str
         return learned_scales_not_lowered(mismatch)
     if source.scheme == scheme:
         return {}
-    hint = "litert" if scheme == LITERT_QAT else "xnnpack"
+    hint = next(name for name, value in QAT_SCHEMES.items() if value == scheme)
     return learned_scales_not_lowered(f"learned as {source.scheme}, this target lowers {scheme} (edgegen train qat scheme={hint})")
 
 

@@ -92,9 +92,9 @@ def learned_scales(folder: Path, component: str) -> Any:
 
 
 def forget_learned_scales(folder: Path, subfolder: str) -> None:
-    """Drop from ``folder``'s student manifest (if any) every QAT state kept in ``subfolder``, and
-    the one-call program's (it holds every component): those weights were replaced, so their
-    learned scales no longer describe them."""
+    """Drop from ``folder``'s student manifest (if any), and from the folder, every QAT state kept
+    in ``subfolder`` and the one-call program's (it holds every component): those weights were
+    replaced, so their learned scales no longer describe them."""
     from edgegen.exporting.one_call import PIPELINE_COMPONENT
 
     manifest = read_student_manifest(folder)
@@ -102,4 +102,6 @@ def forget_learned_scales(folder: Path, subfolder: str) -> None:
         return
     kept = [state for state in manifest.qat if not state.state_file.startswith(f"{subfolder}/") and state.component != PIPELINE_COMPONENT]
     if len(kept) != len(manifest.qat):
+        for stale in {state.state_file for state in manifest.qat} - {state.state_file for state in kept}:
+            (Path(folder) / stale).unlink(missing_ok=True)
         write_json(Path(folder) / STUDENT_MANIFEST_FILENAME, manifest.model_copy(update={"qat": kept}))

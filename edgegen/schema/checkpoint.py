@@ -49,7 +49,7 @@ class FewStepSchedule(StrictModel):
 
 # What a fake-quant graph was trained as: XNNPACK's int8 (ExecuTorch, ONNX Runtime lower it), or
 # LiteRT's, whose scales are shared across concatenation and pad inputs as its converter requires.
-QAT_SCHEMES = ("pt2e-xnnpack-int8-qat", "pt2e-litert-int8-qat")
+QAT_SCHEMES = {"xnnpack": "pt2e-xnnpack-int8-qat", "litert": "pt2e-litert-int8-qat"}  # the name `edgegen train qat scheme=` takes
 
 
 class QatState(StrictModel):
