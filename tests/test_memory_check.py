@@ -62,7 +62,8 @@ def test_an_export_that_would_not_fit_is_refused_naming_what_fits(tmp_path, sd_d
     assert result.exit_code == 2
     [line] = result.output.strip().splitlines()
     assert line.startswith("error: exporting denoiser (0.0 GiB of float32 weights) to executorch needs about ")
-    assert "what fits: --dtype float16" in line and "--target onnx (about " in line and "--no-memory-check" in line
+    # ExecuTorch's float16 export needs more than its float32 one (measured on SD 1.5): not offered.
+    assert "what fits: --target onnx (about " in line and "--dtype float16" not in line and "--no-memory-check" in line
     assert not out.exists()
     # The user may know better (swap, a lighter converter build): --no-memory-check tries anyway.
     result = _export(

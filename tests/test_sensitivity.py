@@ -100,3 +100,22 @@ def test_a_faithfulness_budget_is_checked_before_anything_loads(pipeline_dir, tm
         assert result.exit_code == 2 and message in result.stderr, (extra, result.output)
         assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_faithfulness_budget_no_mix_keeps_is_one_line_and_writes_nothing(pipeline_dir, tmp_path):
+    # The embedded few-step student's one-call program, int8 in one step, loses a caption of the
+    # probe's 16 that the float program draws; asked to keep all of them, every widened mix (up to
+    # MixedPrecision.ATTEMPTS exports) still loses it, and the export is refused.
+    from edgegen.embedded.builders import PROBE_DIR, build_embedded_student
+    student = build_embedded_student(pipeline_dir, tmp_path / "few-step", "few-step")
+    args = ["export", str(student), "--component", "pipeline", "--steps", "1", "-o", str(tmp_path / "out"), "--target", "tflite"]
+    result = CliRunner().invoke(app, [*args, "--quantize", "auto", "--min-psnr", "20", "--min-faithfulness", "1.0", "--probe", str(PROBE_DIR)])
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("error: no int8 mix of pipeline keeps 100% of the float pipeline's caption faithfulness")
+    assert "raise the share or export it float; nothing was written" in line
+    # It gave up on a mix, not on plain int8: the last one tried keeps some layers float.
+    float_layers, weighted = (int(n) for n in line.split(" with ")[-1].split(" weighted layers")[0].split(" of "))
+    assert 0 < float_layers < weighted
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -28,31 +28,40 @@ PEAK_PER_WEIGHT_BYTE = {
     # SDXL's UNet (2.6 B) in float16: 20.8 GiB for 4.8 GiB. onnxruntime's CPU provider upcasts
     # float16 weights to float32 for its kernels, and the eager reference runs in float32.
     ("onnx", "float16"): 4.3,
-    # SD 1.5's UNet in float32: 17.0 GiB (exported program, edge program, XNNPACK's packed weights).
-    ("executorch", "float32"): 5.3,
+    # SD 1.5's UNet in float32: 10.5 GiB peak resident, parity's runtime included (ExecuTorch
+    # 1.5.1, 2.8 min; 17.0 GiB before the exporter shared the pipeline's weights and forgot its
+    # lowered graphs).
+    ("executorch", "float32"): 3.0,
     # SD 1.5's UNet in float16: 11.9 GiB for 1.6 GiB. Lowering needs 2.4x the weights (the
     # delegate's serialized copy among them), and parity's runtime, loading the weight file and
     # packing it for XNNPACK, 2.8x on top of what the export leaves.
     ("executorch", "float16"): 6.7,
-    # PixArt-Sigma's transformer (0.6 B) in float32: 9.3 GiB for 2.27 GiB (litert-torch 0.10);
-    # kept at ExecuTorch's figure until a UNet is measured.
-    ("tflite", "float32"): 5.3,
+    # SD 1.5's UNet in float32: 11.9 GiB (litert-torch 0.10, 2.1 min).
+    ("tflite", "float32"): 3.4,
     # PixArt-Sigma's transformer (0.6 B) in float32: 5.5 GiB for 2.27 GiB, converted from
     # torch.export's program (TorchScript tracing, which held every activation, and the
     # attention's materialized zero-weighted input were killed out of memory at 21 GiB).
     ("coreml", "float32"): 2.0,
     # Both convert a float32 copy (twice the float16 bytes), at their float32 overhead.
-    ("tflite", "float16"): 1 + 2 * 5.3,
+    ("tflite", "float16"): 1 + 2 * 3.4,
     ("coreml", "float16"): 1 + 2 * 2.0,
 }
 TARGETS = tuple(dict.fromkeys(target for target, _ in PEAK_PER_WEIGHT_BYTE))
-# int8 also holds the prepared (observed) module and the converted one.
-INT8_EXTRA_PER_WEIGHT_BYTE = 2.0
-# ONNX int8 runs onnxruntime's quantizer after the float export: the float model, its
-# preprocessed copy, and the calibration's augmented model with every activation as an output.
-# SD 1.5's UNet (3.2 GiB in float32) was killed for memory with 22 GiB available, where the
-# general figure estimated 16.7 GiB: at least 6.6 bytes per weight byte in all. A lower bound.
-INT8_EXTRA_BY_TARGET = {"onnx": 4.0}
+# int8: the whole export's peak per byte of float32 weights, per target; not float's figure plus
+# a margin, since the int8 program is a quarter of the float one and lowering it, and loading it
+# for parity, need that much less (SD 1.5's UNet, `edgegen export --quantize int8`, 2026-12-07).
+INT8_PEAK_PER_WEIGHT_BYTE = {
+    # 6.95 GiB peak resident in 8.5 min: the prepared (observed) and converted programs.
+    "executorch": 1.9,
+    # 10.2 GiB in 7.6 min.
+    "tflite": 2.9,
+    # onnxruntime's quantizer after the float export: the float model, its preprocessed copy, the
+    # calibration's augmented model and its session. Killed for memory at 24 GiB twice, where
+    # float's figure plus 2 estimated 16.7 GiB: a lower bound.
+    "onnx": 2.9 + 4.0,
+    # Core ML's int8 is of the weights only (coremltools' linear_quantize_weights on the float program).
+    "coreml": 2.0 + 2.0,
+}
 BASELINE_BYTES = 1 * GIB  # the interpreter with torch, diffusers and a toolchain imported
 MEMORY_LIMIT_ENV = "EDGEGEN_MEMORY_LIMIT_GIB"  # overrides the memory counted as available
 
@@ -93,8 +102,12 @@ def available_bytes() -> int:
 
 def estimated_peak(component_bytes: dict[str, int], target: str, quantize: str, dtype: str = "float32") -> int:
     """The peak of exporting every component in ``component_bytes`` (loaded in ``dtype``) in one process."""
-    extra = INT8_EXTRA_BY_TARGET.get(target, INT8_EXTRA_PER_WEIGHT_BYTE) if quantize != "none" else 0.0
-    factor = PEAK_PER_WEIGHT_BYTE[target, dtype] + extra
+    if quantize == "none":
+        factor = PEAK_PER_WEIGHT_BYTE[target, dtype]
+    else:
+        factor = INT8_PEAK_PER_WEIGHT_BYTE[target]
+        if dtype == "float16":  # quantized from a float32 copy, twice the float16 bytes
+            factor = 1 + 2 * factor
     loaded = sum(component_bytes.values())
     return int(BASELINE_BYTES + loaded + (factor - 1) * max(component_bytes.values(), default=0))
 
