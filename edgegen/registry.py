@@ -49,6 +49,14 @@ FAMILIES = Registry(
     },
 )
 
+# App-side consumers: each module writes the files that consumer loads (edgegen bundle --format).
+BUNDLE_FORMATS = Registry(
+    "bundle format",
+    {
+        "react-native-executorch": "edgegen.bundling.react_native_executorch:FORMAT",
+    },
+)
+
 EXPORTERS = Registry(
     "export target",
     {

@@ -102,10 +102,11 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from edgegen.cli import compare, data, default_pipeline, demo, export, families, inspect, probe, profile, report, student, sweep, targets, train
+    from edgegen.cli import bundle, compare, data, default_pipeline, demo, export, families, inspect, probe, profile, report, student, sweep, targets, train
 
     app.command("export")(export.export_command)
     app.command("profile")(profile.profile_command)
+    app.command("bundle")(bundle.bundle_command)
     app.command("compare")(compare.compare_command)
     app.command("inspect")(inspect.inspect_command)
     app.command("targets")(targets.targets_command)
