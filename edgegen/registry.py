@@ -54,6 +54,7 @@ BUNDLE_FORMATS = Registry(
     "bundle format",
     {
         "react-native-executorch": "edgegen.bundling.react_native_executorch:FORMAT",
+        "apple-swift": "edgegen.bundling.apple_swift:FORMAT",
     },
 )
 

@@ -28,6 +28,14 @@ from typing import Any
 
 import numpy as np
 
+from edgegen.bundling.fitting import (
+    config,
+    describe_schedule,
+    model_alphas_cumprod,
+    noise_level_timesteps,
+    scaled_linear_alphas_cumprod,
+    training_scheduler,
+)
 from edgegen.errors import EdgegenError
 
 
@@ -78,10 +86,7 @@ DEFAULT_STEPS = 20
 
 def app_alphas_cumprod(beta_start: float, beta_end: float, train_timesteps: int) -> np.ndarray:
     """Scheduler.cpp: scaled-linear betas in float32, whatever beta_schedule the JSON names."""
-    start, end = np.float32(math.sqrt(beta_start)), np.float32(math.sqrt(beta_end))
-    step = (end - start) / np.float32(train_timesteps - 1)
-    betas = (start + step * np.arange(train_timesteps, dtype=np.float32)) ** 2
-    return np.cumprod(1.0 - betas, dtype=np.float32)
+    return scaled_linear_alphas_cumprod(beta_start, beta_end, train_timesteps)
 
 
 def app_timesteps(steps: int, train_timesteps: int, steps_offset: int) -> list[int]:
@@ -144,27 +149,6 @@ class AppPNDM:
 # -- fitting a model to the contract ---------------------------------------------------------------
 
 
-def model_alphas_cumprod(scheduler: Any) -> np.ndarray:
-    return np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
-
-
-def noise_level_timesteps(model_alphas: np.ndarray, app_alphas: np.ndarray) -> np.ndarray:
-    """For each app timestep, the (fractional) model timestep at the same signal-to-noise ratio.
-
-    Both schedules fall monotonically in SNR; interpolating the model's timestep linearly in
-    log SNR between its integer timesteps gives the one whose noise level equals the app's.
-    Where the app's level lies outside the model's range (a zero-terminal-SNR model has none
-    below its last step), the nearest end is taken.
-    """
-    def log_snr(alphas: np.ndarray) -> np.ndarray:
-        alphas = np.clip(alphas, 1e-20, 1 - 1e-12)
-        return np.log(alphas) - np.log1p(-alphas)
-
-    model, app = log_snr(model_alphas), log_snr(app_alphas.astype(np.float64))
-    # np.interp needs increasing x: the model's log SNR decreases with t.
-    return np.interp(app, model[::-1], np.arange(len(model), dtype=np.float64)[::-1]).astype(np.float32)
-
-
 @dataclass
 class Fit:
     """How one model meets the contract: the numbers its adapter graphs bake in."""
@@ -184,22 +168,9 @@ class Fit:
         return self.latent_size * CONTRACT.latent_downsample
 
 
-def _config(pipeline_dir: Path, subfolder: str) -> dict[str, Any]:
-    return _config_file(pipeline_dir, subfolder, "config.json")
-
-
-def _config_file(pipeline_dir: Path, subfolder: str, name: str) -> dict[str, Any]:
-    path = Path(pipeline_dir) / subfolder / name
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise EdgegenError(f"cannot read {path}: {error}") from None
-
-
 def fit(pipeline_dir: Path, family_name: str) -> Fit:
     """The fit of the pipeline in ``pipeline_dir`` to the contract, decided from its configs before
     any weights load, or one line naming the constraint it breaks."""
-    import diffusers
     from transformers import AutoTokenizer
 
     from edgegen.families.base import spatial_size
@@ -209,14 +180,9 @@ def fit(pipeline_dir: Path, family_name: str) -> Fit:
             f"react-native-executorch's text-to-image runs one CLIP text encoder, a UNet and a VAE (Stable Diffusion 1.x); "
             f"this is a {family_name} pipeline"
         )
-    unet, vae, text = (_config(pipeline_dir, name) for name in ("unet", "vae", "text_encoder"))
+    unet, vae, text = (config(pipeline_dir, name) for name in ("unet", "vae", "text_encoder"))
     tokenizer = AutoTokenizer.from_pretrained(str(Path(pipeline_dir) / "tokenizer"))
-    scheduler_class = getattr(diffusers, str(_config_file(pipeline_dir, "scheduler", "scheduler_config.json").get("_class_name")), None)
-    if scheduler_class is None or not hasattr(scheduler_class, "set_timesteps"):
-        scheduler_class = diffusers.DDIMScheduler  # the training schedule is all that is read: its alphas
-    scheduler = scheduler_class.from_pretrained(str(Path(pipeline_dir) / "scheduler"))
-    if getattr(scheduler, "alphas_cumprod", None) is None:
-        raise EdgegenError(f"react-native-executorch runs a discrete DDPM schedule; this pipeline's {type(scheduler).__name__} has none")
+    scheduler = training_scheduler(pipeline_dir)
     tokens = int(min(tokenizer.model_max_length, text["max_position_embeddings"]))
     hidden = int(unet["cross_attention_dim"])
     if hidden > CONTRACT.hidden:
@@ -247,8 +213,8 @@ def fit(pipeline_dir: Path, family_name: str) -> Fit:
     prediction = scheduler.config.get("prediction_type", "epsilon")
     if prediction not in ("epsilon", "v_prediction"):
         raise EdgegenError(f"react-native-executorch's scheduler reads v-prediction; a {prediction} model is not converted")
-    config = scheduler_config(scheduler.config)
-    app = app_alphas_cumprod(config["beta_start"], config["beta_end"], config["num_train_timesteps"])
+    app_config = scheduler_config(scheduler.config)
+    app = app_alphas_cumprod(app_config["beta_start"], app_config["beta_end"], app_config["num_train_timesteps"])
     model = model_alphas_cumprod(scheduler)
     if len(model) != len(app):
         raise EdgegenError(f"the model was trained on {len(model)} timesteps; react-native-executorch's table has {len(app)}")
@@ -270,14 +236,7 @@ def fit(pipeline_dir: Path, family_name: str) -> Fit:
     if vae_downsample != CONTRACT.latent_downsample:
         repeat = CONTRACT.latent_downsample // vae_downsample
         adaptations.append(f"image size: this VAE decodes {height * vae_downsample} px from {height} latents; each pixel is repeated {repeat}x{repeat} to the app's {height * 8} px")
-    return Fit(tokens, hidden, height, vae_downsample, prediction, table, app, config, adaptations)
-
-
-def describe_schedule(config: Any) -> str:
-    parts = [str(config.get("beta_schedule", "?"))]
-    if config.get("rescale_betas_zero_snr"):
-        parts.append("zero terminal SNR")
-    return ", ".join(parts)
+    return Fit(tokens, hidden, height, vae_downsample, prediction, table, app, app_config, adaptations)
 
 
 def app_modules(pipeline: Any, fit: Fit) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from edgegen.terminal import console, quiet
 
 def bundle_command(
     pipeline_dir: Annotated[Path, typer.Argument(help="A pipeline folder: a teacher or a student.")],
-    format_name: Annotated[str, typer.Option("--format", help="The app-side runtime: react-native-executorch.")],
+    format_name: Annotated[str, typer.Option("--format", help="The app-side runtime: react-native-executorch, apple-swift (ml-stable-diffusion's Swift package).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The bundle folder to write.")],
     force: Annotated[bool, typer.Option(help="Replace an existing bundle folder.")] = False,
 ) -> None:

@@ -1,0 +1,406 @@
+"""apple/ml-stable-diffusion's Swift ``StableDiffusionPipeline``: the resources folder it loads.
+
+Everything that package fixes is in ``CONTRACT`` (docs/consumers/apple-ml-stable-diffusion.md
+quotes its source for each rule): compiled Core ML models named ``TextEncoder``, ``Unet`` and
+``VAEDecoder``, and the tokenizer's ``vocab.json`` and ``merges.txt``. Its loop is fixed too:
+PNDM or DPM-Solver++ on scaled-linear betas (0.00085 to 0.012, 1000 steps, in code, not read from
+the folder), epsilon prediction, guidance with the unconditional half first, and the decoder fed
+``latents / 0.18215``.
+
+A model that differs is fitted inside its graphs, exactly, and ``bundle.json`` lists each fit:
+the text encoder takes the app's float32 ids and zero-pads shorter states to 77 tokens; the UNet
+takes ``[B, D, 1, 77]`` states, runs each app timestep at the model timestep of the same noise
+level, and turns a v-prediction into epsilon; the decoder applies the model's own latent scaling.
+The app loads only compiled ``.mlmodelc``: on macOS the packages are compiled with ``xcrun
+coremlcompiler``; elsewhere they are written as ``.mlpackage`` with the one command that compiles
+them on a Mac.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgegen.bundling.fitting import (
+    config,
+    describe_schedule,
+    model_alphas_cumprod,
+    noise_level_timesteps,
+    scaled_linear_alphas_cumprod,
+    training_scheduler,
+)
+from edgegen.errors import EdgegenError
+
+
+@dataclass(frozen=True)
+class Contract:
+    consumer: str
+    tokens: int
+    latent_channels: int
+    beta_start: float  # Scheduler.swift's defaults: the schedule is not read from the folder
+    beta_end: float
+    train_timesteps: int
+    latents_scale: float  # PipelineConfiguration.decoderScaleFactor's default
+    models: dict[str, str]  # role -> model name (a compiled <name>.mlmodelc)
+    inputs: dict[str, list[str]]
+    outputs: dict[str, str]
+    tokenizer_files: tuple[str, ...]
+
+
+CONTRACT = Contract(
+    consumer="apple/ml-stable-diffusion @ e12202c1 (2025-07-03): swift/StableDiffusion/pipeline",
+    tokens=77,
+    latent_channels=4,
+    beta_start=0.00085,
+    beta_end=0.012,
+    train_timesteps=1000,
+    latents_scale=0.18215,
+    models={"encoder": "TextEncoder", "unet": "Unet", "decoder": "VAEDecoder"},
+    inputs={"encoder": ["input_ids"], "unet": ["sample", "timestep", "encoder_hidden_states"], "decoder": ["z"]},
+    outputs={"encoder": "last_hidden_state", "unet": "noise_pred", "decoder": "image"},
+    tokenizer_files=("vocab.json", "merges.txt"),
+)
+
+FAMILIES = ("stable-diffusion",)
+MIN_PSNR_DB = 60.0  # each converted graph against its eager one, where Core ML runs (macOS)
+DEFAULT_STEPS = 20
+
+
+def swift_alphas_cumprod() -> np.ndarray:
+    return scaled_linear_alphas_cumprod(CONTRACT.beta_start, CONTRACT.beta_end, CONTRACT.train_timesteps)
+
+
+def swift_pndm_timesteps(steps: int) -> list[int]:
+    """Scheduler.swift's PNDM: i * (1000 // n) + 1, the second-to-last repeated, descending."""
+    ratio = CONTRACT.train_timesteps // steps
+    forward = [i * ratio + 1 for i in range(steps)]
+    return (forward[:-1] + [forward[-2], forward[-1]])[::-1]
+
+
+class SwiftPNDM:
+    """Scheduler.swift's PNDMScheduler (PLMS, epsilon), and the x0 it keeps for the decoder: the
+    pipeline decodes the last step's predicted original sample, not the last sample."""
+
+    def __init__(self, steps: int):
+        self.alphas = swift_alphas_cumprod()
+        self.ratio = CONTRACT.train_timesteps // steps
+        self.timesteps = swift_pndm_timesteps(steps)
+        self.ets: list[np.ndarray] = []
+        self.counter = 0
+        self.current_sample: np.ndarray | None = None
+        self.denoised: np.ndarray | None = None
+
+    def step(self, output: np.ndarray, timestep: int, sample: np.ndarray) -> np.ndarray:
+        alpha = self.alphas[timestep]
+        self.denoised = ((sample - np.sqrt(1 - alpha) * output) / np.sqrt(alpha)).astype(np.float32)
+        previous = timestep - self.ratio
+        if self.counter != 1:
+            self.ets = (self.ets + [output])[-4:]
+        else:
+            previous, timestep = timestep, timestep + self.ratio
+        if len(self.ets) == 1 and self.counter == 0:
+            combined, self.current_sample = output, sample
+        elif len(self.ets) == 1 and self.counter == 1:
+            combined = (output + self.ets[-1]) / 2
+            sample, self.current_sample = self.current_sample, None
+        elif len(self.ets) == 2:
+            combined = (3 * self.ets[-1] - self.ets[-2]) / 2
+        elif len(self.ets) == 3:
+            combined = (23 * self.ets[-1] - 16 * self.ets[-2] + 5 * self.ets[-3]) / 12
+        else:
+            combined = (55 * self.ets[-1] - 59 * self.ets[-2] + 37 * self.ets[-3] - 9 * self.ets[-4]) / 24
+        self.counter += 1
+        return self._previous_sample(sample, timestep, previous, combined)
+
+    def _previous_sample(self, sample: np.ndarray, timestep: int, previous: int, output: np.ndarray) -> np.ndarray:
+        alpha = self.alphas[timestep]
+        alpha_prev = self.alphas[max(0, previous)]
+        beta, beta_prev = 1 - alpha, 1 - alpha_prev
+        sample_coeff = np.sqrt(alpha_prev / alpha)
+        denominator = alpha * np.sqrt(beta_prev) + np.sqrt(alpha * beta * alpha_prev)
+        return (sample_coeff * sample - (alpha_prev - alpha) * output / denominator).astype(np.float32)
+
+
+@dataclass
+class Fit:
+    model_tokens: int
+    hidden: int
+    latent_size: int
+    prediction: str
+    timestep_table: np.ndarray  # the app's timestep -> the model's
+    adaptations: list[str]
+
+
+def fit(pipeline_dir: Path, family_name: str) -> Fit:
+    """The fit of the pipeline in ``pipeline_dir`` to the Swift package, from its configs, or one line."""
+    from transformers import AutoTokenizer
+
+    from edgegen.families.base import spatial_size
+
+    if family_name not in FAMILIES:
+        raise EdgegenError(
+            f"the Swift StableDiffusionPipeline bundle takes Stable Diffusion 1.x/2.x; a {family_name} pipeline "
+            "needs its own Swift pipeline (StableDiffusionXLPipeline, StableDiffusion3Pipeline), not written yet"
+        )
+    unet, vae, text = (config(pipeline_dir, name) for name in ("unet", "vae", "text_encoder"))
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(pipeline_dir) / "tokenizer"))
+    if tokenizer.bos_token != "<|startoftext|>" or tokenizer.eos_token != "<|endoftext|>":
+        raise EdgegenError("the Swift BPETokenizer adds <|startoftext|> and <|endoftext|>; this tokenizer's start and end tokens differ")
+    tokens = int(min(tokenizer.model_max_length, text["max_position_embeddings"]))
+    if tokens > CONTRACT.tokens:
+        raise EdgegenError(f"the Swift pipeline's text encoder input is {CONTRACT.tokens} ids; this one reads {tokens}")
+    if unet["in_channels"] != CONTRACT.latent_channels:
+        raise EdgegenError(f"the Swift pipeline draws {CONTRACT.latent_channels}-channel latents; this UNet takes {unet['in_channels']}")
+    height, width = spatial_size(unet["sample_size"])
+    scheduler = training_scheduler(pipeline_dir)
+    prediction = scheduler.config.get("prediction_type", "epsilon")
+    if prediction not in ("epsilon", "v_prediction"):
+        raise EdgegenError(f"the Swift schedulers read epsilon; a {prediction} model is not converted")
+    model = model_alphas_cumprod(scheduler)
+    if len(model) != CONTRACT.train_timesteps:
+        raise EdgegenError(f"the model was trained on {len(model)} timesteps; the Swift schedulers on {CONTRACT.train_timesteps}")
+    table = noise_level_timesteps(model, swift_alphas_cumprod())
+    adaptations = []
+    if tokens < CONTRACT.tokens:
+        adaptations.append(f"text states: the encoder reads the first {tokens} of the app's {CONTRACT.tokens} ids and zero-pads to {CONTRACT.tokens} tokens; the UNet reads back the first {tokens}")
+    shift = float(np.max(np.abs(table - np.arange(len(table)))))
+    if shift > 1e-3:
+        adaptations.append(
+            f"timesteps: the Swift schedulers' scaled-linear schedule differs from the model's ({describe_schedule(scheduler.config)}); "
+            f"the UNet runs each app timestep at the model timestep of the same noise level (up to {shift:.1f} apart)"
+        )
+    if prediction == "v_prediction":
+        adaptations.append("prediction: the Swift schedulers read epsilon; the UNet converts the model's v to epsilon at the app's noise level")
+    if float(vae.get("scaling_factor", CONTRACT.latents_scale)) != CONTRACT.latents_scale:
+        adaptations.append(f"latent scale: the app divides by {CONTRACT.latents_scale}; the decoder multiplies it back and applies the VAE's own ({vae.get('scaling_factor')})")
+    return Fit(tokens, int(unet["cross_attention_dim"]), height if height == width else -1, prediction, table, adaptations)
+
+
+def app_modules(pipeline: Any, fitted: Fit) -> dict[str, Any]:
+    """TextEncoder, Unet and VAEDecoder as the Swift package calls them, around the pipeline's modules."""
+    import torch
+
+    from edgegen.families.base import vae_decoder_module
+
+    text_encoder, unet = pipeline.text_encoder, pipeline.unet
+    decoder = vae_decoder_module(pipeline.vae)
+    tokens = fitted.model_tokens
+    alphas = torch.from_numpy(swift_alphas_cumprod())
+
+    class TextEncoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.text_encoder = text_encoder
+
+        def forward(self, input_ids):  # float32 ids: the Swift side sends Float32
+            states = self.text_encoder(input_ids[:, :tokens].to(torch.int32), return_dict=False)[0]
+            return torch.nn.functional.pad(states, (0, 0, 0, CONTRACT.tokens - tokens))
+
+    class Unet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unet = unet
+            self.register_buffer("model_timestep", torch.from_numpy(fitted.timestep_table))
+            self.register_buffer("sqrt_alpha", alphas.sqrt())
+            self.register_buffer("sqrt_one_minus_alpha", (1 - alphas).sqrt())
+
+        def forward(self, sample, timestep, encoder_hidden_states):
+            index = timestep.to(torch.int32).clamp(0, self.model_timestep.shape[0] - 1)
+            states = encoder_hidden_states.squeeze(2).transpose(1, 2)[:, :tokens]  # [B, D, 1, 77] -> [B, tokens, D]
+            output = self.unet(sample, self.model_timestep.index_select(0, index), encoder_hidden_states=states, return_dict=False)[0]
+            if fitted.prediction == "v_prediction":
+                # epsilon = sqrt(a) v + sqrt(1 - a) x, at the noise level the Swift scheduler assumes
+                a = self.sqrt_alpha.index_select(0, index).reshape(-1, 1, 1, 1)
+                b = self.sqrt_one_minus_alpha.index_select(0, index).reshape(-1, 1, 1, 1)
+                output = a * output + b * sample
+            return output
+
+    class VAEDecoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = decoder
+
+        def forward(self, z):
+            return self.decoder(z * CONTRACT.latents_scale)  # the app divided by it; the module applies the VAE's own
+
+    return {"encoder": TextEncoder().eval(), "unet": Unet().eval(), "decoder": VAEDecoder().eval()}
+
+
+def app_example_inputs(fitted: Fit, bos_id: int, eos_id: int, seed: int = 0) -> dict[str, tuple]:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.full((1, CONTRACT.tokens), float(eos_id))
+    ids[0, 0] = float(bos_id)
+    size = fitted.latent_size
+    return {
+        "encoder": (ids,),
+        "unet": (
+            torch.randn((2, CONTRACT.latent_channels, size, size), generator=generator),
+            torch.tensor([501.0, 501.0]),
+            torch.nn.functional.pad(torch.randn((2, fitted.hidden, 1, fitted.model_tokens), generator=generator), (0, CONTRACT.tokens - fitted.model_tokens)),
+        ),
+        "decoder": (torch.randn((1, CONTRACT.latent_channels, size, size), generator=generator) / CONTRACT.latents_scale,),
+    }
+
+
+def write_vocabulary(pipeline_dir: Path, folder: Path) -> tuple[int, int]:
+    """``vocab.json`` and ``merges.txt`` as BPETokenizer reads them (a '#version' line, then one
+    merge per line, each line ending in a newline); the start and end ids."""
+    from transformers import CLIPTokenizerFast
+
+    tokenizer = CLIPTokenizerFast.from_pretrained(str(Path(pipeline_dir) / "tokenizer"))
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model["merges"]]
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{merge}\n" for merge in merges), encoding="utf-8")
+    return tokenizer.bos_token_id, tokenizer.eos_token_id
+
+
+def convert(name: str, module: Any, example: tuple, folder: Path) -> str:
+    """``module`` as ``<Name>.mlpackage`` in ``folder`` through the Core ML exporter; its path."""
+    import tempfile
+
+    import torch
+
+    from edgegen.exporting.base import ExportOptions
+    from edgegen.families.base import Component, tensor_spec
+    from edgegen.registry import EXPORTERS
+
+    with torch.no_grad():
+        expected = module(*example)
+    names = CONTRACT.inputs[name]
+    component = Component(
+        name=name, module=module, inputs=[tensor_spec(n, t) for n, t in zip(names, example, strict=True)],
+        outputs=[tensor_spec(CONTRACT.outputs[name], expected)], reference_inputs=dict(zip(names, example, strict=True)),
+        source_subfolder="-", source_class=type(module).__name__,
+    )
+    package = folder / f"{CONTRACT.models[name]}.mlpackage"
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        exported = EXPORTERS.get("coreml").export(component, Path(scratch), ExportOptions())
+        (Path(scratch) / exported.model_file).rename(package)
+    return package.name
+
+
+def coreml_parity(package: Path, name: str, module: Any, example: tuple) -> float | None:
+    """PSNR of the package against eager where Core ML predicts (macOS); None elsewhere."""
+    if platform.system() != "Darwin":
+        return None
+    import coremltools as ct
+    import torch
+
+    from edgegen.measure.metrics import psnr_db
+
+    with torch.no_grad():
+        expected = module(*example).numpy()
+    model = ct.models.MLModel(str(package), compute_units=ct.ComputeUnit.CPU_ONLY)
+    produced = model.predict({n: t.numpy() for n, t in zip(CONTRACT.inputs[name], example, strict=True)})[CONTRACT.outputs[name]]
+    psnr = psnr_db(expected, produced)
+    if not psnr >= MIN_PSNR_DB:
+        raise EdgegenError(f"the bundle's {CONTRACT.models[name]} is {psnr:.1f} dB from its eager graph (< {MIN_PSNR_DB:.0f}); nothing was written")
+    return psnr
+
+
+def compile_command(folder: Path) -> str:
+    return " && ".join(f"xcrun coremlcompiler compile {model}.mlpackage ." for model in CONTRACT.models.values())
+
+
+def compile_packages(folder: Path) -> bool:
+    """Compile each package to ``.mlmodelc`` beside it (and remove the package) where Xcode's
+    compiler is; False where it is not (Linux)."""
+    if platform.system() != "Darwin" or shutil.which("xcrun") is None:
+        return False
+    for model in CONTRACT.models.values():
+        subprocess.run(["xcrun", "coremlcompiler", "compile", f"{model}.mlpackage", "."], cwd=folder, check=True, capture_output=True)
+        shutil.rmtree(folder / f"{model}.mlpackage")
+    return True
+
+
+def write(pipeline_dir: Path, output: Path, force: bool = False) -> Path:
+    """The resources folder in ``output``, all or nothing, with ``bundle.json`` beside it."""
+    import datetime as dt
+
+    from edgegen.artifact import sha256_file, staged_folder
+    from edgegen.families import family_of
+    from edgegen.families.loading import checkpoint_sha256, load_pipeline
+    from edgegen.schema.base import write_json
+    from edgegen.schema.bundle import BUNDLE_MANIFEST, BundleFile, BundleManifest
+    from edgegen.versions import edgegen_version, versions_of
+
+    family = family_of(pipeline_dir)
+    fitted = fit(pipeline_dir, family.name)
+    if fitted.latent_size < 0:
+        raise EdgegenError("the Swift pipeline makes square images from the UNet's sample shape; this UNet's latents are not square")
+    with staged_folder(Path(output), force=force) as staging:
+        pipeline = load_pipeline(pipeline_dir)
+        folder = staging.folder
+        bos_id, eos_id = write_vocabulary(pipeline_dir, folder)
+        modules, examples = app_modules(pipeline, fitted), app_example_inputs(fitted, bos_id, eos_id)
+        files, parity = [], {}
+        for role in ("encoder", "unet", "decoder"):
+            package = convert(role, modules[role], examples[role], folder)
+            parity[role] = coreml_parity(folder / package, role, modules[role], examples[role])
+        compiled = compile_packages(folder)
+        suffix = ".mlmodelc" if compiled else ".mlpackage"
+        for role, model in CONTRACT.models.items():
+            path = folder / f"{model}{suffix}"
+            files.append(BundleFile(role=role, path=path.name, sha256=_tree_sha256(path), bytes=_tree_bytes(path), parity_psnr_db=parity[role]))
+        for name in CONTRACT.tokenizer_files:
+            files.append(BundleFile(role="tokenizer", path=name, sha256=sha256_file(folder / name), bytes=(folder / name).stat().st_size))
+        steps = []
+        if not compiled:
+            steps.append(f"On a Mac, in this folder: {compile_command(folder)} (the Swift package loads compiled .mlmodelc only; compiling needs Xcode)")
+        steps.append(
+            "Then: let pipeline = try StableDiffusionPipeline(resourcesAt: URL(fileURLWithPath: FOLDER), controlNet: [], configuration: MLModelConfiguration()); "
+            f"try pipeline.loadResources(); the images are {fitted.latent_size} latents square (the UNet's sample shape)"
+        )
+        manifest = BundleManifest(
+            edgegen_version=edgegen_version(), created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            format="apple-swift", consumer=CONTRACT.consumer, source_dir=str(Path(pipeline_dir).resolve()), family=family.name,
+            checkpoint_sha256=checkpoint_sha256(pipeline_dir, "unet"), image_size=_image_size(pipeline, fitted), steps_hint=DEFAULT_STEPS,
+            files=files, adaptations=fitted.adaptations + ([] if compiled else ["not compiled: written as .mlpackage on a host without Xcode"]),
+            toolchain=versions_of(("torch", "coremltools", "tokenizers")), next_steps=steps,
+        )
+        write_json(folder / BUNDLE_MANIFEST, manifest)
+        staging.commit()
+    return Path(output)
+
+
+def _image_size(pipeline: Any, fitted: Fit) -> int:
+    return fitted.latent_size * 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
+
+
+def _tree_files(path: Path) -> list[Path]:
+    return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def _tree_sha256(path: Path) -> str:
+    import hashlib
+
+    from edgegen.artifact import sha256_file
+
+    digest = hashlib.sha256()
+    for each in _tree_files(path):
+        digest.update(each.relative_to(path.parent).as_posix().encode())
+        digest.update(sha256_file(each).encode())
+    return digest.hexdigest()
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(each.stat().st_size for each in _tree_files(path))
+
+
+class AppleSwiftFormat:
+    name = "apple-swift"
+    contract = CONTRACT
+    write = staticmethod(write)
+
+
+FORMAT = AppleSwiftFormat()
