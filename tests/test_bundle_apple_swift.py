@@ -125,6 +125,15 @@ def _our_loop(pipeline, prompt, noise, steps):
         skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False, prediction_type="epsilon",
     )
     scheduler.set_timesteps(steps)
+    # The pipeline decodes convertModelOutput of the last PLMS-combined output, at that step's
+    # timestep and sample: what diffusers hands its _get_prev_sample.
+    combined, get_prev_sample = [], scheduler._get_prev_sample
+
+    def remember(sample, timestep, prev_timestep, model_output):
+        combined[:] = [sample, int(timestep), model_output]
+        return get_prev_sample(sample, timestep, prev_timestep, model_output)
+
+    scheduler._get_prev_sample = remember
     table = noise_level_timesteps(model_alphas_cumprod(pipeline.scheduler), swift_alphas_cumprod())
     alphas = swift_alphas_cumprod()
     length = min(pipeline.tokenizer.model_max_length, pipeline.text_encoder.config.max_position_embeddings)
@@ -140,9 +149,10 @@ def _our_loop(pipeline, prompt, noise, steps):
                 # The Swift schedulers combine epsilons (PLMS): each call's v becomes epsilon at its
                 # own sample, before the combination (diffusers' v-prediction PNDM converts after).
                 guided = a**0.5 * guided + (1 - a) ** 0.5 * latents
-            denoised = (latents - (1 - a) ** 0.5 * guided) / a**0.5
             latents = scheduler.step(guided, t, latents).prev_sample
-        return vae_decoder_module(pipeline.vae)(denoised).numpy()[0]
+        sample, timestep, output = combined
+        a = float(alphas[timestep])
+        return vae_decoder_module(pipeline.vae)((sample - (1 - a) ** 0.5 * output) / a**0.5).numpy()[0]
 
 
 def _check_loops(graphs, pipeline):

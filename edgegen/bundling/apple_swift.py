@@ -7,7 +7,7 @@ PNDM or DPM-Solver++ on scaled-linear betas (0.00085 to 0.012, 1000 steps, in co
 the folder), epsilon prediction, guidance with the unconditional half first, and the decoder fed
 ``latents / 0.18215``.
 
-A model that differs is fitted inside its graphs, exactly, and ``bundle.json`` lists each fit:
+A model that differs is fitted inside its graphs, each call exactly, and ``bundle.json`` lists each fit:
 the text encoder takes the app's float32 ids and zero-pads shorter states to 77 tokens; the UNet
 takes ``[B, D, 1, 77]`` states, runs each app timestep at the model timestep of the same noise
 level, and turns a v-prediction into epsilon; the decoder applies the model's own latent scaling.
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from edgegen.bundling.fitting import (
+    clip_ids_as_the_pipeline_tokenizes,
     config,
     describe_schedule,
     model_alphas_cumprod,
@@ -98,8 +99,6 @@ class SwiftPNDM:
         self.denoised: np.ndarray | None = None
 
     def step(self, output: np.ndarray, timestep: int, sample: np.ndarray) -> np.ndarray:
-        alpha = self.alphas[timestep]
-        self.denoised = ((sample - np.sqrt(1 - alpha) * output) / np.sqrt(alpha)).astype(np.float32)
         previous = timestep - self.ratio
         if self.counter != 1:
             self.ets = (self.ets + [output])[-4:]
@@ -117,6 +116,10 @@ class SwiftPNDM:
         else:
             combined = (55 * self.ets[-1] - 59 * self.ets[-2] + 37 * self.ets[-3] - 9 * self.ets[-4]) / 24
         self.counter += 1
+        # convertModelOutput on the combined output, at the step's (shifted) timestep and sample:
+        # the pipeline decodes the last one.
+        alpha = self.alphas[timestep]
+        self.denoised = ((sample - np.sqrt(1 - alpha) * combined) / np.sqrt(alpha)).astype(np.float32)
         return self._previous_sample(sample, timestep, previous, combined)
 
     def _previous_sample(self, sample: np.ndarray, timestep: int, previous: int, output: np.ndarray) -> np.ndarray:
@@ -192,6 +195,9 @@ def app_modules(pipeline: Any, fitted: Fit) -> dict[str, Any]:
     text_encoder, unet = pipeline.text_encoder, pipeline.unet
     decoder = vae_decoder_module(pipeline.vae)
     tokens = fitted.model_tokens
+    tokenizer = pipeline.tokenizer
+    # BPETokenizer pads with <|endoftext|> and drops the end token when it cuts a long prompt.
+    special_ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
     alphas = torch.from_numpy(swift_alphas_cumprod())
 
     class TextEncoder(torch.nn.Module):
@@ -200,7 +206,8 @@ def app_modules(pipeline: Any, fitted: Fit) -> dict[str, Any]:
             self.text_encoder = text_encoder
 
         def forward(self, input_ids):  # float32 ids: the Swift side sends Float32
-            states = self.text_encoder(input_ids[:, :tokens].to(torch.int32), return_dict=False)[0]
+            ids = clip_ids_as_the_pipeline_tokenizes(input_ids.to(torch.int32), tokens, *special_ids)
+            states = self.text_encoder(ids, return_dict=False)[0]
             return torch.nn.functional.pad(states, (0, 0, 0, CONTRACT.tokens - tokens))
 
     class Unet(torch.nn.Module):
@@ -359,7 +366,8 @@ def write(pipeline_dir: Path, output: Path, force: bool = False) -> Path:
             steps.append(f"On a Mac, in this folder: {compile_command(folder)} (the Swift package loads compiled .mlmodelc only; compiling needs Xcode)")
         steps.append(
             "Then: let pipeline = try StableDiffusionPipeline(resourcesAt: URL(fileURLWithPath: FOLDER), controlNet: [], configuration: MLModelConfiguration()); "
-            f"try pipeline.loadResources(); the images are {fitted.latent_size} latents square (the UNet's sample shape)"
+            f"try pipeline.loadResources(); the images are {fitted.latent_size} latents square (the UNet's sample shape). "
+            "The packages are float32 ML programs for iOS 17 / macOS 14 (the Swift SD 1.x pipeline itself runs from iOS 16.2)"
         )
         manifest = BundleManifest(
             edgegen_version=edgegen_version(), created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

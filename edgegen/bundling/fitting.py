@@ -4,7 +4,6 @@ scaled-linear schedule, the model's own, and the model timestep at each app time
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from edgegen.errors import EdgegenError
 
 def scaled_linear_alphas_cumprod(beta_start: float, beta_end: float, train_timesteps: int) -> np.ndarray:
     """The cumulative alphas of scaled-linear betas in float32, as the apps compute them."""
-    start, end = np.float32(math.sqrt(beta_start)), np.float32(math.sqrt(beta_end))
+    start, end = np.sqrt(np.float32(beta_start)), np.sqrt(np.float32(beta_end))  # in float32, as the apps take it
     step = (end - start) / np.float32(train_timesteps - 1)
     betas = (start + step * np.arange(train_timesteps, dtype=np.float32)) ** 2
     return np.cumprod(1.0 - betas, dtype=np.float32)
@@ -72,3 +71,29 @@ def describe_schedule(config: Any) -> str:
     if config.get("rescale_betas_zero_snr"):
         parts.append("zero terminal SNR")
     return ", ".join(parts)
+
+
+def clip_ids_as_the_pipeline_tokenizes(ids: Any, tokens: int, bos: int, eos: int, pad: int) -> Any:
+    """An app's CLIP token ids ([1, N], N >= ``tokens``) made the ids the pipeline's own tokenizer
+    gives, in the graph, for what apps are known to send: no start or end token (a tokenizer
+    that does not apply its post-processor), a doubled start (the literal ``<|startoftext|>``
+    prompt through a post-processor that adds one), the end token dropped on truncation, or
+    ``<|endoftext|>`` padding for a model that pads with another token. Static shapes, no
+    data-dependent control flow: each case is a select."""
+    import torch
+
+    first, second = ids[:, :1], ids[:, 1:2]
+    shifted_left = torch.cat([ids[:, 1:], torch.full_like(first, pad)], dim=1)
+    shifted_right = torch.cat([torch.full_like(first, bos), ids[:, :-1]], dim=1)
+    starts = first == bos
+    ids = torch.where(torch.logical_and(starts, second == bos), shifted_left, torch.where(starts, ids, shifted_right))
+    ids = ids[:, :tokens]
+    # A prompt cut at the encoder's length keeps its end token in the last place, as truncation does.
+    ended = torch.logical_or(ids == eos, ids == pad)[:, 1:].any(dim=1, keepdim=True)
+    last = torch.where(ended, ids[:, -1:], torch.full_like(first, eos))
+    ids = torch.cat([ids[:, :-1], last], dim=1)
+    if pad != eos:  # everything after the first end token is padding, in the model's own token
+        is_end = (ids == eos).to(torch.int32)
+        after_end = (torch.cumsum(is_end, dim=1) - is_end) > 0
+        ids = torch.where(after_end, torch.full_like(ids, pad), ids)
+    return ids

@@ -7,10 +7,12 @@ scheduler_config.json of which it reads four numbers; and three ExecuTorch progr
 v-prediction, guidance 7.5 with the unconditional half first, and the literal ``<|startoftext|>``
 as the unconditional prompt.
 
-A model that differs from the contract is fitted to it inside its graphs, exactly, and the bundle
-manifest lists each fit; what cannot be fitted is refused in one line:
+A model that differs from the contract is fitted to it inside its graphs (each call exactly; the
+app's PLMS then combines v where diffusers combines epsilon), and the bundle manifest lists each fit; what cannot be fitted is refused in one line:
 - text states narrower than 768 or shorter than 77 are zero-padded by the encoder and cut back by
   the UNet (wider ones, SD 2.x's 1024, are refused: the app sizes its buffer for 768);
+- the encoder takes the ids both app versions send (v0.9's without start and end tokens, main's
+  doubled start for the unconditional prompt) as the pipeline's tokenizer gives them;
 - the UNet reads the app's integer timestep through a table of the model's own timesteps at the
   same noise level, so a model trained on another schedule (zero terminal SNR, linear betas) is
   run where it was trained; an epsilon model's output becomes v in the graph;
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from edgegen.bundling.fitting import (
+    clip_ids_as_the_pipeline_tokenizes,
     config,
     describe_schedule,
     model_alphas_cumprod,
@@ -93,8 +96,8 @@ def app_timesteps(steps: int, train_timesteps: int, steps_offset: int) -> list[i
     """Scheduler::setTimesteps: round(i * T / n) + offset, the second-to-last repeated, descending."""
     if steps < CONTRACT.min_steps:
         raise EdgegenError(f"react-native-executorch runs at least {CONTRACT.min_steps} steps (1 reads past its timestep list)")
-    ratio = train_timesteps / steps
-    timesteps = [int(round(i * ratio)) + steps_offset for i in range(steps)]
+    ratio = np.float32(train_timesteps) / np.float32(steps)  # float32, rounded half away from zero (std::round)
+    timesteps = [int(math.floor(float(np.float32(i) * ratio) + 0.5)) + steps_offset for i in range(steps)]
     timesteps.insert(len(timesteps) - 1, timesteps[steps - 2])
     return timesteps[::-1]
 
@@ -243,6 +246,9 @@ def app_modules(pipeline: Any, fit: Fit) -> dict[str, Any]:
     """The encoder, UNet and decoder as the app calls them, around the pipeline's own modules."""
     import torch
 
+    tokenizer = pipeline.tokenizer
+    special_ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+
     from edgegen.families.base import vae_decoder_module
 
     text_encoder, unet = pipeline.text_encoder, pipeline.unet
@@ -257,7 +263,8 @@ def app_modules(pipeline: Any, fit: Fit) -> dict[str, Any]:
         def forward(self, input_ids, attention_mask):
             # CLIP in Stable Diffusion attends causally and ignores padding masks; the app's mask
             # (ids != 0) is accepted and unused, as the pipeline does.
-            states = self.text_encoder(input_ids[:, :tokens], return_dict=False)[0]
+            ids = clip_ids_as_the_pipeline_tokenizes(input_ids, tokens, *special_ids)
+            states = self.text_encoder(ids, return_dict=False)[0]
             return torch.nn.functional.pad(states, (0, CONTRACT.hidden - hidden, 0, CONTRACT.tokens - tokens))
 
     class UNet(torch.nn.Module):
@@ -291,18 +298,19 @@ def app_modules(pipeline: Any, fit: Fit) -> dict[str, Any]:
             image = self.decoder(latents * CONTRACT.latents_scale)  # the app divided by it
             if repeat > 1:
                 image = image.repeat_interleave(repeat, dim=2).repeat_interleave(repeat, dim=3)
-            image = ((image / 2 + 0.5).clamp(0, 1) * 255).permute(0, 2, 3, 1)
+            # The app casts to uint8, which truncates: half a level up makes that a rounding.
+            image = ((image / 2 + 0.5).clamp(0, 1) * 255 + 0.5).permute(0, 2, 3, 1)
             return image
 
     return {"encoder": Encoder().eval(), "unet": UNet().eval(), "decoder": Decoder().eval()}
 
 
-def app_example_inputs(fit: Fit, pad_id: int, seed: int = 0) -> dict[str, tuple]:
+def app_example_inputs(fit: Fit, bos_id: int, pad_id: int, seed: int = 0) -> dict[str, tuple]:
     import torch
 
     generator = torch.Generator().manual_seed(seed)
     ids = torch.full((1, CONTRACT.tokens), pad_id, dtype=torch.int64)
-    ids[0, :3] = torch.tensor([pad_id - 1, 5, pad_id])
+    ids[0, :3] = torch.tensor([bos_id, 5, pad_id])
     size = fit.latent_size
     return {
         "encoder": (ids, (ids != 0).to(torch.int64)),
@@ -418,7 +426,7 @@ def write(pipeline_dir: Path, output: Path, force: bool = False) -> Path:
         scheduler_path = folder / CONTRACT.files["scheduler"]
         scheduler_path.parent.mkdir(parents=True, exist_ok=True)
         scheduler_path.write_text(json.dumps(fitted.scheduler_config, indent=2) + "\n", encoding="utf-8")
-        modules, examples = app_modules(pipeline, fitted), app_example_inputs(fitted, pad_id)
+        modules, examples = app_modules(pipeline, fitted), app_example_inputs(fitted, pipeline.tokenizer.bos_token_id, pad_id)
         parity = {name: export_program(name, modules[name], examples[name], folder) for name in ("encoder", "unet", "decoder")}
         files = [
             BundleFile(role=role, path=relative, sha256=sha256_file(folder / relative), bytes=(folder / relative).stat().st_size, parity_psnr_db=parity.get(role))
