@@ -227,3 +227,17 @@ def test_the_ids_apps_send_become_the_ids_the_pipeline_tokenizes():
     assert fix([5, 6, 7, 8, 9, 10, 11, 12]) == [bos, 5, 6, 7, 8, eos]  # cut at the encoder's length: the end token kept last
     assert fix([bos, 5, eos], pad=0) == [bos, 5, eos, 0, 0, 0]  # a model that pads with "!" (0)
     assert clip_ids_as_the_pipeline_tokenizes(torch.tensor([[bos, 5, eos, eos, eos, eos]]), tokens, bos, eos, 0)[0].tolist() == [bos, 5, eos, 0, 0, 0]
+
+
+def test_app_timesteps_are_looked_up_by_noise_level_and_the_range_the_model_lacks_is_said():
+    from edgegen.bundling.fitting import beyond_the_model, noise_level_timesteps, scaled_linear_alphas_cumprod
+
+    app = scaled_linear_alphas_cumprod(0.00085, 0.012, 1000)
+    assert abs(noise_level_timesteps(app, app) - range(1000)).max() < 1e-2  # the same schedule: the identity
+    assert beyond_the_model(app, app) is None
+    # A model trained on 500 timesteps of a gentler schedule: the app's t maps to where its noise
+    # level is, and the app's noisiest steps lie beyond the model's last one.
+    model = scaled_linear_alphas_cumprod(0.00085, 0.006, 500)
+    table = noise_level_timesteps(model, app)
+    assert (table <= 499).all() and (abs(np.interp(table, range(500), model) - app)[table < 499] < 2e-3).all()
+    assert "of the app's timesteps are noisier than the model's last" in beyond_the_model(model, app)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from edgegen.bundling.fitting import (
+    beyond_the_model,
     clip_ids_as_the_pipeline_tokenizes,
     config,
     describe_schedule,
@@ -167,9 +168,7 @@ def fit(pipeline_dir: Path, family_name: str) -> Fit:
     if prediction not in ("epsilon", "v_prediction"):
         raise EdgegenError(f"the Swift schedulers read epsilon; a {prediction} model is not converted")
     model = model_alphas_cumprod(scheduler)
-    if len(model) != CONTRACT.train_timesteps:
-        raise EdgegenError(f"the model was trained on {len(model)} timesteps; the Swift schedulers on {CONTRACT.train_timesteps}")
-    table = noise_level_timesteps(model, swift_alphas_cumprod())
+    table = noise_level_timesteps(model, swift_alphas_cumprod())  # any training length: looked up by noise level
     adaptations = []
     if tokens < CONTRACT.tokens:
         adaptations.append(f"text states: the encoder reads the first {tokens} of the app's {CONTRACT.tokens} ids and zero-pads to {CONTRACT.tokens} tokens; the UNet reads back the first {tokens}")
@@ -179,6 +178,8 @@ def fit(pipeline_dir: Path, family_name: str) -> Fit:
             f"timesteps: the Swift schedulers' scaled-linear schedule differs from the model's ({describe_schedule(scheduler.config)}); "
             f"the UNet runs each app timestep at the model timestep of the same noise level (up to {shift:.1f} apart)"
         )
+    if beyond_the_model(model, swift_alphas_cumprod()):
+        adaptations.append(beyond_the_model(model, swift_alphas_cumprod()))
     if prediction == "v_prediction":
         adaptations.append("prediction: the Swift schedulers read epsilon; the UNet converts the model's v to epsilon at the app's noise level")
     if float(vae.get("scaling_factor", CONTRACT.latents_scale)) != CONTRACT.latents_scale:

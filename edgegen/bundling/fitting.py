@@ -32,13 +32,27 @@ def noise_level_timesteps(model_alphas: np.ndarray, app_alphas: np.ndarray) -> n
     Where the app's level lies outside the model's range (a zero-terminal-SNR model has none
     below its last step), the nearest end is taken.
     """
-    def log_snr(alphas: np.ndarray) -> np.ndarray:
-        alphas = np.clip(alphas, 1e-20, 1 - 1e-12)
-        return np.log(alphas) - np.log1p(-alphas)
-
-    model, app = log_snr(model_alphas), log_snr(app_alphas.astype(np.float64))
+    model, app = _log_snr(model_alphas), _log_snr(app_alphas)
     # np.interp needs increasing x: the model's log SNR decreases with t.
     return np.interp(app, model[::-1], np.arange(len(model), dtype=np.float64)[::-1]).astype(np.float32)
+
+
+def _log_snr(alphas: np.ndarray) -> np.ndarray:
+    alphas = np.clip(np.asarray(alphas, dtype=np.float64), 1e-20, 1 - 1e-12)
+    return np.log(alphas) - np.log1p(-alphas)
+
+
+def beyond_the_model(model_alphas: np.ndarray, app_alphas: np.ndarray) -> str | None:
+    """A fit's note when some app timesteps are noisier (or cleaner) than any the model trained at:
+    those run at the model's own end of the schedule, which is the nearest it knows."""
+    model, app = _log_snr(model_alphas), _log_snr(app_alphas)
+    noisier, cleaner = int(np.sum(app < model.min() - 1e-6)), int(np.sum(app > model.max() + 1e-6))
+    if not noisier and not cleaner:
+        return None
+    parts = ([f"{noisier} of the app's timesteps are noisier than the model's last"] if noisier else []) + (
+        [f"{cleaner} cleaner than its first"] if cleaner else []
+    )
+    return "noise range: " + " and ".join(parts) + "; they run at that end of the model's schedule"
 
 
 def config(pipeline_dir: Path, subfolder: str) -> dict[str, Any]:

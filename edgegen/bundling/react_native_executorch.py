@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from edgegen.bundling.fitting import (
+    beyond_the_model,
     clip_ids_as_the_pipeline_tokenizes,
     config,
     describe_schedule,
@@ -219,9 +220,7 @@ def fit(pipeline_dir: Path, family_name: str) -> Fit:
     app_config = scheduler_config(scheduler.config)
     app = app_alphas_cumprod(app_config["beta_start"], app_config["beta_end"], app_config["num_train_timesteps"])
     model = model_alphas_cumprod(scheduler)
-    if len(model) != len(app):
-        raise EdgegenError(f"the model was trained on {len(model)} timesteps; react-native-executorch's table has {len(app)}")
-    table = noise_level_timesteps(model, app)
+    table = noise_level_timesteps(model, app)  # any training length: the model's timesteps are looked up by noise level
     adaptations = []
     if tokens < CONTRACT.tokens or hidden < CONTRACT.hidden:
         adaptations.append(
@@ -234,6 +233,8 @@ def fit(pipeline_dir: Path, family_name: str) -> Fit:
             f"timesteps: the app's scaled-linear schedule differs from the model's ({describe_schedule(scheduler.config)}); the UNet runs "
             f"each app timestep t at the model timestep of the same noise level (up to {shift:.1f} apart)"
         )
+    if beyond_the_model(model, app):
+        adaptations.append(beyond_the_model(model, app))
     if prediction == "epsilon":
         adaptations.append("prediction: the app's scheduler reads v; the UNet converts the model's epsilon to v at the app's noise level")
     if vae_downsample != CONTRACT.latent_downsample:
