@@ -129,7 +129,8 @@ def _our_loop(source, folder, prompt, noise, steps):
     import torch
     from diffusers import PNDMScheduler
 
-    from edgegen.bundling.react_native_executorch import CONTRACT, app_alphas_cumprod, model_alphas_cumprod, noise_level_timesteps
+    from edgegen.bundling.fitting import model_alphas_cumprod, noise_level_timesteps
+    from edgegen.bundling.react_native_executorch import CONTRACT, app_alphas_cumprod
     from edgegen.families.base import vae_decoder_module
     from edgegen.families.loading import load_pipeline
 

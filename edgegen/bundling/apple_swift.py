@@ -29,13 +29,12 @@ from typing import Any
 import numpy as np
 
 from edgegen.bundling.fitting import (
-    beyond_the_model,
     clip_ids_as_the_pipeline_tokenizes,
     config,
-    describe_schedule,
-    model_alphas_cumprod,
-    noise_level_timesteps,
+    fit_schedule,
+    program_component,
     scaled_linear_alphas_cumprod,
+    special_ids,
     training_scheduler,
 )
 from edgegen.errors import EdgegenError
@@ -163,28 +162,17 @@ def fit(pipeline_dir: Path, family_name: str) -> Fit:
     if unet["in_channels"] != CONTRACT.latent_channels:
         raise EdgegenError(f"the Swift pipeline draws {CONTRACT.latent_channels}-channel latents; this UNet takes {unet['in_channels']}")
     height, width = spatial_size(unet["sample_size"])
-    scheduler = training_scheduler(pipeline_dir)
-    prediction = scheduler.config.get("prediction_type", "epsilon")
-    if prediction not in ("epsilon", "v_prediction"):
-        raise EdgegenError(f"the Swift schedulers read epsilon; a {prediction} model is not converted")
-    model = model_alphas_cumprod(scheduler)
-    table = noise_level_timesteps(model, swift_alphas_cumprod())  # any training length: looked up by noise level
+    schedule = fit_schedule(training_scheduler(pipeline_dir), swift_alphas_cumprod(), "the Swift schedulers", "read epsilon")
+    prediction = schedule.prediction
     adaptations = []
     if tokens < CONTRACT.tokens:
         adaptations.append(f"text states: the encoder reads the first {tokens} of the app's {CONTRACT.tokens} ids and zero-pads to {CONTRACT.tokens} tokens; the UNet reads back the first {tokens}")
-    shift = float(np.max(np.abs(table - np.arange(len(table)))))
-    if shift > 1e-3:
-        adaptations.append(
-            f"timesteps: the Swift schedulers' scaled-linear schedule differs from the model's ({describe_schedule(scheduler.config)}); "
-            f"the UNet runs each app timestep at the model timestep of the same noise level (up to {shift:.1f} apart)"
-        )
-    if beyond_the_model(model, swift_alphas_cumprod()):
-        adaptations.append(beyond_the_model(model, swift_alphas_cumprod()))
+    adaptations += schedule.adaptations
     if prediction == "v_prediction":
         adaptations.append("prediction: the Swift schedulers read epsilon; the UNet converts the model's v to epsilon at the app's noise level")
     if float(vae.get("scaling_factor", CONTRACT.latents_scale)) != CONTRACT.latents_scale:
         adaptations.append(f"latent scale: the app divides by {CONTRACT.latents_scale}; the decoder multiplies it back and applies the VAE's own ({vae.get('scaling_factor')})")
-    return Fit(tokens, int(unet["cross_attention_dim"]), height if height == width else -1, prediction, table, adaptations)
+    return Fit(tokens, int(unet["cross_attention_dim"]), height if height == width else -1, prediction, schedule.timestep_table, adaptations)
 
 
 def app_modules(pipeline: Any, fitted: Fit) -> dict[str, Any]:
@@ -196,9 +184,8 @@ def app_modules(pipeline: Any, fitted: Fit) -> dict[str, Any]:
     text_encoder, unet = pipeline.text_encoder, pipeline.unet
     decoder = vae_decoder_module(pipeline.vae)
     tokens = fitted.model_tokens
-    tokenizer = pipeline.tokenizer
     # BPETokenizer pads with <|endoftext|> and drops the end token when it cuts a long prompt.
-    special_ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    ids_of_tokenizer = special_ids(pipeline.tokenizer)
     alphas = torch.from_numpy(swift_alphas_cumprod())
 
     class TextEncoder(torch.nn.Module):
@@ -207,7 +194,7 @@ def app_modules(pipeline: Any, fitted: Fit) -> dict[str, Any]:
             self.text_encoder = text_encoder
 
         def forward(self, input_ids):  # float32 ids: the Swift side sends Float32
-            ids = clip_ids_as_the_pipeline_tokenizes(input_ids.to(torch.int32), tokens, *special_ids)
+            ids = clip_ids_as_the_pipeline_tokenizes(input_ids.to(torch.int32), tokens, *ids_of_tokenizer)
             states = self.text_encoder(ids, return_dict=False)[0]
             return torch.nn.functional.pad(states, (0, 0, 0, CONTRACT.tokens - tokens))
 
@@ -276,20 +263,10 @@ def convert(name: str, module: Any, example: tuple, folder: Path) -> str:
     """``module`` as ``<Name>.mlpackage`` in ``folder`` through the Core ML exporter; its path."""
     import tempfile
 
-    import torch
-
     from edgegen.exporting.base import ExportOptions
-    from edgegen.families.base import Component, tensor_spec
     from edgegen.registry import EXPORTERS
 
-    with torch.no_grad():
-        expected = module(*example)
-    names = CONTRACT.inputs[name]
-    component = Component(
-        name=name, module=module, inputs=[tensor_spec(n, t) for n, t in zip(names, example, strict=True)],
-        outputs=[tensor_spec(CONTRACT.outputs[name], expected)], reference_inputs=dict(zip(names, example, strict=True)),
-        source_subfolder="-", source_class=type(module).__name__,
-    )
+    component = program_component(name, module, example, CONTRACT.inputs[name], CONTRACT.outputs[name])
     package = folder / f"{CONTRACT.models[name]}.mlpackage"
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         exported = EXPORTERS.get("coreml").export(component, Path(scratch), ExportOptions())

@@ -4,6 +4,7 @@ scaled-linear schedule, the model's own, and the model timestep at each app time
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +112,53 @@ def clip_ids_as_the_pipeline_tokenizes(ids: Any, tokens: int, bos: int, eos: int
         after_end = (torch.cumsum(is_end, dim=1) - is_end) > 0
         ids = torch.where(after_end, torch.full_like(ids, pad), ids)
     return ids
+
+
+@dataclass
+class ScheduleFit:
+    prediction: str  # the model's: epsilon or v_prediction
+    timestep_table: np.ndarray  # app timestep -> the model's timestep at the same noise level
+    adaptations: list[str]  # what bundle.json says of the timesteps
+
+
+def fit_schedule(scheduler: Any, app_alphas: np.ndarray, schedulers: str, reads: str) -> ScheduleFit:
+    """The model's training schedule (``scheduler``, from ``training_scheduler``) against an app's
+    fixed one: its prediction type (``schedulers`` ``reads`` names the app's in a refusal), and the
+    table the UNet reads app timesteps through. Any training length: looked up by noise level."""
+    prediction = scheduler.config.get("prediction_type", "epsilon")
+    if prediction not in ("epsilon", "v_prediction"):
+        raise EdgegenError(f"{schedulers} {reads}; a {prediction} model is not converted")
+    model = model_alphas_cumprod(scheduler)
+    table = noise_level_timesteps(model, app_alphas)
+    adaptations = []
+    shift = float(np.max(np.abs(table - np.arange(len(table)))))
+    if shift > 1e-3:
+        adaptations.append(
+            f"timesteps: the app's scaled-linear schedule differs from the model's ({describe_schedule(scheduler.config)}); "
+            f"the UNet runs each app timestep at the model timestep of the same noise level (up to {shift:.1f} apart)"
+        )
+    beyond = beyond_the_model(model, app_alphas)
+    if beyond:
+        adaptations.append(beyond)
+    return ScheduleFit(prediction, table, adaptations)
+
+
+def special_ids(tokenizer: Any) -> tuple[int, int, int]:
+    """A CLIP tokenizer's start, end and padding ids (padding is the end token where none is set)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return tokenizer.bos_token_id, tokenizer.eos_token_id, pad
+
+
+def program_component(name: str, module: Any, example: tuple, input_names: list[str], output_name: str) -> Any:
+    """``module`` on ``example`` as a Component an exporter takes, for a bundle's own graphs."""
+    import torch
+
+    from edgegen.families.base import Component, tensor_spec
+
+    with torch.no_grad():
+        expected = module(*example)
+    return Component(
+        name=name, module=module, inputs=[tensor_spec(n, t) for n, t in zip(input_names, example, strict=True)],
+        outputs=[tensor_spec(output_name, expected)], reference_inputs=dict(zip(input_names, example, strict=True)),
+        source_subfolder="-", source_class=type(module).__name__,
+    )

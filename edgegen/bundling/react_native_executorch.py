@@ -31,13 +31,12 @@ from typing import Any
 import numpy as np
 
 from edgegen.bundling.fitting import (
-    beyond_the_model,
     clip_ids_as_the_pipeline_tokenizes,
     config,
-    describe_schedule,
-    model_alphas_cumprod,
-    noise_level_timesteps,
+    fit_schedule,
+    program_component,
     scaled_linear_alphas_cumprod,
+    special_ids,
     training_scheduler,
 )
 from edgegen.errors import EdgegenError
@@ -186,7 +185,6 @@ def fit(pipeline_dir: Path, family_name: str) -> Fit:
         )
     unet, vae, text = (config(pipeline_dir, name) for name in ("unet", "vae", "text_encoder"))
     tokenizer = AutoTokenizer.from_pretrained(str(Path(pipeline_dir) / "tokenizer"))
-    scheduler = training_scheduler(pipeline_dir)
     tokens = int(min(tokenizer.model_max_length, text["max_position_embeddings"]))
     hidden = int(unet["cross_attention_dim"])
     if hidden > CONTRACT.hidden:
@@ -214,41 +212,31 @@ def fit(pipeline_dir: Path, family_name: str) -> Fit:
             f"react-native-executorch takes image sizes that are multiples of {CONTRACT.image_multiple}; "
             f"{height}x{height} latents make {height * CONTRACT.latent_downsample}"
         )
-    prediction = scheduler.config.get("prediction_type", "epsilon")
-    if prediction not in ("epsilon", "v_prediction"):
-        raise EdgegenError(f"react-native-executorch's scheduler reads v-prediction; a {prediction} model is not converted")
+    scheduler = training_scheduler(pipeline_dir)
     app_config = scheduler_config(scheduler.config)
     app = app_alphas_cumprod(app_config["beta_start"], app_config["beta_end"], app_config["num_train_timesteps"])
-    model = model_alphas_cumprod(scheduler)
-    table = noise_level_timesteps(model, app)  # any training length: the model's timesteps are looked up by noise level
+    schedule = fit_schedule(scheduler, app, "react-native-executorch's scheduler", "reads v-prediction")
+    prediction = schedule.prediction
     adaptations = []
     if tokens < CONTRACT.tokens or hidden < CONTRACT.hidden:
         adaptations.append(
             f"text states: the encoder reads the first {tokens} of the app's {CONTRACT.tokens} ids and zero-pads its [1, {tokens}, {hidden}] "
             f"states to [1, {CONTRACT.tokens}, {CONTRACT.hidden}]; the UNet reads back [:, :{tokens}, :{hidden}]"
         )
-    shift = float(np.max(np.abs(table - np.arange(len(table)))))
-    if shift > 1e-3:
-        adaptations.append(
-            f"timesteps: the app's scaled-linear schedule differs from the model's ({describe_schedule(scheduler.config)}); the UNet runs "
-            f"each app timestep t at the model timestep of the same noise level (up to {shift:.1f} apart)"
-        )
-    if beyond_the_model(model, app):
-        adaptations.append(beyond_the_model(model, app))
+    adaptations += schedule.adaptations
     if prediction == "epsilon":
         adaptations.append("prediction: the app's scheduler reads v; the UNet converts the model's epsilon to v at the app's noise level")
     if vae_downsample != CONTRACT.latent_downsample:
         repeat = CONTRACT.latent_downsample // vae_downsample
         adaptations.append(f"image size: this VAE decodes {height * vae_downsample} px from {height} latents; each pixel is repeated {repeat}x{repeat} to the app's {height * 8} px")
-    return Fit(tokens, hidden, height, vae_downsample, prediction, table, app, app_config, adaptations)
+    return Fit(tokens, hidden, height, vae_downsample, prediction, schedule.timestep_table, app, app_config, adaptations)
 
 
 def app_modules(pipeline: Any, fit: Fit) -> dict[str, Any]:
     """The encoder, UNet and decoder as the app calls them, around the pipeline's own modules."""
     import torch
 
-    tokenizer = pipeline.tokenizer
-    special_ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    ids_of_tokenizer = special_ids(pipeline.tokenizer)
 
     from edgegen.families.base import vae_decoder_module
 
@@ -264,7 +252,7 @@ def app_modules(pipeline: Any, fit: Fit) -> dict[str, Any]:
         def forward(self, input_ids, attention_mask):
             # CLIP in Stable Diffusion attends causally and ignores padding masks; the app's mask
             # (ids != 0) is accepted and unused, as the pipeline does.
-            ids = clip_ids_as_the_pipeline_tokenizes(input_ids, tokens, *special_ids)
+            ids = clip_ids_as_the_pipeline_tokenizes(input_ids, tokens, *ids_of_tokenizer)
             states = self.text_encoder(ids, return_dict=False)[0]
             return torch.nn.functional.pad(states, (0, CONTRACT.hidden - hidden, 0, CONTRACT.tokens - tokens))
 
@@ -378,20 +366,12 @@ def export_program(name: str, module: Any, example: tuple, folder: Path) -> floa
     its PSNR against eager on ``example``, refused below ``MIN_PSNR_DB``."""
     import tempfile
 
-    import torch
-
     from edgegen.exporting.base import ExportOptions
-    from edgegen.families.base import Component, tensor_spec
     from edgegen.measure.metrics import psnr_db
     from edgegen.registry import EXPORTERS
 
-    with torch.no_grad():
-        expected = module(*example)
-    component = Component(
-        name=name, module=module, inputs=[tensor_spec(n, t) for n, t in zip(INPUT_NAMES[name], example, strict=True)],
-        outputs=[tensor_spec(OUTPUT_NAMES[name][0], expected)], reference_inputs=dict(zip(INPUT_NAMES[name], example, strict=True)),
-        source_subfolder="-", source_class=type(module).__name__,
-    )
+    component = program_component(name, module, example, INPUT_NAMES[name], OUTPUT_NAMES[name][0])
+    expected = component.run_eager()[OUTPUT_NAMES[name][0]]
     path = folder / CONTRACT.files[name]
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         # One file per program: the app loads each source as one .pte.
