@@ -54,6 +54,7 @@ BUNDLE_FORMATS = Registry(
     "bundle format",
     {
         "react-native-executorch": "edgegen.bundling.react_native_executorch:FORMAT",
+        "react-native-executorch-sdxs": "edgegen.bundling.react_native_executorch_sdxs:FORMAT",
         "apple-swift": "edgegen.bundling.apple_swift:FORMAT",
     },
 )

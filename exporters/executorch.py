@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgegen.errors import EdgegenError
 from edgegen.exporting.base import (
@@ -309,3 +309,32 @@ class ExecutorchExporter:
 
 
 EXPORTER = ExecutorchExporter()
+
+
+def write_methods(methods: dict[str, tuple[Any, tuple]], path: Path) -> list[str]:
+    """Several modules as the methods of ONE float32 XNNPACK program at ``path`` (each method named
+    by its key, on its example arguments), with the same exact delegability rewrites as a
+    component's export; returns those rewrites. An app that runs a pipeline as methods of one
+    file (react-native-executorch's encode/denoise/decode) loads this."""
+    import torch
+    from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+
+    from edgegen.exporting.rewrites import make_delegable, sharing_weights_copy
+
+    programs, rewrites = {}, []
+    with torch.no_grad():
+        for name, (module, args) in methods.items():
+            module = sharing_weights_copy(module)
+            rewrites += [f"{name}: {rewrite}" for rewrite in make_delegable(module)]
+            program = torch.export.export(module, args, strict=False)
+            applied = explicit_type_promotion(program) + delegable_graph_ops(program)
+            applied += explicit_type_promotion(program)
+            rewrites += [f"{name}: {rewrite}" for rewrite in applied]
+            programs[name] = program
+        edge = to_edge_transform_and_lower(programs, partitioner=_xnnpack_partitioners())
+    executable = edge.to_executorch(ExecutorchBackendConfig())
+    with Path(path).open("wb") as handle:
+        executable.write_to_file(handle)
+    del programs, edge, executable
+    forget_lowered_graphs()
+    return rewrites

@@ -4,9 +4,18 @@ each holding that consumer's contract (docs/consumers/ says where each rule come
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
-def write_bundle(format_name: str, pipeline_dir: Path, output: Path, force: bool = False) -> Path:
+def write_bundle(format_name: str, pipeline_dir: Path, output: Path, force: bool = False, **options: Any) -> Path:
+    """``format_name``'s bundle of ``pipeline_dir``; ``options`` left None take the format's default,
+    and one a format does not take is refused in one line."""
+    from edgegen.errors import EdgegenError
     from edgegen.registry import BUNDLE_FORMATS
 
-    return BUNDLE_FORMATS.get(format_name).write(Path(pipeline_dir), Path(output), force=force)
+    bundle_format = BUNDLE_FORMATS.get(format_name)
+    given = {name: value for name, value in options.items() if value is not None}
+    for name in given:
+        if name not in getattr(bundle_format, "options", ()):
+            raise EdgegenError(f"--{name.replace('_', '-')} is not an option of the {format_name} format")
+    return bundle_format.write(Path(pipeline_dir), Path(output), force=force, **given)

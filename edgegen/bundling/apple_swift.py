@@ -70,8 +70,14 @@ CONTRACT = Contract(
 )
 
 FAMILIES = ("stable-diffusion",)
-MIN_PSNR_DB = 60.0  # each converted graph against its eager one, where Core ML runs (macOS)
+# Each converted graph against its eager one, where Core ML runs (macOS): the packages compute in
+# float16, as ml-stable-diffusion's converter writes them and the Neural Engine runs them.
+MIN_PSNR_DB = 35.0
 DEFAULT_STEPS = 20
+# ml-stable-diffusion's README: the UNet must be split in two packages "each with less than 1GB of
+# weights" for the Neural Engine on iOS and iPadOS; the Swift pipeline loads UnetChunk1/2 first.
+ANE_PACKAGE_WEIGHT_BYTES = 10**9
+UNET_CHUNKS = ("UnetChunk1", "UnetChunk2")
 
 
 def swift_alphas_cumprod() -> np.ndarray:
@@ -129,6 +135,57 @@ class SwiftPNDM:
         sample_coeff = np.sqrt(alpha_prev / alpha)
         denominator = alpha * np.sqrt(beta_prev) + np.sqrt(alpha * beta * alpha_prev)
         return (sample_coeff * sample - (alpha_prev - alpha) * output / denominator).astype(np.float32)
+
+
+def swift_dpm_timesteps(steps: int) -> list[int]:
+    """DPMSolverMultistepScheduler.swift, .linspace (the pipeline's default spacing):
+    linspace(0, 999, n + 1) without its first, descending, each rounded (Swift's round: halves away from zero)."""
+    grid = np.linspace(0, CONTRACT.train_timesteps - 1, steps + 1, dtype=np.float32)[1:][::-1]
+    return [int(np.floor(float(value) + 0.5)) for value in grid]
+
+
+class SwiftDPMSolver:
+    """DPMSolverMultistepScheduler.swift (DPM-Solver++, second order, midpoint, epsilon), step by
+    step, with the x0 it keeps for the decoder (``modelOutputs.last``). Below 15 steps it takes
+    first-order steps at the last two timesteps (diffusers only at the last)."""
+
+    def __init__(self, steps: int):
+        alphas = swift_alphas_cumprod()
+        self.alpha_t = np.sqrt(alphas).astype(np.float32)
+        self.sigma_t = np.sqrt(np.float32(1) - alphas).astype(np.float32)
+        self.lambda_t = (np.log(self.alpha_t) - np.log(self.sigma_t)).astype(np.float32)
+        self.timesteps = swift_dpm_timesteps(steps)
+        self.model_outputs: list[np.ndarray] = []
+        self.lower_order_stepped = 0
+        self.denoised: np.ndarray | None = None
+
+    def step(self, output: np.ndarray, timestep: int, sample: np.ndarray) -> np.ndarray:
+        steps = self.timesteps
+        index = steps.index(timestep) if timestep in steps else len(steps) - 1
+        previous = 0 if index == len(steps) - 1 else steps[index + 1]
+        lower_order_final = index == len(steps) - 1 and len(steps) < 15
+        lower_order_second = index == len(steps) - 2 and len(steps) < 15
+        lower_order = self.lower_order_stepped < 1 or lower_order_final or lower_order_second
+        clean = ((sample - output * self.sigma_t[timestep]) / self.alpha_t[timestep]).astype(np.float32)  # convertModelOutput
+        self.model_outputs = (self.model_outputs + [clean])[-2:]
+        self.denoised = clean
+        lambda_t, alpha_t, sigma_t = (float(v[previous]) for v in (self.lambda_t, self.alpha_t, self.sigma_t))
+        if lower_order:
+            h = lambda_t - float(self.lambda_t[timestep])
+            result = (sigma_t / float(self.sigma_t[timestep])) * sample - alpha_t * (np.exp(-h) - 1) * clean
+        else:
+            s0, s1 = timestep, steps[index - 1]
+            m0, m1 = self.model_outputs[-1], self.model_outputs[-2]
+            h, h_0 = lambda_t - float(self.lambda_t[s0]), float(self.lambda_t[s0]) - float(self.lambda_t[s1])
+            r0 = h_0 / h
+            d1 = (1 / r0) * m0 - (1 / r0) * m1
+            result = (sigma_t / float(self.sigma_t[s0])) * sample - alpha_t * (np.exp(-h) - 1) * m0 - 0.5 * alpha_t * (np.exp(-h) - 1) * d1
+        if self.lower_order_stepped < 2:
+            self.lower_order_stepped += 1
+        return result.astype(np.float32)
+
+
+SWIFT_SCHEDULERS = {"pndm": SwiftPNDM, "dpmpp": SwiftDPMSolver}  # the Swift CLI's --scheduler names
 
 
 @dataclass
@@ -264,12 +321,14 @@ def convert(name: str, module: Any, example: tuple, folder: Path) -> str:
     import tempfile
 
     from edgegen.exporting.base import ExportOptions
+    from edgegen.families.loading import LoadOptions
     from edgegen.registry import EXPORTERS
 
     component = program_component(name, module, example, CONTRACT.inputs[name], CONTRACT.outputs[name])
     package = folder / f"{CONTRACT.models[name]}.mlpackage"
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
-        exported = EXPORTERS.get("coreml").export(component, Path(scratch), ExportOptions())
+        # A float16 compute precision: the Core ML exporter's float16 load path, on the float32 graph.
+        exported = EXPORTERS.get("coreml").export(component, Path(scratch), ExportOptions(load=LoadOptions(dtype="float16")))
         (Path(scratch) / exported.model_file).rename(package)
     return package.name
 
@@ -293,23 +352,46 @@ def coreml_parity(package: Path, name: str, module: Any, example: tuple) -> floa
     return psnr
 
 
-def compile_command(folder: Path) -> str:
-    return " && ".join(f"xcrun coremlcompiler compile {model}.mlpackage ." for model in CONTRACT.models.values())
+def weight_bytes(package: Path) -> int:
+    """The bytes of a package's weight files (what the Neural Engine's size limit counts)."""
+    weights = package / "Data" / "com.apple.CoreML" / "weights"
+    return sum(each.stat().st_size for each in weights.rglob("*") if each.is_file()) if weights.is_dir() else 0
 
 
-def compile_packages(folder: Path) -> bool:
+def split_unet(folder: Path) -> list[str]:
+    """Unet.mlpackage split by coremltools' ``bisect_model`` (the split ml-stable-diffusion's
+    ``--chunk-unet`` makes) into UnetChunk1/2.mlpackage: two halves of about equal weights, chunk 1
+    ending in the tensors chunk 2 reads, which the Swift pipeline passes by name; the chunks' names."""
+    import tempfile
+
+    from coremltools.models.utils import bisect_model
+
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        bisect_model(str(folder / "Unet.mlpackage"), str(scratch), merge_chunks_to_pipeline=False, check_output_correctness=platform.system() == "Darwin")
+        for index, name in enumerate(UNET_CHUNKS, start=1):
+            (Path(scratch) / f"Unet_chunk{index}.mlpackage").rename(folder / f"{name}.mlpackage")
+    shutil.rmtree(folder / "Unet.mlpackage")
+    return list(UNET_CHUNKS)
+
+
+def compile_command(models: list[str]) -> str:
+    return " && ".join(f"xcrun coremlcompiler compile {model}.mlpackage ." for model in models)
+
+
+def compile_packages(folder: Path, models: list[str]) -> bool:
     """Compile each package to ``.mlmodelc`` beside it (and remove the package) where Xcode's
     compiler is; False where it is not (Linux)."""
     if platform.system() != "Darwin" or shutil.which("xcrun") is None:
         return False
-    for model in CONTRACT.models.values():
+    for model in models:
         subprocess.run(["xcrun", "coremlcompiler", "compile", f"{model}.mlpackage", "."], cwd=folder, check=True, capture_output=True)
         shutil.rmtree(folder / f"{model}.mlpackage")
     return True
 
 
-def write(pipeline_dir: Path, output: Path, force: bool = False) -> Path:
-    """The resources folder in ``output``, all or nothing, with ``bundle.json`` beside it."""
+def write(pipeline_dir: Path, output: Path, force: bool = False, chunk_unet: bool | None = None) -> Path:
+    """The resources folder in ``output``, all or nothing, with ``bundle.json`` beside it; the UNet
+    in two chunks when ``chunk_unet`` (None: when its weights exceed the Neural Engine's size)."""
     import datetime as dt
 
     from edgegen.artifact import sha256_file, staged_folder
@@ -332,31 +414,49 @@ def write(pipeline_dir: Path, output: Path, force: bool = False) -> Path:
         for role in ("encoder", "unet", "decoder"):
             package = convert(role, modules[role], examples[role], folder)
             parity[role] = coreml_parity(folder / package, role, modules[role], examples[role])
-        compiled = compile_packages(folder)
+        roles = {model: role for role, model in CONTRACT.models.items()}
+        unet_weights = weight_bytes(folder / "Unet.mlpackage")
+        chunked = chunk_unet if chunk_unet is not None else unet_weights > ANE_PACKAGE_WEIGHT_BYTES
+        adaptations = list(fitted.adaptations)
+        if chunked:
+            roles = {**{m: r for m, r in roles.items() if r != "unet"}, **{name: f"unet-chunk{i}" for i, name in enumerate(split_unet(folder), start=1)}}
+            sizes = [weight_bytes(folder / f"{name}.mlpackage") for name in UNET_CHUNKS]
+            adaptations.append(
+                f"unet: split into {' and '.join(UNET_CHUNKS)} ({', '.join(_in_bytes(size) for size in sizes)} of weights, "
+                f"from {_in_bytes(unet_weights)}) for the Neural Engine on iOS and iPadOS; the Swift pipeline loads the chunks first"
+            )
+            if max(sizes) > ANE_PACKAGE_WEIGHT_BYTES:
+                adaptations.append(f"unet: a chunk still holds more than {ANE_PACKAGE_WEIGHT_BYTES / 1e9:.0f} GB of weights; the Neural Engine on iOS needs weights quantized further")
+        models = list(roles)
+        compiled = compile_packages(folder, models)
         suffix = ".mlmodelc" if compiled else ".mlpackage"
-        for role, model in CONTRACT.models.items():
+        for model, role in roles.items():
             path = folder / f"{model}{suffix}"
-            files.append(BundleFile(role=role, path=path.name, sha256=_tree_sha256(path), bytes=_tree_bytes(path), parity_psnr_db=parity[role]))
+            files.append(BundleFile(role=role, path=path.name, sha256=_tree_sha256(path), bytes=_tree_bytes(path), parity_psnr_db=parity.get(role.split("-")[0])))
         for name in CONTRACT.tokenizer_files:
             files.append(BundleFile(role="tokenizer", path=name, sha256=sha256_file(folder / name), bytes=(folder / name).stat().st_size))
         steps = []
         if not compiled:
-            steps.append(f"On a Mac, in this folder: {compile_command(folder)} (the Swift package loads compiled .mlmodelc only; compiling needs Xcode)")
+            steps.append(f"On a Mac, in this folder: {compile_command(models)} (the Swift package loads compiled .mlmodelc only; compiling needs Xcode)")
         steps.append(
             "Then: let pipeline = try StableDiffusionPipeline(resourcesAt: URL(fileURLWithPath: FOLDER), controlNet: [], configuration: MLModelConfiguration()); "
             f"try pipeline.loadResources(); the images are {fitted.latent_size} latents square (the UNet's sample shape). "
-            "The packages are float32 ML programs for iOS 17 / macOS 14 (the Swift SD 1.x pipeline itself runs from iOS 16.2)"
+            "The packages are float16 ML programs for iOS 17 / macOS 14 (the Swift SD 1.x pipeline itself runs from iOS 16.2)"
         )
         manifest = BundleManifest(
             edgegen_version=edgegen_version(), created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             format="apple-swift", consumer=CONTRACT.consumer, source_dir=str(Path(pipeline_dir).resolve()), family=family.name,
             checkpoint_sha256=checkpoint_sha256(pipeline_dir, "unet"), image_size=_image_size(pipeline, fitted), steps_hint=DEFAULT_STEPS,
-            files=files, adaptations=fitted.adaptations + ([] if compiled else ["not compiled: written as .mlpackage on a host without Xcode"]),
+            files=files, adaptations=adaptations + ([] if compiled else ["not compiled: written as .mlpackage on a host without Xcode"]),
             toolchain=versions_of(("torch", "coremltools", "tokenizers")), next_steps=steps,
         )
         write_json(folder / BUNDLE_MANIFEST, manifest)
         staging.commit()
     return Path(output)
+
+
+def _in_bytes(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 10**8 else f"{size / 1e6:.1f} MB"
 
 
 def _image_size(pipeline: Any, fitted: Fit) -> int:
@@ -387,6 +487,7 @@ class AppleSwiftFormat:
     name = "apple-swift"
     contract = CONTRACT
     write = staticmethod(write)
+    options = ("chunk_unet",)
 
 
 FORMAT = AppleSwiftFormat()

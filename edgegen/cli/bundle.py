@@ -12,9 +12,13 @@ from edgegen.terminal import console, quiet
 
 def bundle_command(
     pipeline_dir: Annotated[Path, typer.Argument(help="A pipeline folder: a teacher or a student.")],
-    format_name: Annotated[str, typer.Option("--format", help="The app-side runtime: react-native-executorch, apple-swift (ml-stable-diffusion's Swift package).")],
+    format_name: Annotated[str, typer.Option("--format", help="The app-side runtime: react-native-executorch (its five-file TextToImageModule), react-native-executorch-sdxs (its rewrite's one .pte, for a few-step student), apple-swift (ml-stable-diffusion's Swift package).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The bundle folder to write.")],
     force: Annotated[bool, typer.Option(help="Replace an existing bundle folder.")] = False,
+    chunk_unet: Annotated[
+        bool | None,
+        typer.Option("--chunk-unet/--no-chunk-unet", help="apple-swift: split the UNet into UnetChunk1/2 (default: when its weights exceed the 1 GB the Neural Engine on iOS loads)."),
+    ] = None,
 ) -> None:
     """Write the files FORMAT's app-side runtime loads, each checked against its eager graph."""
     quiet()
@@ -22,7 +26,7 @@ def bundle_command(
     from edgegen.schema.bundle import read_bundle_manifest
 
     with console.status(f"writing the {format_name} bundle of {pipeline_dir}..."):
-        folder = write_bundle(format_name, pipeline_dir, output, force=force)
+        folder = write_bundle(format_name, pipeline_dir, output, force=force, chunk_unet=chunk_unet)
     manifest = read_bundle_manifest(folder)
     console.print(f"wrote {folder} ({manifest.format}, {manifest.image_size} px, {len(manifest.files)} files)", markup=False, highlight=False)
     for line in manifest.adaptations:

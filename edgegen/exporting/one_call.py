@@ -78,23 +78,25 @@ def _step_coefficients(alphas: list[float], prediction_type: str) -> list[dict[s
     return steps
 
 
-def _program_module(encoder: Any, denoiser: Any, decoder: Any, alphas: list[float], timesteps: tuple[int, ...], prediction_type: str, guidance_scale: float, unconditional_ids: Any) -> Any:
+def few_step_loop(denoiser: Any, alphas: list[float], timesteps: tuple[int, ...], prediction_type: str, guidance_scale: float | None) -> Any:
+    """The student's few-step sampling loop as a module: ``(latents, embeddings) -> x0``, the last
+    step's clean prediction. With ``guidance_scale`` (classifier-free), ``embeddings`` holds the
+    conditional then the unconditional states and each step runs the denoiser on both."""
     import torch
 
-    classifier_free = unconditional_ids is not None
+    classifier_free = guidance_scale is not None
     batch = 2 if classifier_free else 1
     steps = _step_coefficients(alphas, prediction_type)
 
-    class OneCallPipeline(torch.nn.Module):
+    class Loop(torch.nn.Module):
         # The scheduler's constants are [1, 1, 1, 1] tensors, not Python scalars: a tensor product
         # is an op XNNPACK takes, so the steps stay inside one delegate instead of crossing to
         # portable kernels between them.
         def __init__(self):
             super().__init__()
-            self.encoder, self.denoiser, self.decoder = encoder, denoiser, decoder
+            self.denoiser = denoiser
             self.values: dict[str, float] = {}
             if classifier_free:
-                self.register_buffer("unconditional_ids", unconditional_ids, persistent=False)
                 self._constant("guidance", guidance_scale)
             for index, t in enumerate(timesteps):
                 self.register_buffer(f"timestep_{index}", torch.full((batch,), float(t)), persistent=False)
@@ -119,11 +121,7 @@ def _program_module(encoder: Any, denoiser: Any, decoder: Any, alphas: list[floa
                 result = term if result is None else result + term
             return result if result is not None else u * 0.0
 
-        def forward(self, input_ids, latents):
-            if classifier_free:
-                embeddings = self.encoder(torch.cat([input_ids, self.unconditional_ids]))
-            else:
-                embeddings = self.encoder(input_ids)
+        def forward(self, latents, embeddings):
             x = latents
             for index in range(len(timesteps)):
                 timestep = getattr(self, f"timestep_{index}")
@@ -138,7 +136,30 @@ def _program_module(encoder: Any, denoiser: Any, decoder: Any, alphas: list[floa
                     x = self._weighted(f"step{index}_next", clean, implied_noise)
                 else:
                     x = clean
-            return self.decoder(x).clamp(-1.0, 1.0)
+            return x
+
+    return Loop().eval()
+
+
+def _program_module(encoder: Any, denoiser: Any, decoder: Any, alphas: list[float], timesteps: tuple[int, ...], prediction_type: str, guidance_scale: float, unconditional_ids: Any) -> Any:
+    import torch
+
+    classifier_free = unconditional_ids is not None
+    loop = few_step_loop(denoiser, alphas, timesteps, prediction_type, guidance_scale if classifier_free else None)
+
+    class OneCallPipeline(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.loop, self.decoder = encoder, loop, decoder
+            if classifier_free:
+                self.register_buffer("unconditional_ids", unconditional_ids, persistent=False)
+
+        def forward(self, input_ids, latents):
+            if classifier_free:
+                embeddings = self.encoder(torch.cat([input_ids, self.unconditional_ids]))
+            else:
+                embeddings = self.encoder(input_ids)
+            return self.decoder(self.loop(latents, embeddings)).clamp(-1.0, 1.0)
 
     return OneCallPipeline().eval()
 
