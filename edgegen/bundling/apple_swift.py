@@ -204,11 +204,10 @@ def fit(pipeline_dir: Path, family_name: str) -> Fit:
 
     from edgegen.families.base import spatial_size
 
+    if family_name == "stable-diffusion-3":
+        raise EdgegenError("a stable-diffusion-3 pipeline needs the Swift StableDiffusion3Pipeline's folder (MMDiT, T5), not written yet")
     if family_name not in FAMILIES:
-        raise EdgegenError(
-            f"the Swift StableDiffusionPipeline bundle takes Stable Diffusion 1.x/2.x; a {family_name} pipeline "
-            "needs its own Swift pipeline (StableDiffusionXLPipeline, StableDiffusion3Pipeline), not written yet"
-        )
+        raise EdgegenError(f"the Swift package has pipelines for Stable Diffusion 1.x/2.x, SDXL and SD3; this is a {family_name} pipeline")
     unet, vae, text = (config(pipeline_dir, name) for name in ("unet", "vae", "text_encoder"))
     tokenizer = AutoTokenizer.from_pretrained(str(Path(pipeline_dir) / "tokenizer"))
     if tokenizer.bos_token != "<|startoftext|>" or tokenizer.eos_token != "<|endoftext|>":
@@ -316,25 +315,27 @@ def write_vocabulary(pipeline_dir: Path, folder: Path) -> tuple[int, int]:
     return tokenizer.bos_token_id, tokenizer.eos_token_id
 
 
-def convert(name: str, module: Any, example: tuple, folder: Path) -> str:
-    """``module`` as ``<Name>.mlpackage`` in ``folder`` through the Core ML exporter; its path."""
+def convert(model: str, module: Any, example: tuple, input_names: list[str], output_names: list[str], folder: Path) -> Path:
+    """``module`` as ``<model>.mlpackage`` in ``folder`` through the Core ML exporter, computing in
+    float16 as ml-stable-diffusion's converter writes it; then, where Core ML predicts (macOS),
+    checked against eager (``MIN_PSNR_DB``); its path."""
     import tempfile
 
     from edgegen.exporting.base import ExportOptions
     from edgegen.families.loading import LoadOptions
     from edgegen.registry import EXPORTERS
 
-    component = program_component(name, module, example, CONTRACT.inputs[name], CONTRACT.outputs[name])
-    package = folder / f"{CONTRACT.models[name]}.mlpackage"
+    component = program_component(model, module, example, input_names, output_names)
+    package = folder / f"{model}.mlpackage"
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         # A float16 compute precision: the Core ML exporter's float16 load path, on the float32 graph.
         exported = EXPORTERS.get("coreml").export(component, Path(scratch), ExportOptions(load=LoadOptions(dtype="float16")))
         (Path(scratch) / exported.model_file).rename(package)
-    return package.name
+    return package
 
 
-def coreml_parity(package: Path, name: str, module: Any, example: tuple) -> float | None:
-    """PSNR of the package against eager where Core ML predicts (macOS); None elsewhere."""
+def coreml_parity(package: Path, module: Any, example: tuple, input_names: list[str], output_name: str) -> float | None:
+    """PSNR of the package's ``output_name`` against eager where Core ML predicts (macOS); None elsewhere."""
     if platform.system() != "Darwin":
         return None
     import coremltools as ct
@@ -343,12 +344,13 @@ def coreml_parity(package: Path, name: str, module: Any, example: tuple) -> floa
     from edgegen.measure.metrics import psnr_db
 
     with torch.no_grad():
-        expected = module(*example).numpy()
+        expected = module(*example)
+    expected = (expected[0] if isinstance(expected, tuple) else expected).numpy()
     model = ct.models.MLModel(str(package), compute_units=ct.ComputeUnit.CPU_ONLY)
-    produced = model.predict({n: t.numpy() for n, t in zip(CONTRACT.inputs[name], example, strict=True)})[CONTRACT.outputs[name]]
+    produced = model.predict({n: t.numpy() for n, t in zip(input_names, example, strict=True)})[output_name]
     psnr = psnr_db(expected, produced)
     if not psnr >= MIN_PSNR_DB:
-        raise EdgegenError(f"the bundle's {CONTRACT.models[name]} is {psnr:.1f} dB from its eager graph (< {MIN_PSNR_DB:.0f}); nothing was written")
+        raise EdgegenError(f"the bundle's {package.stem} is {psnr:.1f} dB from its eager graph (< {MIN_PSNR_DB:.0f}); nothing was written")
     return psnr
 
 
@@ -389,12 +391,43 @@ def compile_packages(folder: Path, models: list[str]) -> bool:
     return True
 
 
+@dataclass
+class SwiftGraphs:
+    """What one Swift pipeline class loads from the folder, fitted: each model's graph, its example
+    inputs and its input and output names, and what the manifest says of it."""
+
+    swift_pipeline: str  # the Swift class that opens the folder
+    models: dict[str, str]  # role -> model name
+    inputs: dict[str, list[str]]
+    outputs: dict[str, list[str]]  # the first is the one Swift reads where it reads one
+    modules: dict[str, Any]
+    examples: dict[str, tuple]
+    latent_size: int
+    image_size: int
+    adaptations: list[str]
+    app_settings: str  # what the app must set that the folder cannot carry
+
+
+def sd_graphs(pipeline: Any, pipeline_dir: Path, fitted: Fit, bos_id: int, eos_id: int) -> SwiftGraphs:
+    if fitted.latent_size < 0:
+        raise EdgegenError("the Swift pipeline makes square images from the UNet's sample shape; this UNet's latents are not square")
+    return SwiftGraphs(
+        swift_pipeline="StableDiffusionPipeline(resourcesAt: URL(fileURLWithPath: FOLDER), controlNet: [], configuration: MLModelConfiguration())",
+        models=CONTRACT.models, inputs=CONTRACT.inputs, outputs={role: [name] for role, name in CONTRACT.outputs.items()},
+        modules=app_modules(pipeline, fitted), examples=app_example_inputs(fitted, bos_id, eos_id),
+        latent_size=fitted.latent_size, image_size=_image_size(pipeline, fitted), adaptations=list(fitted.adaptations),
+        app_settings="the pipeline's defaults (decoderScaleFactor 0.18215); the SD 1.x pipeline runs from iOS 16.2",
+    )
+
+
 def write(pipeline_dir: Path, output: Path, force: bool = False, chunk_unet: bool | None = None) -> Path:
     """The resources folder in ``output``, all or nothing, with ``bundle.json`` beside it; the UNet
-    in two chunks when ``chunk_unet`` (None: when its weights exceed the Neural Engine's size)."""
+    in two chunks when ``chunk_unet`` (None: when its weights exceed the Neural Engine's size).
+    An SDXL pipeline gets StableDiffusionXLPipeline's folder (``apple_swift_xl``)."""
     import datetime as dt
 
     from edgegen.artifact import sha256_file, staged_folder
+    from edgegen.bundling import apple_swift_xl
     from edgegen.families import family_of
     from edgegen.families.loading import checkpoint_sha256, load_pipeline
     from edgegen.schema.base import write_json
@@ -402,22 +435,21 @@ def write(pipeline_dir: Path, output: Path, force: bool = False, chunk_unet: boo
     from edgegen.versions import edgegen_version, versions_of
 
     family = family_of(pipeline_dir)
-    fitted = fit(pipeline_dir, family.name)
-    if fitted.latent_size < 0:
-        raise EdgegenError("the Swift pipeline makes square images from the UNet's sample shape; this UNet's latents are not square")
+    xl = family.name in apple_swift_xl.FAMILIES
+    fitted = apple_swift_xl.fit(pipeline_dir, family.name) if xl else fit(pipeline_dir, family.name)
     with staged_folder(Path(output), force=force) as staging:
         pipeline = load_pipeline(pipeline_dir)
         folder = staging.folder
         bos_id, eos_id = write_vocabulary(pipeline_dir, folder)
-        modules, examples = app_modules(pipeline, fitted), app_example_inputs(fitted, bos_id, eos_id)
+        graphs = (apple_swift_xl.graphs if xl else sd_graphs)(pipeline, pipeline_dir, fitted, bos_id, eos_id)
         files, parity = [], {}
-        for role in ("encoder", "unet", "decoder"):
-            package = convert(role, modules[role], examples[role], folder)
-            parity[role] = coreml_parity(folder / package, role, modules[role], examples[role])
-        roles = {model: role for role, model in CONTRACT.models.items()}
+        for role, model in graphs.models.items():
+            package = convert(model, graphs.modules[role], graphs.examples[role], graphs.inputs[role], graphs.outputs[role], folder)
+            parity[role] = coreml_parity(package, graphs.modules[role], graphs.examples[role], graphs.inputs[role], graphs.outputs[role][0])
+        roles = {model: role for role, model in graphs.models.items()}
         unet_weights = weight_bytes(folder / "Unet.mlpackage")
         chunked = chunk_unet if chunk_unet is not None else unet_weights > ANE_PACKAGE_WEIGHT_BYTES
-        adaptations = list(fitted.adaptations)
+        adaptations = list(graphs.adaptations)
         if chunked:
             roles = {**{m: r for m, r in roles.items() if r != "unet"}, **{name: f"unet-chunk{i}" for i, name in enumerate(split_unet(folder), start=1)}}
             sizes = [weight_bytes(folder / f"{name}.mlpackage") for name in UNET_CHUNKS]
@@ -432,21 +464,21 @@ def write(pipeline_dir: Path, output: Path, force: bool = False, chunk_unet: boo
         suffix = ".mlmodelc" if compiled else ".mlpackage"
         for model, role in roles.items():
             path = folder / f"{model}{suffix}"
-            files.append(BundleFile(role=role, path=path.name, sha256=_tree_sha256(path), bytes=_tree_bytes(path), parity_psnr_db=parity.get(role.split("-")[0])))
+            files.append(BundleFile(role=role, path=path.name, sha256=_tree_sha256(path), bytes=_tree_bytes(path), parity_psnr_db=parity.get(role.split("-chunk")[0])))
         for name in CONTRACT.tokenizer_files:
             files.append(BundleFile(role="tokenizer", path=name, sha256=sha256_file(folder / name), bytes=(folder / name).stat().st_size))
         steps = []
         if not compiled:
             steps.append(f"On a Mac, in this folder: {compile_command(models)} (the Swift package loads compiled .mlmodelc only; compiling needs Xcode)")
         steps.append(
-            "Then: let pipeline = try StableDiffusionPipeline(resourcesAt: URL(fileURLWithPath: FOLDER), controlNet: [], configuration: MLModelConfiguration()); "
-            f"try pipeline.loadResources(); the images are {fitted.latent_size} latents square (the UNet's sample shape). "
-            "The packages are float16 ML programs for iOS 17 / macOS 14 (the Swift SD 1.x pipeline itself runs from iOS 16.2)"
+            f"Then: let pipeline = try {graphs.swift_pipeline}; try pipeline.loadResources(); the images are {graphs.image_size} px "
+            f"({graphs.latent_size} latents square, the UNet's sample shape). Set {graphs.app_settings}. "
+            "The packages are float16 ML programs for iOS 17 / macOS 14"
         )
         manifest = BundleManifest(
             edgegen_version=edgegen_version(), created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             format="apple-swift", consumer=CONTRACT.consumer, source_dir=str(Path(pipeline_dir).resolve()), family=family.name,
-            checkpoint_sha256=checkpoint_sha256(pipeline_dir, "unet"), image_size=_image_size(pipeline, fitted), steps_hint=DEFAULT_STEPS,
+            checkpoint_sha256=checkpoint_sha256(pipeline_dir, "unet"), image_size=graphs.image_size, steps_hint=DEFAULT_STEPS,
             files=files, adaptations=adaptations + ([] if compiled else ["not compiled: written as .mlpackage on a host without Xcode"]),
             toolchain=versions_of(("torch", "coremltools", "tokenizers")), next_steps=steps,
         )

@@ -47,7 +47,8 @@ def beyond_the_model(model_alphas: np.ndarray, app_alphas: np.ndarray) -> str | 
     """A fit's note when some app timesteps are noisier (or cleaner) than any the model trained at:
     those run at the model's own end of the schedule, which is the nearest it knows."""
     model, app = _log_snr(model_alphas), _log_snr(app_alphas)
-    noisier, cleaner = int(np.sum(app < model.min() - 1e-6)), int(np.sum(app > model.max() + 1e-6))
+    # A tolerance for the same schedule computed in float32 (the apps) and float64 (diffusers).
+    noisier, cleaner = int(np.sum(app < model.min() - 1e-3)), int(np.sum(app > model.max() + 1e-3))
     if not noisier and not cleaner:
         return None
     parts = ([f"{noisier} of the app's timesteps are noisier than the model's last"] if noisier else []) + (
@@ -93,7 +94,7 @@ def clip_ids_as_the_pipeline_tokenizes(ids: Any, tokens: int, bos: int, eos: int
     gives, in the graph, for what apps are known to send: no start or end token (a tokenizer
     that does not apply its post-processor), a doubled start (the literal ``<|startoftext|>``
     prompt through a post-processor that adds one), the end token dropped on truncation, or
-    ``<|endoftext|>`` padding for a model that pads with another token. Static shapes, no
+    another padding than the model's (``<|endoftext|>``, ``!``). Static shapes, no
     data-dependent control flow: each case is a select."""
     import torch
 
@@ -107,11 +108,11 @@ def clip_ids_as_the_pipeline_tokenizes(ids: Any, tokens: int, bos: int, eos: int
     ended = torch.logical_or(ids == eos, ids == pad)[:, 1:].any(dim=1, keepdim=True)
     last = torch.where(ended, ids[:, -1:], torch.full_like(first, eos))
     ids = torch.cat([ids[:, :-1], last], dim=1)
-    if pad != eos:  # everything after the first end token is padding, in the model's own token
-        is_end = (ids == eos).to(torch.int32)
-        after_end = (torch.cumsum(is_end, dim=1) - is_end) > 0
-        ids = torch.where(after_end, torch.full_like(ids, pad), ids)
-    return ids
+    # Everything after the first end token is padding, in the model's own token, whatever the app
+    # padded with (Swift's second SDXL tokenizer pads with "!").
+    is_end = (ids == eos).to(torch.int32)
+    after_end = (torch.cumsum(is_end, dim=1) - is_end) > 0
+    return torch.where(after_end, torch.full_like(ids, pad), ids)
 
 
 @dataclass
@@ -149,16 +150,18 @@ def special_ids(tokenizer: Any) -> tuple[int, int, int]:
     return tokenizer.bos_token_id, tokenizer.eos_token_id, pad
 
 
-def program_component(name: str, module: Any, example: tuple, input_names: list[str], output_name: str) -> Any:
+def program_component(name: str, module: Any, example: tuple, input_names: list[str], output_names: str | list[str]) -> Any:
     """``module`` on ``example`` as a Component an exporter takes, for a bundle's own graphs."""
     import torch
 
     from edgegen.families.base import Component, tensor_spec
 
+    names = [output_names] if isinstance(output_names, str) else list(output_names)
     with torch.no_grad():
         expected = module(*example)
+    expected = expected if isinstance(expected, tuple) else (expected,)
     return Component(
         name=name, module=module, inputs=[tensor_spec(n, t) for n, t in zip(input_names, example, strict=True)],
-        outputs=[tensor_spec(output_name, expected)], reference_inputs=dict(zip(input_names, example, strict=True)),
+        outputs=[tensor_spec(n, t) for n, t in zip(names, expected, strict=True)], reference_inputs=dict(zip(input_names, example, strict=True)),
         source_subfolder="-", source_class=type(module).__name__,
     )
