@@ -13,7 +13,8 @@ takes ``[B, D, 1, 77]`` states, runs each app timestep at the model timestep of 
 level, and turns a v-prediction into epsilon; the decoder applies the model's own latent scaling.
 The app loads only compiled ``.mlmodelc``: on macOS the packages are compiled with ``xcrun
 coremlcompiler``; elsewhere they are written as ``.mlpackage`` with the one command that compiles
-them on a Mac.
+them on a Mac. An SDXL or SD3 pipeline gets the folder of the package's XL or SD3 pipeline class
+(``apple_swift_xl``, ``apple_swift_sd3``), written by the same ``write``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import json
 import platform
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -204,8 +205,6 @@ def fit(pipeline_dir: Path, family_name: str) -> Fit:
 
     from edgegen.families.base import spatial_size
 
-    if family_name == "stable-diffusion-3":
-        raise EdgegenError("a stable-diffusion-3 pipeline needs the Swift StableDiffusion3Pipeline's folder (MMDiT, T5), not written yet")
     if family_name not in FAMILIES:
         raise EdgegenError(f"the Swift package has pipelines for Stable Diffusion 1.x/2.x, SDXL and SD3; this is a {family_name} pipeline")
     unet, vae, text = (config(pipeline_dir, name) for name in ("unet", "vae", "text_encoder"))
@@ -315,10 +314,9 @@ def write_vocabulary(pipeline_dir: Path, folder: Path) -> tuple[int, int]:
     return tokenizer.bos_token_id, tokenizer.eos_token_id
 
 
-def convert(model: str, module: Any, example: tuple, input_names: list[str], output_names: list[str], folder: Path) -> Path:
+def convert(model: str, module: Any, example: tuple, input_names: list[str], output_names: list[str], folder: Path, float16: bool = True) -> Path:
     """``module`` as ``<model>.mlpackage`` in ``folder`` through the Core ML exporter, computing in
-    float16 as ml-stable-diffusion's converter writes it; then, where Core ML predicts (macOS),
-    checked against eager (``MIN_PSNR_DB``); its path."""
+    float16 as ml-stable-diffusion's converter writes it (or float32); its path."""
     import tempfile
 
     from edgegen.exporting.base import ExportOptions
@@ -329,7 +327,7 @@ def convert(model: str, module: Any, example: tuple, input_names: list[str], out
     package = folder / f"{model}.mlpackage"
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         # A float16 compute precision: the Core ML exporter's float16 load path, on the float32 graph.
-        exported = EXPORTERS.get("coreml").export(component, Path(scratch), ExportOptions(load=LoadOptions(dtype="float16")))
+        exported = EXPORTERS.get("coreml").export(component, Path(scratch), ExportOptions(load=LoadOptions(dtype="float16" if float16 else "float32")))
         (Path(scratch) / exported.model_file).rename(package)
     return package
 
@@ -406,9 +404,13 @@ class SwiftGraphs:
     image_size: int
     adaptations: list[str]
     app_settings: str  # what the app must set that the folder cannot carry
+    extra_files: list[str] = field(default_factory=list)  # written beside vocab.json and merges.txt
+    # Roles converted in float32, as Apple's converter does where float16 overflows (SDXL's VAE,
+    # SD3's MMDiT); the Swift pipelines run these on CPU and GPU.
+    float32_roles: tuple[str, ...] = ()
 
 
-def sd_graphs(pipeline: Any, pipeline_dir: Path, fitted: Fit, bos_id: int, eos_id: int) -> SwiftGraphs:
+def sd_graphs(pipeline: Any, pipeline_dir: Path, fitted: Fit, bos_id: int, eos_id: int, folder: Path) -> SwiftGraphs:
     if fitted.latent_size < 0:
         raise EdgegenError("the Swift pipeline makes square images from the UNet's sample shape; this UNet's latents are not square")
     return SwiftGraphs(
@@ -427,28 +429,36 @@ def write(pipeline_dir: Path, output: Path, force: bool = False, chunk_unet: boo
     import datetime as dt
 
     from edgegen.artifact import sha256_file, staged_folder
-    from edgegen.bundling import apple_swift_xl
-    from edgegen.families import family_of
+    from edgegen.bundling import apple_swift_sd3, apple_swift_xl
+    from edgegen.families import components_with_role, family_of
     from edgegen.families.loading import checkpoint_sha256, load_pipeline
     from edgegen.schema.base import write_json
     from edgegen.schema.bundle import BUNDLE_MANIFEST, BundleFile, BundleManifest
     from edgegen.versions import edgegen_version, versions_of
 
     family = family_of(pipeline_dir)
-    xl = family.name in apple_swift_xl.FAMILIES
-    fitted = apple_swift_xl.fit(pipeline_dir, family.name) if xl else fit(pipeline_dir, family.name)
+    # Each Swift pipeline class: its fit (from the configs, before anything loads) and its graphs.
+    if family.name in apple_swift_xl.FAMILIES:
+        fitted, make_graphs = apple_swift_xl.fit(pipeline_dir, family.name), apple_swift_xl.graphs
+    elif family.name in apple_swift_sd3.FAMILIES:
+        fitted, make_graphs = apple_swift_sd3.fit(pipeline_dir, family.name), apple_swift_sd3.graphs
+        if chunk_unet:
+            raise EdgegenError("--chunk-unet: the Swift SD3 pipeline loads its MultiModalDiffusionTransformer whole (it has no chunked form)")
+    else:
+        fitted, make_graphs = fit(pipeline_dir, family.name), sd_graphs
     with staged_folder(Path(output), force=force) as staging:
         pipeline = load_pipeline(pipeline_dir)
         folder = staging.folder
         bos_id, eos_id = write_vocabulary(pipeline_dir, folder)
-        graphs = (apple_swift_xl.graphs if xl else sd_graphs)(pipeline, pipeline_dir, fitted, bos_id, eos_id)
+        graphs = make_graphs(pipeline, pipeline_dir, fitted, bos_id, eos_id, folder)
         files, parity = [], {}
         for role, model in graphs.models.items():
-            package = convert(model, graphs.modules[role], graphs.examples[role], graphs.inputs[role], graphs.outputs[role], folder)
+            float16 = role not in graphs.float32_roles
+            package = convert(model, graphs.modules[role], graphs.examples[role], graphs.inputs[role], graphs.outputs[role], folder, float16)
             parity[role] = coreml_parity(package, graphs.modules[role], graphs.examples[role], graphs.inputs[role], graphs.outputs[role][0])
         roles = {model: role for role, model in graphs.models.items()}
         unet_weights = weight_bytes(folder / "Unet.mlpackage")
-        chunked = chunk_unet if chunk_unet is not None else unet_weights > ANE_PACKAGE_WEIGHT_BYTES
+        chunked = "unet" in graphs.models and (chunk_unet if chunk_unet is not None else unet_weights > ANE_PACKAGE_WEIGHT_BYTES)
         adaptations = list(graphs.adaptations)
         if chunked:
             roles = {**{m: r for m, r in roles.items() if r != "unet"}, **{name: f"unet-chunk{i}" for i, name in enumerate(split_unet(folder), start=1)}}
@@ -465,20 +475,20 @@ def write(pipeline_dir: Path, output: Path, force: bool = False, chunk_unet: boo
         for model, role in roles.items():
             path = folder / f"{model}{suffix}"
             files.append(BundleFile(role=role, path=path.name, sha256=_tree_sha256(path), bytes=_tree_bytes(path), parity_psnr_db=parity.get(role.split("-chunk")[0])))
-        for name in CONTRACT.tokenizer_files:
+        for name in (*CONTRACT.tokenizer_files, *graphs.extra_files):
             files.append(BundleFile(role="tokenizer", path=name, sha256=sha256_file(folder / name), bytes=(folder / name).stat().st_size))
         steps = []
         if not compiled:
             steps.append(f"On a Mac, in this folder: {compile_command(models)} (the Swift package loads compiled .mlmodelc only; compiling needs Xcode)")
         steps.append(
             f"Then: let pipeline = try {graphs.swift_pipeline}; try pipeline.loadResources(); the images are {graphs.image_size} px "
-            f"({graphs.latent_size} latents square, the UNet's sample shape). Set {graphs.app_settings}. "
-            "The packages are float16 ML programs for iOS 17 / macOS 14"
+            f"({graphs.latent_size} latents square, the denoiser's sample shape). Set {graphs.app_settings}. "
+            "The packages are float16 ML programs for iOS 17 / macOS 14" + (f", but {', '.join(graphs.models[r] for r in graphs.float32_roles)} in float32" if graphs.float32_roles else "")
         )
         manifest = BundleManifest(
             edgegen_version=edgegen_version(), created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             format="apple-swift", consumer=CONTRACT.consumer, source_dir=str(Path(pipeline_dir).resolve()), family=family.name,
-            checkpoint_sha256=checkpoint_sha256(pipeline_dir, "unet"), image_size=graphs.image_size, steps_hint=DEFAULT_STEPS,
+            checkpoint_sha256=checkpoint_sha256(pipeline_dir, components_with_role(family, "denoiser")[0].subfolder), image_size=graphs.image_size, steps_hint=DEFAULT_STEPS,
             files=files, adaptations=adaptations + ([] if compiled else ["not compiled: written as .mlpackage on a host without Xcode"]),
             toolchain=versions_of(("torch", "coremltools", "tokenizers")), next_steps=steps,
         )

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgegen.bundling.apple_swift import CONTRACT, SwiftGraphs, swift_alphas_cumprod
-from edgegen.bundling.fitting import clip_ids_as_the_pipeline_tokenizes, config, fit_schedule, special_ids, training_scheduler
+from edgegen.bundling.fitting import clip_ids_as_the_pipeline_tokenizes, config, config_index, fit_schedule, special_ids, training_scheduler
 from edgegen.errors import EdgegenError
 
 
@@ -126,15 +126,6 @@ def fit(pipeline_dir: Path, family_name: str) -> XlFit:
     return XlFit(tokens, hidden, pooled, height, schedule.prediction, schedule.timestep_table, adaptations)
 
 
-def config_index(pipeline_dir: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        return json.loads((Path(pipeline_dir) / "model_index.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise EdgegenError(f"cannot read {Path(pipeline_dir) / 'model_index.json'}: {error}") from None
-
-
 def app_modules(pipeline: Any, fitted: XlFit) -> dict[str, Any]:
     """TextEncoder, TextEncoder2, Unet and VAEDecoder as the Swift XL pipeline calls them."""
     import torch
@@ -222,7 +213,7 @@ def app_example_inputs(fitted: XlFit, bos_id: int, eos_id: int, seed: int = 0) -
     }
 
 
-def graphs(pipeline: Any, pipeline_dir: Path, fitted: XlFit, bos_id: int, eos_id: int) -> SwiftGraphs:
+def graphs(pipeline: Any, pipeline_dir: Path, fitted: XlFit, bos_id: int, eos_id: int, folder: Path) -> SwiftGraphs:
     downsample = 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
     return SwiftGraphs(
         swift_pipeline="StableDiffusionXLPipeline(resourcesAt: URL(fileURLWithPath: FOLDER), configuration: MLModelConfiguration(), reduceMemory: false)",
@@ -233,4 +224,5 @@ def graphs(pipeline: Any, pipeline_dir: Path, fitted: XlFit, bos_id: int, eos_id
             f"decoderScaleFactor = {XL_CONTRACT.latents_scale} (as the Swift CLI does for XL), and originalSize and targetSize to the image size "
             "the model was trained at (the configuration's default is 1024); the XL pipeline runs from iOS 17 / macOS 14"
         ),
+        float32_roles=("decoder",),
     )

@@ -61,6 +61,11 @@ def config(pipeline_dir: Path, subfolder: str) -> dict[str, Any]:
     return config_file(pipeline_dir, subfolder, "config.json")
 
 
+def config_index(pipeline_dir: Path) -> dict[str, Any]:
+    """The folder's model_index.json."""
+    return config_file(pipeline_dir, ".", "model_index.json")
+
+
 def config_file(pipeline_dir: Path, subfolder: str, name: str) -> dict[str, Any]:
     path = Path(pipeline_dir) / subfolder / name
     try:
