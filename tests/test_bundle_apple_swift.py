@@ -69,7 +69,7 @@ def test_the_resources_folder_meets_the_contract_read_back_from_its_specs(name, 
     manifest = read_bundle_manifest(folder)
     compiled = platform.system() == "Darwin"
     suffix = ".mlmodelc" if compiled else ".mlpackage"
-    models = ["TextEncoder", "VAEDecoder", *_unet_models(folder)]
+    models = ["TextEncoder", "VAEDecoder", "VAEEncoder", *_unet_models(folder)]
     assert _unet_models(folder) == (["UnetChunk1", "UnetChunk2"] if name.endswith("chunked") else ["Unet"])
     assert {f.path for f in manifest.files} == {f"{m}{suffix}" for m in models} | set(CONTRACT.tokenizer_files)
     if not compiled:
@@ -81,7 +81,10 @@ def test_the_resources_folder_meets_the_contract_read_back_from_its_specs(name, 
         "encoder": ({"input_ids": [1, 77]}, "last_hidden_state"),
         "unet": ({"sample": [2, 4, latent, latent], "timestep": [2], "encoder_hidden_states": [2, hidden, 1, 77]}, "noise_pred"),
         "decoder": ({"z": [1, 4, latent, latent]}, "image"),
+        # Optional, for image-to-image: Encoder.swift checks the image against this input's shape.
+        "image_encoder": ({"x": [1, 3, manifest.image_size, manifest.image_size]}, "latent"),
     }
+    names = {**CONTRACT.models, "image_encoder": "VAEEncoder"}
     for role, (inputs, output) in expected.items():
         if compiled:
             continue  # a compiled model has no spec to read; the loop test runs it
@@ -95,7 +98,7 @@ def test_the_resources_folder_meets_the_contract_read_back_from_its_specs(name, 
             assert [o.name for o in second.output] == [output]
             assert any(line.startswith("unet: split into UnetChunk1 and UnetChunk2") for line in manifest.adaptations)
             continue
-        spec = ct.utils.load_spec(str(folder / f"{CONTRACT.models[role]}.mlpackage"))
+        spec = ct.utils.load_spec(str(folder / f"{names[role]}.mlpackage"))
         declared = {i.name: list(i.type.multiArrayType.shape) for i in spec.description.input}
         assert declared == inputs, role
         # Every input a float32 multiarray: the Swift side sends Float32 MLMultiArrays.
@@ -318,6 +321,31 @@ def test_the_swift_loop_on_the_compiled_bundle_draws_what_our_loop_draws(name, b
     _check_loops({role: run(role) for role in CONTRACT.models}, load_pipeline(sources[name.removesuffix("-chunked")]))
 
 
+@pytest.mark.parametrize("name", ["distilled", "sd"])
+def test_the_swift_encoder_on_the_vae_encoder_graph_gives_the_models_scaled_latents(name, sources):
+    """Encoder.swift: mean and log-variance from the first output, the log-variance clamped to
+    [-30, 20], one normal draw, times encoderScaleFactor (0.18215): the model's scaled latents."""
+    import torch
+
+    from edgegen.bundling import apple_swift
+    from edgegen.families import family_of
+    from edgegen.families.loading import load_pipeline
+
+    source = sources[name]
+    pipeline = load_pipeline(source)
+    fitted = apple_swift.fit(source, family_of(source).name)
+    graphs = apple_swift.add_image_encoder(apple_swift.sd_graphs(pipeline, source, fitted, 0, 1, None), pipeline.vae)
+    image = graphs.examples["image_encoder"][0]
+    noise = torch.randn((1, 4) + tuple(s // (image.shape[-1] // fitted.latent_size) for s in image.shape[-2:]), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        output = graphs.modules["image_encoder"](image)
+        mean, logvar = output[:, :4], output[:, 4:].clamp(-30, 20)
+        theirs = (mean + torch.exp(0.5 * logvar) * noise) * apple_swift.CONTRACT.latents_scale
+        posterior = pipeline.vae.encode(image).latent_dist
+        ours = (posterior.mean + posterior.std * noise) * pipeline.vae.config.scaling_factor
+    assert ours.abs().max() > 0.1 and torch.allclose(theirs, ours, atol=1e-4), (theirs - ours).abs().max()
+
+
 @pytest.fixture(scope="module")
 def xl(tmp_path_factory):
     """diffusers' test SDXL (two 32-wide encoders, 32 latents) and its bundle."""
@@ -341,7 +369,7 @@ def test_the_xl_resources_folder_meets_the_xl_pipelines_contract(xl):
     if platform.system() == "Darwin":  # pragma: no cover - compiled: no spec to read; the loop test runs it
         assert {f.path for f in manifest.files} >= {f"{m}.mlmodelc" for m in XL_CONTRACT.models.values()}
         return
-    assert {f.path for f in manifest.files} == {f"{m}.mlpackage" for m in XL_CONTRACT.models.values()} | {"vocab.json", "merges.txt"}
+    assert {f.path for f in manifest.files} == {f"{m}.mlpackage" for m in XL_CONTRACT.models.values()} | {"VAEEncoder.mlpackage", "vocab.json", "merges.txt"}
     assert any("StableDiffusionXLPipeline(resourcesAt:" in line and "decoderScaleFactor = 0.13025" in line for line in manifest.next_steps)
     expected = {  # TextEncoderXL.swift reads both outputs by name; Unet.swift sends text_embeds and time_ids
         "encoder": ({"input_ids": [1, 77]}, {"hidden_embeds": [1, 77, 32], "pooled_outputs": [1, 32]}),
@@ -351,9 +379,10 @@ def test_the_xl_resources_folder_meets_the_xl_pipelines_contract(xl):
             {"noise_pred": [2, 4, 32, 32]},
         ),
         "decoder": ({"z": [1, 4, 32, 32]}, {"image": [1, 3, 64, 64]}),
+        "image_encoder": ({"x": [1, 3, 64, 64]}, {"latent": [1, 8, 32, 32]}),
     }
     for role, (inputs, outputs) in expected.items():
-        description = ct.utils.load_spec(str(folder / f"{XL_CONTRACT.models[role]}.mlpackage")).description
+        description = ct.utils.load_spec(str(folder / f"{({**XL_CONTRACT.models, 'image_encoder': 'VAEEncoder'})[role]}.mlpackage")).description
         assert {i.name: list(i.type.multiArrayType.shape) for i in description.input} == inputs, role
         assert {o.name for o in description.output} == set(outputs), role
         assert {i.type.multiArrayType.dataType for i in description.input} == {ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32}, role

@@ -57,6 +57,7 @@ def test_the_sd3_folder_meets_the_sd3_pipelines_contract(name, sd3):
     extra = {"tokenizer.json", "tokenizer_config.json"} if name == "t5" else set()
     assert {f.path for f in manifest.files} == {f"{m}.mlpackage" for m in models.values()} | {"vocab.json", "merges.txt"} | extra
     assert any("StableDiffusion3Pipeline(resourcesAt:" in line and "decoderShiftFactor = 0.0609" in line for line in manifest.next_steps)
+    assert any(line.startswith("no VAEEncoder (optional, image-to-image)") for line in manifest.adaptations)
     expected = {
         "encoder": ({"input_ids": [1, 77]}, {"hidden_embeds": [1, 77, 768], "pooled_outputs": [1, 768]}),
         "encoder_2": ({"input_ids": [1, 77]}, {"hidden_embeds": [1, 77, 1280], "pooled_outputs": [1, 1280]}),

@@ -408,6 +408,9 @@ class SwiftGraphs:
     # Roles converted in float32, as Apple's converter does where float16 overflows (SDXL's VAE,
     # SD3's MMDiT); the Swift pipelines run these on CPU and GPU.
     float32_roles: tuple[str, ...] = ()
+    # The app's encoderScaleFactor, where the optional VAEEncoder (image-to-image) is written: the
+    # Swift Encoder assumes 4 latent channels (SD3's image-to-image is broken there: none).
+    encoder_scale: float | None = None
 
 
 def sd_graphs(pipeline: Any, pipeline_dir: Path, fitted: Fit, bos_id: int, eos_id: int, folder: Path) -> SwiftGraphs:
@@ -418,8 +421,49 @@ def sd_graphs(pipeline: Any, pipeline_dir: Path, fitted: Fit, bos_id: int, eos_i
         models=CONTRACT.models, inputs=CONTRACT.inputs, outputs={role: [name] for role, name in CONTRACT.outputs.items()},
         modules=app_modules(pipeline, fitted), examples=app_example_inputs(fitted, bos_id, eos_id),
         latent_size=fitted.latent_size, image_size=_image_size(pipeline, fitted), adaptations=list(fitted.adaptations),
-        app_settings="the pipeline's defaults (decoderScaleFactor 0.18215); the SD 1.x pipeline runs from iOS 16.2",
+        app_settings="the pipeline's defaults (encoderScaleFactor and decoderScaleFactor 0.18215); the SD 1.x pipeline runs from iOS 16.2",
+        encoder_scale=CONTRACT.latents_scale,
     )
+
+
+def add_image_encoder(graphs: SwiftGraphs, vae: Any) -> SwiftGraphs:
+    """The optional VAEEncoder (image-to-image) added to ``graphs`` where the VAE has a Gaussian
+    posterior: Encoder.swift reads the first output as [1, 8, h, w] (mean, then log-variance),
+    samples it and multiplies by encoderScaleFactor, so the graph scales the mean and shifts the
+    log-variance to make that the model's scaled latents, exactly. A note where it is left out."""
+    import math
+
+    import torch
+
+    scaling = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+    if graphs.encoder_scale is None or not hasattr(vae, "encoder") or getattr(vae.config, "shift_factor", None) or int(vae.config.latent_channels) != 4:
+        graphs.adaptations.append("no VAEEncoder (optional, image-to-image): the Swift Encoder takes a 4-channel Gaussian posterior without a shift, which this VAE is not")
+        return graphs
+    ratio = scaling / graphs.encoder_scale
+    encoder, quant_conv = vae.encoder, getattr(vae, "quant_conv", None)
+
+    class VAEEncoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.quant_conv = encoder, quant_conv
+
+        def forward(self, x):  # [1, 3, H, W] in [-1, 1]
+            moments = self.encoder(x)
+            if self.quant_conv is not None:
+                moments = self.quant_conv(moments)
+            mean, logvar = moments.chunk(2, dim=1)
+            return torch.cat([mean * ratio, logvar + 2 * math.log(ratio)], dim=1)
+
+    size = graphs.image_size
+    example = (torch.rand((1, 3, size, size), generator=torch.Generator().manual_seed(0)) * 2 - 1,)
+    graphs.models = {**graphs.models, "image_encoder": "VAEEncoder"}
+    graphs.inputs = {**graphs.inputs, "image_encoder": ["x"]}
+    graphs.outputs = {**graphs.outputs, "image_encoder": ["latent"]}
+    graphs.modules = {**graphs.modules, "image_encoder": VAEEncoder().eval()}
+    graphs.examples = {**graphs.examples, "image_encoder": example}
+    if ratio != 1.0:
+        graphs.adaptations.append(f"image encoder: the app multiplies by {graphs.encoder_scale}; the VAEEncoder's posterior is scaled so that gives the VAE's own ({scaling})")
+    return graphs
 
 
 def write(pipeline_dir: Path, output: Path, force: bool = False, chunk_unet: bool | None = None) -> Path:
@@ -450,7 +494,7 @@ def write(pipeline_dir: Path, output: Path, force: bool = False, chunk_unet: boo
         pipeline = load_pipeline(pipeline_dir)
         folder = staging.folder
         bos_id, eos_id = write_vocabulary(pipeline_dir, folder)
-        graphs = make_graphs(pipeline, pipeline_dir, fitted, bos_id, eos_id, folder)
+        graphs = add_image_encoder(make_graphs(pipeline, pipeline_dir, fitted, bos_id, eos_id, folder), pipeline.vae)
         files, parity = [], {}
         for role, model in graphs.models.items():
             float16 = role not in graphs.float32_roles

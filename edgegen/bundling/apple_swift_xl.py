@@ -221,8 +221,9 @@ def graphs(pipeline: Any, pipeline_dir: Path, fitted: XlFit, bos_id: int, eos_id
         modules=app_modules(pipeline, fitted), examples=app_example_inputs(fitted, bos_id, eos_id),
         latent_size=fitted.latent_size, image_size=fitted.latent_size * downsample, adaptations=list(fitted.adaptations),
         app_settings=(
-            f"decoderScaleFactor = {XL_CONTRACT.latents_scale} (as the Swift CLI does for XL), and originalSize and targetSize to the image size "
+            f"encoderScaleFactor and decoderScaleFactor = {XL_CONTRACT.latents_scale} (as the Swift CLI does for XL), and originalSize and targetSize to the image size "
             "the model was trained at (the configuration's default is 1024); the XL pipeline runs from iOS 17 / macOS 14"
         ),
-        float32_roles=("decoder",),
+        float32_roles=("decoder", "image_encoder"),
+        encoder_scale=XL_CONTRACT.latents_scale,
     )
