@@ -297,6 +297,7 @@ def test_the_swift_loop_on_the_bundles_graphs_draws_what_our_loop_draws(name, so
     # The port's schedule is Scheduler.swift's: n + 1 UNet calls, the second-to-last timestep repeated.
     assert apple_swift.swift_pndm_timesteps(5) == [801, 601, 601, 401, 201, 1]
     assert apple_swift.swift_dpm_timesteps(5) == [999, 799, 599, 400, 200]  # 399.6 and 199.8 rounded
+    assert 499 in apple_swift.swift_dpm_timesteps(14)  # 7 * Float(999 / 14) is 499.49997 in float32
 
 
 @pytest.mark.skipif(platform.system() != "Darwin", reason="Core ML prediction needs macOS; the graphs the packages hold are checked by the loop test above")
@@ -344,6 +345,21 @@ def test_the_swift_encoder_on_the_vae_encoder_graph_gives_the_models_scaled_late
         posterior = pipeline.vae.encode(image).latent_dist
         ours = (posterior.mean + posterior.std * noise) * pipeline.vae.config.scaling_factor
     assert ours.abs().max() > 0.1 and torch.allclose(theirs, ours, atol=1e-4), (theirs - ours).abs().max()
+
+
+def test_a_vae_the_swift_encoder_cannot_take_gets_no_vae_encoder(pipeline_dir, tmp_path):
+    """A decoder student's AutoencoderTiny encodes the latent itself (no mean and log-variance)."""
+    from edgegen.bundling import apple_swift
+    from edgegen.embedded.builders import build_embedded_decoder_student, build_embedded_student
+    from edgegen.families import family_of
+    from edgegen.families.loading import load_pipeline
+
+    source = build_embedded_decoder_student(build_embedded_student(pipeline_dir, tmp_path / "fewstep", "few-step"), tmp_path / "tiny")
+    pipeline = load_pipeline(source)
+    fitted = apple_swift.fit(source, family_of(source).name)
+    graphs = apple_swift.add_image_encoder(apple_swift.sd_graphs(pipeline, source, fitted, 0, 1, None), pipeline.vae)
+    assert "image_encoder" not in graphs.models
+    assert any(line.startswith("no VAEEncoder") and "AutoencoderTiny" in line for line in graphs.adaptations)
 
 
 @pytest.fixture(scope="module")

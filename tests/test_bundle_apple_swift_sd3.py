@@ -75,8 +75,9 @@ def test_the_sd3_folder_meets_the_sd3_pipelines_contract(name, sd3):
         assert {o.name: list(o.type.multiArrayType.shape) for o in spec.description.output} == outputs, role
         function = spec.mlProgram.functions["main"]
         computed = {MIL_pb2.DataType.Name(o.outputs[0].type.tensorType.dataType) for o in function.block_specializations[function.opset].operations if o.outputs}
-        # Apple converts the MMDiT in float32 (float16 overflows in SD3); the rest in float16.
-        assert ("FLOAT16" in computed) == (role != "transformer"), role
+        # Apple converts the MMDiT in float32 (float16 overflows in SD3), and T5 overflows in
+        # float16 too; the rest in float16.
+        assert ("FLOAT16" in computed) == (role not in ("transformer", "encoder_3")), role
 
 
 def _swift_ids(tokenizer, prompt, pad_id=None):

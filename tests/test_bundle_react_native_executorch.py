@@ -227,6 +227,8 @@ def test_the_ids_apps_send_become_the_ids_the_pipeline_tokenizes():
     assert fix([bos]) == [bos, eos, eos, eos, eos, eos]  # v0.9's unconditional
     assert fix([5, 6, 7, 8, 9, 10, 11, 12]) == [bos, 5, 6, 7, 8, eos]  # cut at the encoder's length: the end token kept last
     assert fix([bos, 5, eos], pad=0) == [bos, 5, eos, 0, 0, 0]  # a model that pads with "!" (0)
+    assert fix([bos, 5, 0, 6, 7, 8, 9, 10], pad=0) == [bos, 5, 0, 6, 7, eos]  # a "!" inside a cut prompt: still cut
+    assert fix([bos, 5, eos], pad=0)[:3] == fix([bos, 5, eos, 0])[:3]  # the app's "!" padding after the end
     assert clip_ids_as_the_pipeline_tokenizes(torch.tensor([[bos, 5, eos, eos, eos, eos]]), tokens, bos, eos, 0)[0].tolist() == [bos, 5, eos, 0, 0, 0]
 
 

@@ -3,8 +3,8 @@ denoise, decode) and tokenizer.json of react-native-executorch's rewrite.
 
 The method schemas its loader checks are read back from the program's method metadata, and its
 TypeScript loop (``sdxsTextToImage.ts``: pad the ids with 49407 to 77, encode, one denoise at
-timestep 999, the fixed update, decode, scale by 255) runs on the bundle and must draw what our
-own one-call pipeline of the few-step student draws from the same prompt and noise.
+timestep 999, the fixed update, decode, scale by 255) runs on the bundle and must draw what
+diffusers' DDIMScheduler draws with the few-step student from the same prompt and noise.
 """
 
 from __future__ import annotations
@@ -90,27 +90,39 @@ def _app_loop(folder, prompt, noise, tokenization):
 
 
 def _our_loop(source, prompt, noise):
-    """The few-step student's one-call pipeline, eager, on the pipeline's own tokenization and the
-    app's noise at the student's latent size; its image repeated to 512 px."""
+    """The few-step student through diffusers' own DDIMScheduler (its scheduler, at its few-step
+    timesteps) around the pipeline's eager modules, decoding the last step's predicted original
+    sample, on the pipeline's own tokenization and the app's noise at the student's latent size
+    (block means times the block: standard normal again); its image repeated to 512 px."""
     import torch
+    from diffusers import DDIMScheduler
 
-    from edgegen.exporting.one_call import build_program
+    from edgegen.families.base import vae_decoder_module
     from edgegen.families.loading import load_pipeline
+    from edgegen.models.checkpoint import read_student_manifest
 
     pipeline = load_pipeline(source)
-    program = build_program(pipeline, source, None, 1.0)
-    length = program.reference_inputs["input_ids"].shape[1]
-    size = program.reference_inputs["latents"].shape[-1]
+    timesteps = [int(t) for t in read_student_manifest(source).sampling.timesteps]
+    scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+    scheduler.set_timesteps(len(timesteps))
+    assert scheduler.timesteps.tolist() == timesteps
+    size = pipeline.unet.config.sample_size
     block = noise.shape[-1] // size
+    length = min(pipeline.tokenizer.model_max_length, pipeline.text_encoder.config.max_position_embeddings)
     with torch.no_grad():
         ids = pipeline.tokenizer(prompt, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+        states = pipeline.text_encoder(ids)[0]
         latents = torch.nn.functional.avg_pool2d(torch.from_numpy(noise), block) * block
-        image = program.module(ids, latents)
+        assert abs(float(latents.std()) - 1) < 0.15 and abs(float(latents.mean())) < 0.15
+        for t in scheduler.timesteps:
+            step = scheduler.step(pipeline.unet(latents, t, encoder_hidden_states=states).sample, t, latents)
+            latents = step.prev_sample
+        image = vae_decoder_module(pipeline.vae)(step.pred_original_sample)
     image = image.repeat_interleave(512 // image.shape[-1], 2).repeat_interleave(512 // image.shape[-1], 3)
     return np.round(((image / 2 + 0.5).clamp(0, 1) * 255).numpy()[0])
 
 
-def test_the_apps_loop_on_the_bundle_draws_what_our_one_call_pipeline_draws(fewstep_dir, bundle):
+def test_the_apps_loop_on_the_bundle_draws_what_diffusers_draws_with_the_student(fewstep_dir, bundle):
     from edgegen.measure.metrics import psnr_db
 
     for seed, prompt in enumerate(PROMPTS):

@@ -138,10 +138,16 @@ class SwiftPNDM:
         return (sample_coeff * sample - (alpha_prev - alpha) * output / denominator).astype(np.float32)
 
 
+def linspace32(start: float, end: float, count: int) -> np.ndarray:
+    """Scheduler.swift's linspace, in float32: Float(i) * ((end - start) / Float(count - 1)) + start."""
+    start, end = np.float32(start), np.float32(end)
+    return (np.arange(count, dtype=np.float32) * ((end - start) / np.float32(count - 1)) + start).astype(np.float32)
+
+
 def swift_dpm_timesteps(steps: int) -> list[int]:
     """DPMSolverMultistepScheduler.swift, .linspace (the pipeline's default spacing):
     linspace(0, 999, n + 1) without its first, descending, each rounded (Swift's round: halves away from zero)."""
-    grid = np.linspace(0, CONTRACT.train_timesteps - 1, steps + 1, dtype=np.float32)[1:][::-1]
+    grid = linspace32(0, CONTRACT.train_timesteps - 1, steps + 1)[1:][::-1]
     return [int(np.floor(float(value) + 0.5)) for value in grid]
 
 
@@ -332,8 +338,8 @@ def convert(model: str, module: Any, example: tuple, input_names: list[str], out
     return package
 
 
-def coreml_parity(package: Path, module: Any, example: tuple, input_names: list[str], output_name: str) -> float | None:
-    """PSNR of the package's ``output_name`` against eager where Core ML predicts (macOS); None elsewhere."""
+def coreml_parity(package: Path, module: Any, example: tuple, input_names: list[str], output_names: list[str]) -> float | None:
+    """The lowest PSNR of the package's outputs against eager where Core ML predicts (macOS); None elsewhere."""
     if platform.system() != "Darwin":
         return None
     import coremltools as ct
@@ -343,10 +349,10 @@ def coreml_parity(package: Path, module: Any, example: tuple, input_names: list[
 
     with torch.no_grad():
         expected = module(*example)
-    expected = (expected[0] if isinstance(expected, tuple) else expected).numpy()
+    expected = expected if isinstance(expected, tuple) else (expected,)
     model = ct.models.MLModel(str(package), compute_units=ct.ComputeUnit.CPU_ONLY)
-    produced = model.predict({n: t.numpy() for n, t in zip(input_names, example, strict=True)})[output_name]
-    psnr = psnr_db(expected, produced)
+    produced = model.predict({n: t.numpy() for n, t in zip(input_names, example, strict=True)})
+    psnr = min(psnr_db(value.numpy(), produced[name]) for name, value in zip(output_names, expected, strict=True))
     if not psnr >= MIN_PSNR_DB:
         raise EdgegenError(f"the bundle's {package.stem} is {psnr:.1f} dB from its eager graph (< {MIN_PSNR_DB:.0f}); nothing was written")
     return psnr
@@ -435,9 +441,17 @@ def add_image_encoder(graphs: SwiftGraphs, vae: Any) -> SwiftGraphs:
 
     import torch
 
+    from diffusers import AutoencoderKL
+
     scaling = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
-    if graphs.encoder_scale is None or not hasattr(vae, "encoder") or getattr(vae.config, "shift_factor", None) or int(vae.config.latent_channels) != 4:
-        graphs.adaptations.append("no VAEEncoder (optional, image-to-image): the Swift Encoder takes a 4-channel Gaussian posterior without a shift, which this VAE is not")
+    # A decoder student's AutoencoderTiny encodes the latent itself (and its encoder is untrained).
+    gaussian = isinstance(vae, AutoencoderKL) and bool(getattr(vae.config, "double_z", True))
+    standardized = getattr(vae.config, "latents_mean", None) is not None
+    if graphs.encoder_scale is None or not gaussian or standardized or getattr(vae.config, "shift_factor", None) or int(vae.config.latent_channels) != 4:
+        graphs.adaptations.append(
+            "no VAEEncoder (optional, image-to-image): the Swift Encoder takes a 4-channel Gaussian posterior scaled by one factor, "
+            f"which this VAE ({type(vae).__name__}) does not give"
+        )
         return graphs
     ratio = scaling / graphs.encoder_scale
     encoder, quant_conv = vae.encoder, getattr(vae, "quant_conv", None)
@@ -499,7 +513,7 @@ def write(pipeline_dir: Path, output: Path, force: bool = False, chunk_unet: boo
         for role, model in graphs.models.items():
             float16 = role not in graphs.float32_roles
             package = convert(model, graphs.modules[role], graphs.examples[role], graphs.inputs[role], graphs.outputs[role], folder, float16)
-            parity[role] = coreml_parity(package, graphs.modules[role], graphs.examples[role], graphs.inputs[role], graphs.outputs[role][0])
+            parity[role] = coreml_parity(package, graphs.modules[role], graphs.examples[role], graphs.inputs[role], graphs.outputs[role])
         roles = {model: role for role, model in graphs.models.items()}
         unet_weights = weight_bytes(folder / "Unet.mlpackage")
         chunked = "unet" in graphs.models and (chunk_unet if chunk_unet is not None else unet_weights > ANE_PACKAGE_WEIGHT_BYTES)
@@ -527,13 +541,16 @@ def write(pipeline_dir: Path, output: Path, force: bool = False, chunk_unet: boo
         steps.append(
             f"Then: let pipeline = try {graphs.swift_pipeline}; try pipeline.loadResources(); the images are {graphs.image_size} px "
             f"({graphs.latent_size} latents square, the denoiser's sample shape). Set {graphs.app_settings}. "
-            "The packages are float16 ML programs for iOS 17 / macOS 14" + (f", but {', '.join(graphs.models[r] for r in graphs.float32_roles)} in float32" if graphs.float32_roles else "")
+            "The packages are float16 ML programs for iOS 17 / macOS 14" + (f", but {', '.join(graphs.models[r] for r in graphs.float32_roles if r in graphs.models)} in float32" if graphs.float32_roles else "")
         )
         manifest = BundleManifest(
             edgegen_version=edgegen_version(), created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             format="apple-swift", consumer=CONTRACT.consumer, source_dir=str(Path(pipeline_dir).resolve()), family=family.name,
             checkpoint_sha256=checkpoint_sha256(pipeline_dir, components_with_role(family, "denoiser")[0].subfolder), image_size=graphs.image_size, steps_hint=DEFAULT_STEPS,
-            files=files, adaptations=adaptations + ([] if compiled else ["not compiled: written as .mlpackage on a host without Xcode"]),
+            files=files,
+            adaptations=adaptations + ([] if compiled else ["not compiled: written as .mlpackage on a host without Xcode"]) + (
+                [] if platform.system() == "Darwin" else ["not run: Core ML predicts on macOS only, so the packages' parity against their graphs was not measured here"]
+            ),
             toolchain=versions_of(("torch", "coremltools", "tokenizers")), next_steps=steps,
         )
         write_json(folder / BUNDLE_MANIFEST, manifest)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edgegen.bundling.apple_swift import CONTRACT, SwiftGraphs
+from edgegen.bundling.apple_swift import CONTRACT, SwiftGraphs, linspace32
 from edgegen.bundling.fitting import clip_ids_as_the_pipeline_tokenizes, config, config_file, config_index, special_ids
 from edgegen.errors import EdgegenError
 
@@ -73,12 +73,6 @@ SD3_CONTRACT = Sd3Contract(
 
 FAMILIES = ("stable-diffusion-3",)
 CLIP = {"encoder": ("tokenizer", "text_encoder"), "encoder_2": ("tokenizer_2", "text_encoder_2")}
-
-
-def linspace32(start: float, end: float, count: int) -> np.ndarray:
-    """Scheduler.swift's linspace in float32: i * ((end - start) / (count - 1)) + start."""
-    start, end = np.float32(start), np.float32(end)
-    return (np.arange(count, dtype=np.float32) * ((end - start) / np.float32(count - 1)) + start).astype(np.float32)
 
 
 class SwiftDiscreteFlow:
@@ -318,5 +312,6 @@ def graphs(pipeline: Any, pipeline_dir: Path, fitted: Sd3Fit, bos_id: int, eos_i
             f"decoderShiftFactor = {SD3_CONTRACT.decoder_shift} (as the Swift CLI does with --sd3); the SD3 pipeline runs from iOS 17 / macOS 14"
         ),
         extra_files=list(SD3_CONTRACT.t5_tokenizer_files) if fitted.t5 else [],
-        float32_roles=("transformer",),
+        # T5 in float16 overflows (transformers keeps its feed-forward outputs in float32 for it).
+        float32_roles=("transformer", "encoder_3"),
     )

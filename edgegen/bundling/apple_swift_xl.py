@@ -130,7 +130,8 @@ def app_modules(pipeline: Any, fitted: XlFit) -> dict[str, Any]:
     """TextEncoder, TextEncoder2, Unet and VAEDecoder as the Swift XL pipeline calls them."""
     import torch
 
-    from edgegen.families.base import ConditioningEncoder, text_encoder_wrapper, vae_decoder_module
+    from edgegen.families.base import ConditioningEncoder, text_encoder_wrapper
+    from edgegen.families.stable_diffusion_xl import standardized_decoder_module
 
     alphas = torch.from_numpy(swift_alphas_cumprod())
 
@@ -177,7 +178,7 @@ def app_modules(pipeline: Any, fitted: XlFit) -> dict[str, Any]:
                 output = a * output + b * sample
             return output
 
-    decoder = vae_decoder_module(pipeline.vae)
+    decoder = standardized_decoder_module(pipeline.vae)  # with a VAE's latents mean and std where it has them
 
     class VAEDecoder(torch.nn.Module):
         def __init__(self):

@@ -110,7 +110,8 @@ def clip_ids_as_the_pipeline_tokenizes(ids: Any, tokens: int, bos: int, eos: int
     ids = torch.where(torch.logical_and(starts, second == bos), shifted_left, torch.where(starts, ids, shifted_right))
     ids = ids[:, :tokens]
     # A prompt cut at the encoder's length keeps its end token in the last place, as truncation does.
-    ended = torch.logical_or(ids == eos, ids == pad)[:, 1:].any(dim=1, keepdim=True)
+    # (The last place only: a padding token such as "!" may also occur inside a prompt.)
+    ended = torch.logical_or(ids[:, -1:] == eos, ids[:, -1:] == pad)
     last = torch.where(ended, ids[:, -1:], torch.full_like(first, eos))
     ids = torch.cat([ids[:, :-1], last], dim=1)
     # Everything after the first end token is padding, in the model's own token, whatever the app

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgegen.bundling.fitting import clip_ids_as_the_pipeline_tokenizes, config, special_ids
+from edgegen.bundling.fitting import clip_ids_as_the_pipeline_tokenizes, config, config_file, special_ids
 from edgegen.errors import EdgegenError
 
 
@@ -103,6 +103,9 @@ def fit(pipeline_dir: Path, family_name: str) -> Fit:
             "(train one with `edgegen train adversarial`, or bundle this one with --format react-native-executorch)"
         )
     timesteps = tuple(int(t) for t in manifest.sampling.timesteps)
+    prediction = str(config_file(pipeline_dir, "scheduler", "scheduler_config.json").get("prediction_type", "epsilon"))
+    if prediction not in ("epsilon", "v_prediction", "sample"):
+        raise EdgegenError(f"the student's scheduler predicts '{prediction}'; the SDXS bundle's denoise takes epsilon, v_prediction or sample")
     unet, text = config(pipeline_dir, "unet"), config(pipeline_dir, "text_encoder")
     tokenizer = AutoTokenizer.from_pretrained(str(Path(pipeline_dir) / "tokenizer"))
     tokens = int(min(tokenizer.model_max_length, text["max_position_embeddings"]))

@@ -99,7 +99,7 @@ def _vae_scale_factor(vae_config: Any) -> int:
     return 2 ** (len(_config_get(vae_config, "block_out_channels")) - 1)
 
 
-def _decoder_module(vae: Any) -> Any:
+def standardized_decoder_module(vae: Any) -> Any:
     """``vae_decoder_module``, or, for a VAE with latents mean and std (Playground v2.5 style),
     the pipeline's ``latents * std / scaling + mean`` before decoding."""
     import torch
@@ -208,7 +208,7 @@ def build_component(
         else:
             size = (vae.config.sample_size // _vae_scale_factor(vae.config),) * 2
         inputs = {"latents": torch.randn((batch_size, vae.config.latent_channels, *size), generator=generator)}
-        module, rewrites, source = _decoder_module(vae), use_plain_attention(vae), vae
+        module, rewrites, source = standardized_decoder_module(vae), use_plain_attention(vae), vae
         output_names = ["image"]
 
     return traced_component(name, module, inputs, output_names, spec, source, rewrites)
