@@ -98,6 +98,20 @@ def two_step_gap(teacher_dir: Path, student_dir: Path) -> float:
     return torch.nn.functional.mse_loss(output, target).item()
 
 
+def test_a_student_distilled_from_a_few_step_student_keeps_its_schedule(pipeline_dir, student_dir, tmp_path):
+    from edgegen.embedded.builders import build_embedded_student
+    from edgegen.models.checkpoint import read_student_manifest
+
+    few_step = build_embedded_student(pipeline_dir, tmp_path / "few-step", "few-step")
+    out = tmp_path / "kd"
+    train("distill", f"teacher={few_step}", f"student={student_dir}", f"output={out}", "steps=2", "batch_size=4", "log_every=1", SMALL_DATA)
+    assert read_student_manifest(out / "pipeline").sampling == read_student_manifest(few_step).sampling
+    assert read_student_manifest(out / "pipeline").sampling.timesteps == [999, 499]
+    plain = tmp_path / "kd-from-teacher"  # a teacher without a few-step schedule gives none
+    train("distill", f"teacher={pipeline_dir}", f"student={student_dir}", f"output={plain}", "steps=1", "batch_size=4", "log_every=1", SMALL_DATA)
+    assert read_student_manifest(plain / "pipeline").sampling is None
+
+
 @pytest.mark.slow
 def test_adversarial_student_records_its_schedule_and_samples_in_two_steps(pipeline_dir, student_dir, tmp_path):
     import numpy as np

@@ -156,7 +156,14 @@ def prepare(config: DistillConfig, context: Context) -> Trainee:
         return {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
 
     def save(folder: Path, summary: dict[str, Any]) -> None:
+        from edgegen.models.checkpoint import read_student_manifest
+
         details = {"feature_blocks": list(channels), "qat": config.qat}
+        teacher_manifest = read_student_manifest(config.teacher)
+        if teacher_manifest is not None and teacher_manifest.sampling:
+            # Distilled from a few-step student at every timestep, the student answers as it does:
+            # its fixed schedule is this student's too (one-call pipelines unroll it).
+            details["sampling"] = teacher_manifest.sampling.model_dump()
         if config.qat:
             from edgegen.trainers.qat import save_qat_student
 
