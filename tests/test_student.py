@@ -77,6 +77,28 @@ def test_unknown_preset_and_missing_teacher(tmp_path, pipeline_dir):
     assert not (tmp_path / "s").exists()
 
 
+def test_a_student_not_smaller_than_its_teacher_is_refused_in_one_line(tmp_path):
+    """diffusers' test SD UNet is so narrow that rounding its channels up to the GroupNorm and
+    head multiples outweighs the removed blocks: every preset would be larger (112%)."""
+    from tests.dummy_pipelines import stable_diffusion
+
+    teacher = stable_diffusion.build(tmp_path / "sd")
+    result = CliRunner().invoke(app, ["student", "init", "--teacher", str(teacher), "-o", str(tmp_path / "s"), "--preset", "tiny"])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "preset 'tiny' would make a UNet of" in result.stderr and "not fewer than the teacher's" in result.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_added_and_class_embeddings_are_named_as_what_they_are(pipeline_dir):
+    from edgegen.models.student import PRESETS, student_unet_config
+
+    teacher = json.loads((pipeline_dir / "unet" / "config.json").read_text())
+    with pytest.raises(EdgegenError, match="added text_time conditioning \\(SDXL-style\\)"):
+        student_unet_config({**teacher, "addition_embed_type": "text_time"}, PRESETS["small"])
+    with pytest.raises(EdgegenError, match="simple_projection class embeddings \\(AudioLDM-style\\)"):
+        student_unet_config({**teacher, "class_embed_type": "simple_projection"}, PRESETS["small"])
+
+
 def test_corrupt_student_manifest_is_one_line(student_dir, tmp_path):
     import shutil
 

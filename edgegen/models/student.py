@@ -44,8 +44,10 @@ def _round_channels(channels: float, multiple: int) -> int:
 def student_unet_config(teacher_config: dict[str, Any], preset: Preset) -> tuple[dict[str, Any], dict[str, Any]]:
     """The student's UNet2DConditionModel config, and a summary of what changed."""
     config = {k: v for k, v in teacher_config.items() if not k.startswith("_")}
-    if config.get("addition_embed_type") or config.get("class_embed_type"):
-        raise EdgegenError("students of UNets with added class/text-time embeddings (SDXL-style) are not supported yet")
+    if config.get("addition_embed_type"):
+        raise EdgegenError(f"students of UNets with added {config['addition_embed_type']} conditioning (SDXL-style) are not supported yet")
+    if config.get("class_embed_type"):
+        raise EdgegenError(f"students of UNets with {config['class_embed_type']} class embeddings (AudioLDM-style) are not supported yet")
     heads = config.get("num_attention_heads") or config.get("attention_head_dim") or 8
     heads = heads if isinstance(heads, int) else max(heads)
     groups = config.get("norm_num_groups") or 32
@@ -113,6 +115,14 @@ def make_student(teacher_dir: Path, preset_name: str, output_dir: Path, force: b
     config, changes = student_unet_config(dict(teacher_unet.config), preset)
     torch.manual_seed(seed)
     student_unet = UNet2DConditionModel.from_config(config).eval()
+    teacher_parameters, student_parameters = parameter_count(teacher_unet), parameter_count(student_unet)
+    if student_parameters >= teacher_parameters:
+        # Channels round up to multiples of the GroupNorm groups and heads: on a narrow teacher
+        # that can outweigh the removed blocks.
+        raise EdgegenError(
+            f"preset '{preset_name}' would make a UNet of {student_parameters:,} parameters, not fewer than the teacher's {teacher_parameters:,} "
+            f"(channels {config['block_out_channels']} against {list(teacher_unet.config.block_out_channels)}); choose a smaller preset"
+        )
     initialisation = initialise_from_teacher(student_unet, teacher_unet)
     context_length = pipeline.tokenizer.model_max_length
     summary_tokens = min(preset.summary_tokens, context_length)
@@ -126,8 +136,8 @@ def make_student(teacher_dir: Path, preset_name: str, output_dir: Path, force: b
         preset=preset_name,
         teacher_dir=str(Path(teacher_dir).resolve()),
         teacher_unet_sha256=checkpoint_sha256(teacher_dir, "unet"),
-        teacher_parameters=parameter_count(teacher_unet),
-        student_parameters=parameter_count(student_unet),
+        teacher_parameters=teacher_parameters,
+        student_parameters=student_parameters,
         architecture=changes,
         scman=scman.to_dict(),
         initialisation=Initialisation(**initialisation),
