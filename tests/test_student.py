@@ -89,6 +89,31 @@ def test_a_student_not_smaller_than_its_teacher_is_refused_in_one_line(tmp_path)
     assert not (tmp_path / "s").exists()
 
 
+def test_attention_heads_make_wide_heads_on_the_teachers_weights(pipeline_dir, tmp_path):
+    """--attention-heads 1: one head per layer over the same weights (what mobile CPU kernels run
+    fastest), recorded in the manifest; a decoder student has no attention to change."""
+    import torch
+
+    from edgegen.families.loading import load_pipeline
+    from edgegen.models.checkpoint import read_student_manifest
+
+    out = tmp_path / "one-head"
+    result = CliRunner().invoke(app, ["student", "init", "--teacher", str(pipeline_dir), "-o", str(out), "--attention-heads", "1"])
+    assert result.exit_code == 0, result.output
+    assert read_student_manifest(out).architecture["attention_heads"] == [8, 1]
+    student = load_pipeline(out)
+    heads = {m.heads for m in student.unet.modules() if type(m).__name__ == "Attention"}
+    assert heads == {1}
+    reference = tmp_path / "eight-heads"
+    assert CliRunner().invoke(app, ["student", "init", "--teacher", str(pipeline_dir), "-o", str(reference)]).exit_code == 0
+    eight = load_pipeline(reference)
+    assert {m.heads for m in eight.unet.modules() if type(m).__name__ == "Attention"} == {8}
+    # The same tensors, initialised from the same teacher: only the split into heads differs.
+    assert all(torch.equal(a, b) for a, b in zip(student.unet.state_dict().values(), eight.unet.state_dict().values(), strict=True))
+    result = CliRunner().invoke(app, ["student", "init", "--teacher", str(pipeline_dir), "-o", str(tmp_path / "d"), "--component", "vae_decoder", "--attention-heads", "1"])
+    assert result.exit_code == 2 and "--attention-heads applies to denoiser students" in result.stderr
+
+
 def test_added_and_class_embeddings_are_named_as_what_they_are(pipeline_dir):
     from edgegen.models.student import PRESETS, student_unet_config
 

@@ -32,6 +32,10 @@ def init_command(
     preset: Annotated[PresetName, typer.Option(help="Student size.")] = PresetName.small,
     component: Annotated[StudentComponent, typer.Option(help="denoiser: a compact SCMAN denoiser; vae_decoder: a tiny TAESD-like decoder in place of the VAE (train it with `edgegen train decoder`).")] = StudentComponent.denoiser,
     force: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+    attention_heads: Annotated[
+        int | None,
+        typer.Option(min=1, help="Heads per attention layer (default: the teacher's). One or two wide heads run faster than many narrow ones on mobile CPUs (XNNPACK, LiteRT); distil the student after changing them."),
+    ] = None,
 ) -> None:
     """Create a student: fewer/narrower blocks, SCMAN cross-attention, teacher-initialised weights (or a tiny decoder)."""
     quiet()
@@ -41,6 +45,11 @@ def init_command(
     if component is StudentComponent.vae_decoder:
         from edgegen.models.decoder_student import make_decoder_student, read_decoder_manifest
 
+        if attention_heads is not None:
+            from edgegen.errors import EdgegenError
+
+            raise EdgegenError("--attention-heads applies to denoiser students; a decoder student has no attention")
+
         make_decoder_student(teacher, preset.value, output, force=force)
         decoder = read_decoder_manifest(output)
         console.print(
@@ -49,7 +58,7 @@ def init_command(
             f"`edgegen train decoder teacher={teacher} student={output} output=...`"
         )
         return
-    family_of(teacher).make_student(teacher, output, preset.value, force=force)
+    family_of(teacher).make_student(teacher, output, preset.value, force=force, attention_heads=attention_heads)
     manifest = read_student_manifest(output)
     init = manifest.initialisation
     console.print(

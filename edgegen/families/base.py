@@ -129,8 +129,11 @@ class Family(Protocol):
     def fingerprint(self, folder: Path) -> str:
         """What must agree for two folders' images to be comparable (tokenizer, latent space)."""
 
-    def make_student(self, teacher_dir: Path, output_dir: Path, preset: str, force: bool = False, seed: int = 0) -> Path:
-        """A compact student of the teacher folder, written as a pipeline folder of this family."""
+    def make_student(
+        self, teacher_dir: Path, output_dir: Path, preset: str, force: bool = False, seed: int = 0, attention_heads: int | None = None
+    ) -> Path:
+        """A compact student of the teacher folder, written as a pipeline folder of this family
+        (``attention_heads``: per attention layer, instead of the teacher's)."""
 
 
 # ---------------------------------------------------------------------------------------------

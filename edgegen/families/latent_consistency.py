@@ -135,7 +135,9 @@ class LatentConsistencyFamily(stable_diffusion.StableDiffusionFamily):
             scale = np.full((latents.shape[0],), DEFAULT_GUIDANCE_SCALE, dtype=np.float32)
         return {**inputs, "guidance_scale": scale.astype(np.float32)}
 
-    def make_student(self, teacher_dir: Path, output_dir: Path, preset: str, force: bool = False, seed: int = 0) -> Path:
+    def make_student(
+        self, teacher_dir: Path, output_dir: Path, preset: str, force: bool = False, seed: int = 0, attention_heads: int | None = None
+    ) -> Path:
         from edgegen.families.base import no_student
 
         return no_student(self)

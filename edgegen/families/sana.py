@@ -372,7 +372,9 @@ class SanaFamily:
         digest.update(json.dumps(configs, sort_keys=True).encode())
         return digest.hexdigest()[:16]
 
-    def make_student(self, teacher_dir: Path, output_dir: Path, preset: str, force: bool = False, seed: int = 0) -> Path:
+    def make_student(
+        self, teacher_dir: Path, output_dir: Path, preset: str, force: bool = False, seed: int = 0, attention_heads: int | None = None
+    ) -> Path:
         return no_student(self)
 
 

@@ -227,10 +227,12 @@ class StableDiffusionFamily:
         digest.update(json.dumps(configs, sort_keys=True).encode())
         return digest.hexdigest()[:16]
 
-    def make_student(self, teacher_dir: Path, output_dir: Path, preset: str, force: bool = False, seed: int = 0) -> Path:
+    def make_student(
+        self, teacher_dir: Path, output_dir: Path, preset: str, force: bool = False, seed: int = 0, attention_heads: int | None = None
+    ) -> Path:
         from edgegen.models.student import make_student
 
-        return make_student(teacher_dir, preset, output_dir, force=force, seed=seed)
+        return make_student(teacher_dir, preset, output_dir, force=force, seed=seed, attention_heads=attention_heads)
 
 
 FAMILY = StableDiffusionFamily()

@@ -41,15 +41,21 @@ def _round_channels(channels: float, multiple: int) -> int:
     return max(multiple, int(round(channels / multiple)) * multiple)
 
 
-def student_unet_config(teacher_config: dict[str, Any], preset: Preset) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The student's UNet2DConditionModel config, and a summary of what changed."""
+def student_unet_config(teacher_config: dict[str, Any], preset: Preset, attention_heads: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The student's UNet2DConditionModel config, and a summary of what changed. With
+    ``attention_heads``, every attention layer has that many heads (the weights keep their
+    shapes): one or two wide heads run faster than many narrow ones on mobile CPU kernels."""
     config = {k: v for k, v in teacher_config.items() if not k.startswith("_")}
     if config.get("addition_embed_type"):
         raise EdgegenError(f"students of UNets with added {config['addition_embed_type']} conditioning (SDXL-style) are not supported yet")
     if config.get("class_embed_type"):
         raise EdgegenError(f"students of UNets with {config['class_embed_type']} class embeddings (AudioLDM-style) are not supported yet")
-    heads = config.get("num_attention_heads") or config.get("attention_head_dim") or 8
-    heads = heads if isinstance(heads, int) else max(heads)
+    # diffusers' SD configs name the head count attention_head_dim (num_attention_heads unset).
+    heads_key = "num_attention_heads" if config.get("num_attention_heads") else "attention_head_dim"
+    teacher_heads = config.get(heads_key) or 8
+    heads = attention_heads or (teacher_heads if isinstance(teacher_heads, int) else max(teacher_heads))
+    if attention_heads is not None and attention_heads < 1:
+        raise EdgegenError(f"--attention-heads must be at least 1, not {attention_heads}")
     groups = config.get("norm_num_groups") or 32
     multiple = math.lcm(groups, heads)
     teacher_channels = list(config["block_out_channels"])
@@ -65,6 +71,9 @@ def student_unet_config(teacher_config: dict[str, Any], preset: Preset) -> tuple
         "layers_per_block": [teacher_layers, layers],
         "mid_block": [True, preset.keep_mid_block],
     }
+    if attention_heads is not None:
+        config[heads_key] = attention_heads
+        changes["attention_heads"] = [teacher_heads, attention_heads]
     return config, changes
 
 
@@ -93,7 +102,7 @@ def parameter_count(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def make_student(teacher_dir: Path, preset_name: str, output_dir: Path, force: bool = False, seed: int = 0) -> Path:
+def make_student(teacher_dir: Path, preset_name: str, output_dir: Path, force: bool = False, seed: int = 0, attention_heads: int | None = None) -> Path:
     """Build a student of the teacher pipeline at ``teacher_dir`` and save it to ``output_dir``."""
     import torch
     from diffusers import UNet2DConditionModel
@@ -112,7 +121,7 @@ def make_student(teacher_dir: Path, preset_name: str, output_dir: Path, force: b
     teacher_unet = getattr(pipeline, "unet", None)
     if not isinstance(teacher_unet, UNet2DConditionModel):
         raise EdgegenError(f"the teacher at {teacher_dir} has no UNet2DConditionModel denoiser to make a student of")
-    config, changes = student_unet_config(dict(teacher_unet.config), preset)
+    config, changes = student_unet_config(dict(teacher_unet.config), preset, attention_heads)
     torch.manual_seed(seed)
     student_unet = UNet2DConditionModel.from_config(config).eval()
     teacher_parameters, student_parameters = parameter_count(teacher_unet), parameter_count(student_unet)
