@@ -85,7 +85,7 @@ def test_a_student_not_smaller_than_its_teacher_is_refused_in_one_line(tmp_path)
     teacher = stable_diffusion.build(tmp_path / "sd")
     result = CliRunner().invoke(app, ["student", "init", "--teacher", str(teacher), "-o", str(tmp_path / "s"), "--preset", "tiny"])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
-    assert "preset 'tiny' would make a UNet of" in result.stderr and "not fewer than the teacher's" in result.stderr
+    assert "preset 'tiny' would make a UNet of" in result.stderr and "more than the teacher's" in result.stderr
     assert not (tmp_path / "s").exists()
 
 

@@ -125,11 +125,11 @@ def make_student(teacher_dir: Path, preset_name: str, output_dir: Path, force: b
     torch.manual_seed(seed)
     student_unet = UNet2DConditionModel.from_config(config).eval()
     teacher_parameters, student_parameters = parameter_count(teacher_unet), parameter_count(student_unet)
-    if student_parameters >= teacher_parameters:
+    if student_parameters > teacher_parameters:
         # Channels round up to multiples of the GroupNorm groups and heads: on a narrow teacher
         # that can outweigh the removed blocks.
         raise EdgegenError(
-            f"preset '{preset_name}' would make a UNet of {student_parameters:,} parameters, not fewer than the teacher's {teacher_parameters:,} "
+            f"preset '{preset_name}' would make a UNet of {student_parameters:,} parameters, more than the teacher's {teacher_parameters:,} "
             f"(channels {config['block_out_channels']} against {list(teacher_unet.config.block_out_channels)}); choose a smaller preset"
         )
     initialisation = initialise_from_teacher(student_unet, teacher_unet)
