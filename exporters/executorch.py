@@ -234,6 +234,10 @@ class ExecutorchExporter:
     def unavailable_reason(self) -> str | None:
         return missing_packages(("executorch",), "executorch")
 
+    def write_methods(self, methods: dict[str, tuple[Any, tuple]], path: Path) -> list[str]:
+        """Several modules as the methods of one program (``write_methods`` below)."""
+        return write_methods(methods, path)
+
     def export(self, component: Component, folder: Path, options: ExportOptions) -> ExportedModel:
         import torch
         from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower

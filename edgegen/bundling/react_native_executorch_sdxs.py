@@ -237,10 +237,10 @@ def write(pipeline_dir: Path, output: Path, force: bool = False) -> Path:
     from edgegen.bundling.react_native_executorch import write_tokenizer_json
     from edgegen.families import family_of
     from edgegen.families.loading import checkpoint_sha256, load_pipeline
+    from edgegen.registry import EXPORTERS
     from edgegen.schema.base import write_json
     from edgegen.schema.bundle import BUNDLE_MANIFEST, BundleFile, BundleManifest
     from edgegen.versions import edgegen_version, versions_of
-    from edgegen.exporters.executorch import write_methods
 
     family = family_of(pipeline_dir)
     fitted = fit(pipeline_dir, family.name)
@@ -262,7 +262,8 @@ def write(pipeline_dir: Path, output: Path, force: bool = False) -> Path:
         write_tokenizer_json(pipeline, pipeline_dir, fitted.model_tokens, folder / CONTRACT.files["tokenizer"])
         path = folder / CONTRACT.files["model"]
         with tempfile.TemporaryDirectory(dir=folder) as scratch:
-            write_methods({name: (modules[name], examples[name]) for name in CONTRACT.methods}, Path(scratch) / "model.pte")
+            # The ExecuTorch exporter plug-in, through the registry: the core never imports a plug-in.
+            EXPORTERS.get("executorch").write_methods({name: (modules[name], examples[name]) for name in CONTRACT.methods}, Path(scratch) / "model.pte")
             (Path(scratch) / "model.pte").rename(path)
         parity = method_parity(path, examples, expected)
         files = [
