@@ -54,3 +54,17 @@ def require_runtime(target: str) -> None:
     except Exception as error:  # any import failure of a pinned toolchain is the finding
         pytest.fail(f"{target}: {reason}; importing its runtime failed: {type(error).__name__}: {error}", pytrace=False)
     pytest.skip(f"{target}: {reason}")
+
+
+def on_numpy(module):
+    """An eager module as a bundle consumer's port calls a graph: numpy arrays in, numpy out (a
+    tuple for several outputs), without gradients."""
+    import numpy as np
+    import torch
+
+    def call(*arrays):
+        with torch.no_grad():
+            result = module(*(torch.from_numpy(np.asarray(a)) for a in arrays))
+        return tuple(each.numpy() for each in result) if isinstance(result, tuple) else result.numpy()
+
+    return call

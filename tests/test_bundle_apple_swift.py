@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgegen.cli import app
+from tests.helpers import on_numpy
 
 pytestmark = pytest.mark.slow
 
@@ -278,7 +279,6 @@ def _check_loops(graphs, pipeline):
 
 @pytest.mark.parametrize("name", ["distilled", "sd"])
 def test_the_swift_loop_on_the_bundles_graphs_draws_what_our_loop_draws(name, sources):
-    import torch
 
     from edgegen.bundling import apple_swift
     from edgegen.families import family_of
@@ -287,13 +287,7 @@ def test_the_swift_loop_on_the_bundles_graphs_draws_what_our_loop_draws(name, so
     pipeline = load_pipeline(sources[name])
     modules = apple_swift.app_modules(pipeline, apple_swift.fit(sources[name], family_of(sources[name]).name))
 
-    def run(module):
-        def call(*arrays):
-            with torch.no_grad():
-                return module(*(torch.from_numpy(np.asarray(a)) for a in arrays)).numpy()
-        return call
-
-    _check_loops({role: run(module) for role, module in modules.items()}, pipeline)
+    _check_loops({role: on_numpy(module) for role, module in modules.items()}, pipeline)
     # The port's schedule is Scheduler.swift's: n + 1 UNet calls, the second-to-last timestep repeated.
     assert apple_swift.swift_pndm_timesteps(5) == [801, 601, 601, 401, 201, 1]
     assert apple_swift.swift_dpm_timesteps(5) == [999, 799, 599, 400, 200]  # 399.6 and 199.8 rounded
@@ -405,7 +399,6 @@ def test_the_xl_resources_folder_meets_the_xl_pipelines_contract(xl):
 
 
 def test_the_swift_xl_loop_on_the_bundles_graphs_draws_what_our_loop_draws(xl):
-    import torch
 
     from edgegen.bundling import apple_swift_xl
     from edgegen.families import family_of
@@ -416,14 +409,7 @@ def test_the_swift_xl_loop_on_the_bundles_graphs_draws_what_our_loop_draws(xl):
     pipeline = load_pipeline(source)
     modules = apple_swift_xl.app_modules(pipeline, apple_swift_xl.fit(source, family_of(source).name))
 
-    def run(module):
-        def call(*arrays):
-            with torch.no_grad():
-                result = module(*(torch.from_numpy(np.asarray(a)) for a in arrays))
-            return tuple(each.numpy() for each in result) if isinstance(result, tuple) else result.numpy()
-        return call
-
-    graphs = {role: run(module) for role, module in modules.items()}
+    graphs = {role: on_numpy(module) for role, module in modules.items()}
     vocab = json.loads((folder / "vocab.json").read_text())
     assert vocab["!"] != pipeline.tokenizer_2.pad_token_id  # the app's second padding is not the model's: fitted in the graph
     for scheduler_name in ("pndm", "dpmpp"):

@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgegen.cli import app
+from tests.helpers import on_numpy
 
 pytestmark = pytest.mark.slow
 
@@ -139,7 +140,6 @@ def _our_sd3_loop(pipeline, prompt, noise, steps):
 
 @pytest.mark.parametrize("name", ["t5", "no-t5"])
 def test_the_swift_sd3_loop_on_the_bundles_graphs_draws_what_our_loop_draws(name, sd3):
-    import torch
 
     from edgegen.bundling import apple_swift_sd3
     from edgegen.families import family_of
@@ -150,14 +150,7 @@ def test_the_swift_sd3_loop_on_the_bundles_graphs_draws_what_our_loop_draws(name
     pipeline = load_pipeline(source)
     modules = apple_swift_sd3.app_modules(pipeline, apple_swift_sd3.fit(source, family_of(source).name))
 
-    def run(module):
-        def call(*arrays):
-            with torch.no_grad():
-                result = module(*(torch.from_numpy(np.asarray(a)) for a in arrays))
-            return tuple(each.numpy() for each in result) if isinstance(result, tuple) else result.numpy()
-        return call
-
-    graphs = {role: run(module) for role, module in modules.items()}
+    graphs = {role: on_numpy(module) for role, module in modules.items()}
     assert ("encoder_3" in graphs) == (name == "t5")
     vocab = json.loads((folder / "vocab.json").read_text())
     for seed, prompt in enumerate(PROMPTS):

@@ -247,7 +247,6 @@ def app_modules(pipeline: Any, fitted: Fit) -> dict[str, Any]:
     tokens = fitted.model_tokens
     # BPETokenizer pads with <|endoftext|> and drops the end token when it cuts a long prompt.
     ids_of_tokenizer = special_ids(pipeline.tokenizer)
-    alphas = torch.from_numpy(swift_alphas_cumprod())
 
     class TextEncoder(torch.nn.Module):
         def __init__(self):
@@ -259,25 +258,6 @@ def app_modules(pipeline: Any, fitted: Fit) -> dict[str, Any]:
             states = self.text_encoder(ids, return_dict=False)[0]
             return torch.nn.functional.pad(states, (0, 0, 0, CONTRACT.tokens - tokens))
 
-    class Unet(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.unet = unet
-            self.register_buffer("model_timestep", torch.from_numpy(fitted.timestep_table))
-            self.register_buffer("sqrt_alpha", alphas.sqrt())
-            self.register_buffer("sqrt_one_minus_alpha", (1 - alphas).sqrt())
-
-        def forward(self, sample, timestep, encoder_hidden_states):
-            index = timestep.to(torch.int32).clamp(0, self.model_timestep.shape[0] - 1)
-            states = encoder_hidden_states.squeeze(2).transpose(1, 2)[:, :tokens]  # [B, D, 1, 77] -> [B, tokens, D]
-            output = self.unet(sample, self.model_timestep.index_select(0, index), encoder_hidden_states=states, return_dict=False)[0]
-            if fitted.prediction == "v_prediction":
-                # epsilon = sqrt(a) v + sqrt(1 - a) x, at the noise level the Swift scheduler assumes
-                a = self.sqrt_alpha.index_select(0, index).reshape(-1, 1, 1, 1)
-                b = self.sqrt_one_minus_alpha.index_select(0, index).reshape(-1, 1, 1, 1)
-                output = a * output + b * sample
-            return output
-
     class VAEDecoder(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -286,7 +266,46 @@ def app_modules(pipeline: Any, fitted: Fit) -> dict[str, Any]:
         def forward(self, z):
             return self.decoder(z * CONTRACT.latents_scale)  # the app divided by it; the module applies the VAE's own
 
-    return {"encoder": TextEncoder().eval(), "unet": Unet().eval(), "decoder": VAEDecoder().eval()}
+    unet_module = swift_unet(unet, fitted.timestep_table, fitted.prediction, tokens)
+    return {"encoder": TextEncoder().eval(), "unet": unet_module, "decoder": VAEDecoder().eval()}
+
+
+def swift_unet(unet: Any, timestep_table: np.ndarray, prediction: str, tokens: int, added_conditioning: bool = False) -> Any:
+    """The UNet as the Swift pipelines call it: ``[B, D, 1, 77]`` states read back to the model's
+    ``tokens``, each app timestep run at the model timestep of the same noise level, and a
+    v-prediction turned into the epsilon the Swift schedulers read. With ``added_conditioning``
+    (SDXL) it also takes ``text_embeds`` and ``time_ids``."""
+    import torch
+
+    alphas = torch.from_numpy(swift_alphas_cumprod())
+
+    class Unet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unet = unet
+            self.register_buffer("model_timestep", torch.from_numpy(timestep_table))
+            self.register_buffer("sqrt_alpha", alphas.sqrt())
+            self.register_buffer("sqrt_one_minus_alpha", (1 - alphas).sqrt())
+
+        def predict_epsilon(self, sample, timestep, encoder_hidden_states, **unet_inputs):
+            index = timestep.to(torch.int32).clamp(0, self.model_timestep.shape[0] - 1)
+            states = encoder_hidden_states.squeeze(2).transpose(1, 2)[:, :tokens]  # [B, D, 1, 77] -> [B, tokens, D]
+            output = self.unet(sample, self.model_timestep.index_select(0, index), encoder_hidden_states=states, return_dict=False, **unet_inputs)[0]
+            if prediction == "v_prediction":
+                # epsilon = sqrt(a) v + sqrt(1 - a) x, at the noise level the Swift scheduler assumes
+                a = self.sqrt_alpha.index_select(0, index).reshape(-1, 1, 1, 1)
+                b = self.sqrt_one_minus_alpha.index_select(0, index).reshape(-1, 1, 1, 1)
+                output = a * output + b * sample
+            return output
+
+        def forward(self, sample, timestep, encoder_hidden_states):
+            return self.predict_epsilon(sample, timestep, encoder_hidden_states)
+
+    class UnetXL(Unet):
+        def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids):
+            return self.predict_epsilon(sample, timestep, encoder_hidden_states, added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids})
+
+    return (UnetXL if added_conditioning else Unet)().eval()
 
 
 def app_example_inputs(fitted: Fit, bos_id: int, eos_id: int, seed: int = 0) -> dict[str, tuple]:

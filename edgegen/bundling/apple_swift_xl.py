@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edgegen.bundling.apple_swift import CONTRACT, SwiftGraphs, swift_alphas_cumprod
+from edgegen.bundling.apple_swift import CONTRACT, SwiftGraphs, swift_alphas_cumprod, swift_unet
 from edgegen.bundling.fitting import clip_ids_as_the_pipeline_tokenizes, config, config_index, fit_schedule, special_ids, training_scheduler
 from edgegen.errors import EdgegenError
 
@@ -133,8 +133,6 @@ def app_modules(pipeline: Any, fitted: XlFit) -> dict[str, Any]:
     from edgegen.families.base import ConditioningEncoder, text_encoder_wrapper
     from edgegen.families.stable_diffusion_xl import standardized_decoder_module
 
-    alphas = torch.from_numpy(swift_alphas_cumprod())
-
     def encoder(role: str) -> Any:
         tokenizer_folder, encoder_folder = TOKENIZERS[role]
         # Both report a pooled output: TextEncoderXL.swift reads "pooled_outputs" of each.
@@ -154,30 +152,6 @@ def app_modules(pipeline: Any, fitted: XlFit) -> dict[str, Any]:
 
         return TextEncoderXL().eval()
 
-    unet = pipeline.unet
-    tokens = fitted.tokens["encoder"]
-
-    class Unet(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.unet = unet
-            self.register_buffer("model_timestep", torch.from_numpy(fitted.timestep_table))
-            self.register_buffer("sqrt_alpha", alphas.sqrt())
-            self.register_buffer("sqrt_one_minus_alpha", (1 - alphas).sqrt())
-
-        def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids):
-            index = timestep.to(torch.int32).clamp(0, self.model_timestep.shape[0] - 1)
-            states = encoder_hidden_states.squeeze(2).transpose(1, 2)[:, :tokens]  # [B, D, 1, 77] -> [B, tokens, D]
-            output = self.unet(
-                sample, self.model_timestep.index_select(0, index), encoder_hidden_states=states,
-                added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids}, return_dict=False,
-            )[0]
-            if fitted.prediction == "v_prediction":
-                a = self.sqrt_alpha.index_select(0, index).reshape(-1, 1, 1, 1)
-                b = self.sqrt_one_minus_alpha.index_select(0, index).reshape(-1, 1, 1, 1)
-                output = a * output + b * sample
-            return output
-
     decoder = standardized_decoder_module(pipeline.vae)  # with a VAE's latents mean and std where it has them
 
     class VAEDecoder(torch.nn.Module):
@@ -188,7 +162,8 @@ def app_modules(pipeline: Any, fitted: XlFit) -> dict[str, Any]:
         def forward(self, z):
             return self.decoder(z * XL_CONTRACT.latents_scale)  # the app divided by it; the module applies the VAE's own
 
-    return {"encoder": encoder("encoder"), "encoder_2": encoder("encoder_2"), "unet": Unet().eval(), "decoder": VAEDecoder().eval()}
+    unet = swift_unet(pipeline.unet, fitted.timestep_table, fitted.prediction, fitted.tokens["encoder"], added_conditioning=True)
+    return {"encoder": encoder("encoder"), "encoder_2": encoder("encoder_2"), "unet": unet, "decoder": VAEDecoder().eval()}
 
 
 def app_example_inputs(fitted: XlFit, bos_id: int, eos_id: int, seed: int = 0) -> dict[str, tuple]:
